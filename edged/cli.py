@@ -1,0 +1,200 @@
+"""The ``edged`` command: run, infer, inspect, config."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from . import __version__
+from .errors import ConfigError, EdgedError
+
+log = logging.getLogger("edged")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edged", description="Edge inference daemon for Google Coral boards.")
+    p.add_argument("--version", action="version", version=f"edged {__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the daemon (no --config: the embedded demo)")
+    run.add_argument("--config", "-c", metavar="FILE", help="YAML configuration (default: the embedded demo)")
+    run.add_argument("--listen", metavar="HOST:PORT", help="HTTP listener for /metrics and /healthz")
+    run.add_argument("--log-format", choices=("human", "json"), help="log line format (default from config: human)")
+    run.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
+    run.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this many seconds")
+
+    inf = sub.add_parser("infer", help="run a model on images; one JSON result a line on stdout")
+    inf.add_argument("--model", "-m", required=True, help=".tflite model")
+    inf.add_argument("--labels", "-l", help="labels file")
+    inf.add_argument("--top-k", "-k", type=int, default=3, help="classes or objects kept (default 3)")
+    inf.add_argument("--threshold", "-t", type=float, help="minimum score (default 0.1 classes, 0.5 objects)")
+    inf.add_argument("--resize", choices=("stretch", "letterbox"), default="stretch")
+    inf.add_argument("--interpolation", choices=("linear", "nearest", "area"), default="linear")
+    inf.add_argument("--runtime", choices=("auto", "ai_edge_litert", "tflite_runtime", "tensorflow"), default="auto")
+    inf.add_argument("--threads", type=int, help="interpreter threads (default: all cores)")
+    inf.add_argument("--mean", type=float, nargs="+", help="normalisation mean (default: raw pixels)")
+    inf.add_argument("--std", type=float, nargs="+", help="normalisation std (default: raw pixels)")
+    inf.add_argument("images", nargs="+", metavar="IMAGE")
+
+    ins = sub.add_parser("inspect", help="print a model's tensors, quantisation and task")
+    ins.add_argument("model")
+    ins.add_argument("--json", action="store_true", help="machine-readable output")
+    ins.add_argument("--runtime", default="auto", choices=("auto", "ai_edge_litert", "tflite_runtime", "tensorflow"))
+
+    cfg = sub.add_parser("config", help="check or print configurations")
+    csub = cfg.add_subparsers(dest="config_command", metavar="ACTION")
+    chk = csub.add_parser("check", help="validate a configuration file (and load its models)")
+    chk.add_argument("file")
+    chk.add_argument("--no-models", action="store_true", help="validate the YAML only, do not load models")
+    csub.add_parser("default", help="print the embedded default configuration as YAML")
+    return p
+
+
+# ---------------------------------------------------------------------------- commands
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .config import default_config, load_config
+    from .logs import setup_logging
+    from .service import Service
+
+    cfg = load_config(args.config) if args.config else default_config()
+    setup_logging(args.log_level or ("debug" if args.debug else cfg.log.level), args.log_format or cfg.log.format)
+    service = Service(cfg, listen=args.listen)
+    service.install_signal_handlers()
+    service.start()
+    try:
+        service.wait(args.duration)
+    finally:
+        service.close()
+    failed = [s.id for s in service.streams if s.state == "failed"]
+    return 1 if failed else 0
+
+
+def cmd_infer(args: argparse.Namespace) -> int:
+    from .engine import Engine, EngineOptions
+    from .result import Result
+    from .sources.images import read_image
+
+    if args.top_k < 0:
+        raise ConfigError("--top-k must be 0 or more")
+    if args.threshold is not None and not 0 <= args.threshold <= 1:
+        raise ConfigError("--threshold must be between 0 and 1")
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError("--threads must be 1 or more")
+    engine = Engine(args.model, EngineOptions(
+        runtime=args.runtime, threads=args.threads, labels=args.labels, top_k=args.top_k,
+        threshold=args.threshold, resize=args.resize, interpolation=args.interpolation,
+        mean=_one_or_list(args.mean), std=_one_or_list(args.std),
+    ))
+    failures = 0
+    for seq, path in enumerate(args.images):
+        wall, t0 = time.time(), time.monotonic()
+        try:
+            image = read_image(path)
+        except EdgedError as exc:
+            print(f"edged: error: {exc}", file=sys.stderr)
+            failures += 1
+            continue
+        capture = time.monotonic() - t0
+        out = engine.process(image)
+        h, w = image.shape[:2]
+        result = Result(
+            stream="infer", seq=seq, timestamp=wall, model=engine.info.name, accelerator=engine.accelerator,
+            task=engine.info.task, frame_width=w, frame_height=h, classes=out.classes, objects=out.objects,
+            source=str(path),
+            latency_ms={"capture": capture * 1e3, **{k: v * 1e3 for k, v in out.timings.items()}},
+        )
+        result.latency_ms["total"] = (time.monotonic() - t0) * 1e3
+        print(result.to_json(), flush=True)
+    return 1 if failures else 0
+
+
+def _one_or_list(v: list[float] | None) -> float | list[float] | None:
+    if v is None:
+        return None
+    return v[0] if len(v) == 1 else v
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from .model import load_model
+
+    loaded = load_model(args.model, args.runtime)
+    info = loaded.info
+    if args.json:
+        print(json.dumps(info.to_dict(), indent=2))
+        return 0
+    print(f"model:    {info.path}")
+    print(f"size:     {info.size_bytes} bytes, sha256 {info.sha256}")
+    print(f"runtime:  {info.runtime} {loaded.runtime.version}")
+    print(f"task:     {info.task}")
+    if info.description:
+        print(f"about:    {info.description}")
+    if info.custom_ops:
+        print(f"custom:   {', '.join(info.custom_ops)}")
+    for kind, tensors in (("input", info.inputs), ("output", info.outputs)):
+        for t in tensors:
+            q = t.quantization
+            if q.per_channel:
+                qs = f"per-channel (axis {q.axis}, {len(q.scales)} scales {min(q.scales):.6g}..{max(q.scales):.6g})"
+            elif q.quantized:
+                qs = f"scale {q.scale:.8g}, zero point {q.zero_point}"
+            else:
+                qs = "not quantised"
+            role = ""
+            if info.ssd_outputs:
+                role = next((f" [{r}]" for r, i in info.ssd_outputs.items() if i == t.index), "")
+            print(f"{kind:7s}  #{t.index:<4d} {t.name}{role}: {t.dtype} {list(t.shape)}, {qs}")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from .config import default_config, dump_config, load_config
+
+    if args.config_command == "default":
+        sys.stdout.write(dump_config(default_config()))
+        return 0
+    if args.config_command == "check":
+        cfg = load_config(args.file)
+        if not args.no_models:
+            from .engine import Engine
+            from .pipeline import engine_options
+
+            for s in cfg.streams:
+                try:
+                    Engine(s.model.path, engine_options(s.model))
+                except EdgedError as exc:
+                    raise type(exc)(f"{args.file}: streams[{s.id}].model: {exc}") from None
+        print(f"{args.file}: OK ({len(cfg.streams)} stream{'s' if len(cfg.streams) != 1 else ''})")
+        return 0
+    raise ConfigError("usage: edged config {check FILE|default}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        args = parser.parse_args(["run", *(argv or [])])
+    if args.command != "run":
+        logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
+                            format="%(levelname)s %(name)s: %(message)s")
+    handlers: dict[str, Any] = {"run": cmd_run, "infer": cmd_infer, "inspect": cmd_inspect, "config": cmd_config}
+    try:
+        return handlers[args.command](args)
+    except EdgedError as exc:
+        if args.debug:
+            raise
+        print(f"edged: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,272 @@
+"""The configuration, as pydantic models: the only place defaults live.
+
+A YAML file holds one :class:`Config`. Unknown keys are rejected; errors name the file
+and the key (``edged.yaml: streams[0].source.fps: must be > 0``). Relative paths are
+resolved against the directory of the file that names them.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Annotated, Any, List, Literal, Optional, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- sources
+
+
+class SyntheticSource(_Strict):
+    """Handwritten digits drifting over a background: the embedded demo's world."""
+
+    type: Literal["synthetic"] = "synthetic"
+    width: int = Field(640, ge=32, le=4096, description="frame width in pixels")
+    height: int = Field(480, ge=32, le=4096, description="frame height in pixels")
+    fps: float = Field(15.0, gt=0, le=1000, description="frames per second produced")
+    seed: int = Field(0, description="seed of the scene; the same seed draws the same frames")
+    hold_frames: int = Field(30, ge=1, description="frames each digit stays before the next one")
+
+
+class VideoSource(_Strict):
+    """A video file, read with OpenCV (FFmpeg)."""
+
+    type: Literal["video"] = "video"
+    path: str = Field(description="video file (mp4, avi, mkv, ...)")
+    loop: bool = Field(True, description="start again at the end instead of ending the stream")
+    realtime: bool = Field(True, description="pace at the file's own frame rate (false: as fast as possible)")
+    fps: Optional[float] = Field(None, gt=0, description="override the frame rate used for pacing")
+
+
+class ImagesSource(_Strict):
+    """An image file, a directory of images, or a glob pattern."""
+
+    type: Literal["images"] = "images"
+    path: str = Field(description="image file, directory, or glob such as 'frames/*.jpg'")
+    fps: float = Field(1.0, ge=0, description="images per second (0: as fast as possible)")
+    loop: bool = Field(True, description="start again after the last image")
+
+
+class CameraSource(_Strict):
+    """A local camera through OpenCV (V4L2 on Linux)."""
+
+    type: Literal["camera"] = "camera"
+    device: Union[int, str] = Field(0, description="camera index (0) or device path (/dev/video0)")
+    width: Optional[int] = Field(None, ge=1, description="requested frame width")
+    height: Optional[int] = Field(None, ge=1, description="requested frame height")
+    fps: Optional[float] = Field(None, gt=0, description="requested frame rate")
+    fourcc: Optional[str] = Field(None, min_length=4, max_length=4, description="pixel format, e.g. MJPG or YUYV")
+    reopen_seconds: float = Field(2.0, gt=0, description="wait before reopening a camera that stopped delivering")
+
+
+SourceConfig = Annotated[
+    Union[SyntheticSource, VideoSource, ImagesSource, CameraSource], Field(discriminator="type")
+]
+
+
+# --------------------------------------------------------------------------- sinks
+
+
+class LogSink(_Strict):
+    """Log results as human lines (rate limited: one line per interval per stream)."""
+
+    type: Literal["log"] = "log"
+    interval: float = Field(1.0, ge=0, description="seconds between two logged results of a stream (0: every result)")
+
+
+class JsonlSink(_Strict):
+    """Append every result as one JSON object per line to a file."""
+
+    type: Literal["jsonl"] = "jsonl"
+    path: str = Field(description="file to append to; its directory is created")
+
+
+SinkConfig = Annotated[Union[LogSink, JsonlSink], Field(discriminator="type")]
+
+
+# --------------------------------------------------------------------------- model and stream
+
+
+class ModelConfig(_Strict):
+    path: str = Field(description=".tflite model file")
+    labels: Optional[str] = Field(None, description="labels file: one label a line, or 'ID label' pairs")
+    runtime: Literal["auto", "ai_edge_litert", "tflite_runtime", "tensorflow"] = Field(
+        "auto", description="TFLite interpreter package; auto prefers ai_edge_litert (fastest on the CPU)"
+    )
+    threads: Optional[int] = Field(None, ge=1, le=64, description="CPU threads for the interpreter (default: all cores)")
+    top_k: int = Field(3, ge=0, le=1000, description="classes (or objects) kept per result")
+    threshold: Optional[float] = Field(
+        None, ge=0, le=1, description="minimum score kept (default 0.1 for classification, 0.5 for detection)"
+    )
+    resize: Literal["stretch", "letterbox"] = Field("stretch", description="fill the input, or keep the aspect ratio")
+    interpolation: Literal["linear", "nearest", "area"] = "linear"
+    mean: Optional[Union[float, List[float]]] = Field(None, description="normalisation mean (pixels); unset: feed raw pixels")
+    std: Optional[Union[float, List[float]]] = Field(None, description="normalisation std (pixels); unset: feed raw pixels")
+
+    @field_validator("std")
+    @classmethod
+    def _std_nonzero(cls, v: Any) -> Any:
+        vals = v if isinstance(v, list) else [v]
+        if v is not None and any(x == 0 for x in vals):
+            raise ValueError("std must not be 0")
+        return v
+
+
+class StreamConfig(_Strict):
+    id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="stream name, used in metrics, logs and topics")
+    source: SourceConfig
+    model: ModelConfig
+    sinks: List[SinkConfig] = Field(default_factory=lambda: [LogSink()])
+
+
+class LogConfig(_Strict):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["human", "json"] = "human"
+
+
+class Config(_Strict):
+    device: str = Field(default_factory=socket.gethostname, description="this device's name")
+    listen: str = Field("127.0.0.1:9110", description="HOST:PORT of the HTTP listener (/metrics, /healthz)")
+    log: LogConfig = Field(default_factory=LogConfig)
+    streams: List[StreamConfig] = Field(min_length=1)
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        parse_listen(v)
+        return v
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> Config:
+        seen: set[str] = set()
+        for s in self.streams:
+            if s.id in seen:
+                raise ValueError(f"stream id {s.id!r} is used twice")
+            seen.add(s.id)
+        return self
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"listen must be HOST:PORT, not {value!r}")
+    host = host.strip("[]") or "127.0.0.1"
+    return host, int(port)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _format_errors(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ""
+        for item in err["loc"]:
+            if isinstance(item, int):
+                loc += f"[{item}]"
+            elif item in ("synthetic", "video", "images", "camera", "log", "jsonl") and loc.endswith(("source", "]")):
+                continue  # the union member pydantic tried; the type key says it already
+            else:
+                loc += ("." if loc else "") + str(item)
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "union_tag_invalid":
+            msg = f"unknown type {err.get('input', {}).get('type')!r}" if isinstance(err.get("input"), dict) else msg
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts)
+
+
+def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
+    def fix(d: dict[str, Any], key: str) -> None:
+        v = d.get(key)
+        if isinstance(v, str) and v and not os.path.isabs(os.path.expanduser(v)):
+            d[key] = str(base / v)
+        elif isinstance(v, str):
+            d[key] = os.path.expanduser(v)
+
+    for s in raw.get("streams") or []:
+        if not isinstance(s, dict):
+            continue
+        for section, keys in (("model", ("path", "labels")), ("source", ("path",))):
+            if isinstance(s.get(section), dict):
+                for k in keys:
+                    fix(s[section], k)
+        for sink in s.get("sinks") or []:
+            if isinstance(sink, dict):
+                fix(sink, "path")
+
+
+def config_from_dict(raw: Any, origin: str = "<config>", base: Path | None = None) -> Config:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{origin}: the configuration must be a mapping (key: value), not {type(raw).__name__}")
+    if base is not None:
+        _resolve_paths(raw, base)
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{origin}: {_format_errors(exc)}") from None
+
+
+def load_config(path: str | Path) -> Config:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {p}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config path is a directory, not a file: {p}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {p}: {exc}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{p}: {where}YAML syntax error: {problem}") from None
+    if raw is None:
+        raise ConfigError(f"{p}: the file is empty")
+    return config_from_dict(raw, str(p), p.parent.resolve())
+
+
+def builtin_model_dir() -> Path:
+    """Where the bundled models live (models/ of the source tree, installed as edged.models)."""
+    from importlib import resources
+
+    return Path(str(resources.files("edged.models")))
+
+
+def default_config() -> Config:
+    """The embedded demo: the bundled digits model watching the synthetic digits scene."""
+    models = builtin_model_dir()
+    return config_from_dict(
+        {
+            "streams": [
+                {
+                    "id": "demo",
+                    "source": {"type": "synthetic", "width": 640, "height": 480, "fps": 15},
+                    "model": {
+                        "path": str(models / "digits_int8.tflite"),
+                        "labels": str(models / "digits_labels.txt"),
+                        "top_k": 1,
+                        "threshold": 0.0,
+                    },
+                    "sinks": [{"type": "log", "interval": 1.0}],
+                }
+            ]
+        },
+        "<embedded default>",
+    )
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json", exclude_none=True), sort_keys=False)

@@ -1,0 +1,356 @@
+"""Reading a .tflite model: its tensors, their quantisation, its task, and its labels.
+
+``load_model`` builds an interpreter and returns a :class:`LoadedModel`; every way a
+model file can be wrong ends in a one-line :class:`~edged.errors.ModelError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import tflite_schema
+from .errors import ConfigError, ModelError
+from .runtime import Runtime, get_runtime
+
+EDGETPU_CUSTOM_OP = "edgetpu-custom-op"
+SSD_CUSTOM_OP = "TFLite_Detection_PostProcess"
+
+
+@dataclass(frozen=True)
+class Quantization:
+    """Affine quantisation ``real = scale * (q - zero_point)``; per-channel when scales has >1 entry."""
+
+    scales: tuple[float, ...]
+    zero_points: tuple[int, ...]
+    axis: int = 0
+
+    @property
+    def quantized(self) -> bool:
+        return bool(self.scales) and any(s != 0.0 for s in self.scales)
+
+    @property
+    def per_channel(self) -> bool:
+        return len(self.scales) > 1
+
+    @property
+    def scale(self) -> float:
+        return self.scales[0] if self.scales else 0.0
+
+    @property
+    def zero_point(self) -> int:
+        return self.zero_points[0] if self.zero_points else 0
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    index: int
+    name: str
+    shape: tuple[int, ...]
+    dtype: str  # numpy dtype name: uint8, int8, float32, ...
+    quantization: Quantization
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        q = self.quantization
+        d["quantization"] = {
+            "scale": q.scale,
+            "zero_point": q.zero_point,
+            **({"scales": list(q.scales), "zero_points": list(q.zero_points), "axis": q.axis} if q.per_channel else {}),
+        }
+        d["shape"] = list(self.shape)
+        return d
+
+
+@dataclass
+class ModelInfo:
+    path: str
+    sha256: str
+    size_bytes: int
+    runtime: str
+    task: str  # "classification" | "detection"
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    custom_ops: list[str] = field(default_factory=list)
+    description: str | None = None
+    # detection only: output tensor index for each role
+    ssd_outputs: dict[str, int] | None = None
+
+    @property
+    def input(self) -> TensorSpec:
+        return self.inputs[0]
+
+    @property
+    def name(self) -> str:
+        return Path(self.path).name
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "name": self.name,
+            "sha256": self.sha256,
+            "size_bytes": self.size_bytes,
+            "runtime": self.runtime,
+            "task": self.task,
+            "description": self.description,
+            "custom_ops": self.custom_ops,
+            "inputs": [t.to_dict() for t in self.inputs],
+            "outputs": [t.to_dict() for t in self.outputs],
+            **({"ssd_outputs": self.ssd_outputs} if self.ssd_outputs else {}),
+        }
+
+
+@dataclass
+class LoadedModel:
+    info: ModelInfo
+    interpreter: Any
+    runtime: Runtime
+
+
+# --------------------------------------------------------------------------- labels
+
+
+_PAIR = re.compile(r"^\s*(\d+)[\s:,]+(.*\S)\s*$")
+
+
+def parse_labels(text: str) -> dict[int, str]:
+    """Labels in either common format, as pycoral reads them.
+
+    * one label a line: the line number (from 0) is the id;
+    * ``ID label`` pairs (``0 person``, ``0: person``, ``0,person``): the number is the id.
+
+    A file is read as pairs only when every non-empty line is a pair, so a plain list whose
+    labels happen to start with a digit is not misread. Blank lines in a plain list keep
+    their line number (some label files leave gaps for unused ids).
+    """
+    lines = text.splitlines()
+    nonblank = [ln for ln in lines if ln.strip()]
+    if nonblank and all(_PAIR.match(ln) for ln in nonblank):
+        out: dict[int, str] = {}
+        for ln in nonblank:
+            m = _PAIR.match(ln)
+            assert m is not None
+            out[int(m.group(1))] = m.group(2)
+        return out
+    return {i: ln.strip() for i, ln in enumerate(lines) if ln.strip()}
+
+
+def read_labels(path: str | Path) -> dict[int, str]:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"labels file not found: {p}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"labels path is a directory, not a file: {p}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"labels file is not UTF-8 text: {p}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read labels file {p}: {exc.strerror}") from None
+    labels = parse_labels(text)
+    if not labels:
+        raise ConfigError(f"labels file is empty: {p}")
+    return labels
+
+
+# --------------------------------------------------------------------------- task detection
+
+
+def cpu_twin(path: str | Path) -> Path | None:
+    """``foo_edgetpu.tflite`` -> ``foo.tflite`` (the uncompiled model), or None."""
+    p = Path(path)
+    if p.stem.endswith("_edgetpu"):
+        return p.with_name(p.stem[: -len("_edgetpu")] + p.suffix)
+    return None
+
+
+_SSD_NAME_ROLES = {
+    # TF2 object-detection API signature / tensor names
+    "detection_boxes": "boxes",
+    "detection_classes": "classes",
+    "detection_scores": "scores",
+    "num_detections": "count",
+}
+# pycoral's convention for TF2 exports whose signature outputs are output_0..output_3
+_SSD_TF2_ORDER = {"output_0": "count", "output_1": "scores", "output_2": "classes", "output_3": "boxes"}
+_SSD_TF1_SUFFIX = {"": "boxes", ":1": "classes", ":2": "scores", ":3": "count"}
+
+
+def resolve_ssd_outputs(
+    outputs: list[TensorSpec], signature_outputs: dict[str, int] | None = None
+) -> dict[str, int]:
+    """Map the four outputs of TFLite_Detection_PostProcess to roles -> tensor index.
+
+    TF1 exports give them as boxes, classes, scores, count (tensor names
+    ``TFLite_Detection_PostProcess``, ``:1``, ``:2``, ``:3``); TF2 exports order them
+    differently (often scores, boxes, count, classes) and name them in the signature
+    (``detection_boxes``..., or ``output_0``=count, ``output_1``=scores, ``output_2``=classes,
+    ``output_3``=boxes, as pycoral reads them). Names are tried first, then shapes:
+    boxes is the only [1,N,4], count the only [1]; classes and scores are both [1,N], and
+    fall back to the TF1 order between themselves.
+    """
+    if len(outputs) != 4:
+        raise ValueError(f"an SSD detector has 4 outputs, this model has {len(outputs)}")
+    indices = {t.index for t in outputs}
+    if signature_outputs:
+        for table in (_SSD_NAME_ROLES, _SSD_TF2_ORDER):
+            roles = {table[k]: v for k, v in signature_outputs.items() if k in table}
+            if len(roles) == 4 and set(roles.values()) == indices:
+                return roles
+    roles = {}
+    for t in outputs:
+        base, sep, num = t.name.partition(":")
+        if base.endswith(SSD_CUSTOM_OP):
+            roles[_SSD_TF1_SUFFIX.get(sep + num, "?")] = t.index
+        elif t.name in _SSD_NAME_ROLES:
+            roles[_SSD_NAME_ROLES[t.name]] = t.index
+    if set(roles) == {"boxes", "classes", "scores", "count"}:
+        return roles
+    boxes = [t for t in outputs if len(t.shape) == 3 and t.shape[-1] == 4]
+    count = [t for t in outputs if int(np.prod(t.shape)) == 1]
+    rest = [t for t in outputs if t not in boxes and t not in count]
+    if len(boxes) == 1 and len(count) == 1 and len(rest) == 2:
+        return {"boxes": boxes[0].index, "classes": rest[0].index, "scores": rest[1].index, "count": count[0].index}
+    raise ValueError("cannot tell the SSD outputs apart by name or shape")
+
+
+def detect_task(outputs: list[TensorSpec], custom_ops: list[str], signature_outputs: dict[str, int] | None) -> tuple[str, dict[str, int] | None]:
+    """Return ("classification", None) or ("detection", roles); raise ValueError otherwise."""
+    if len(outputs) == 1:
+        shape = outputs[0].shape
+        dims = [d for d in shape if d != 1]
+        if len(dims) == 1 and len(shape) <= 2 and outputs[0].dtype in ("uint8", "int8", "float32", "float16"):
+            return "classification", None
+    if len(outputs) == 4 and (SSD_CUSTOM_OP in custom_ops or all(t.dtype == "float32" for t in outputs)):
+        return "detection", resolve_ssd_outputs(outputs, signature_outputs)
+    raise ValueError("not understood")
+
+
+def _signature_outputs(interpreter: Any) -> dict[str, int] | None:
+    try:
+        sigs = interpreter._get_full_signature_list()
+    except Exception:
+        return None
+    if not sigs or len(sigs) != 1:
+        return None
+    sig = next(iter(sigs.values()))
+    return dict(sig.get("outputs", {})) or None
+
+
+def _spec(detail: dict[str, Any]) -> TensorSpec:
+    qp = detail.get("quantization_parameters") or {}
+    scales = tuple(float(s) for s in np.atleast_1d(qp.get("scales", [])))
+    zps = tuple(int(z) for z in np.atleast_1d(qp.get("zero_points", [])))
+    if not scales:
+        s, z = detail.get("quantization", (0.0, 0))
+        scales, zps = ((float(s),), (int(z),)) if s else ((), ())
+    return TensorSpec(
+        index=int(detail["index"]),
+        name=str(detail["name"]),
+        shape=tuple(int(d) for d in detail["shape"]),
+        dtype=np.dtype(detail["dtype"]).name,
+        quantization=Quantization(scales, zps, int(qp.get("quantized_dimension", 0))),
+    )
+
+
+def _describe_outputs(outputs: list[TensorSpec]) -> str:
+    return ", ".join(f"{t.name} {list(t.shape)} {t.dtype}" for t in outputs)
+
+
+def load_model(
+    path: str | Path,
+    runtime: str = "auto",
+    num_threads: int | None = None,
+    delegates: list[Any] | None = None,
+) -> LoadedModel:
+    """Load ``path`` into an interpreter (tensors allocated) and describe it.
+
+    Without ``delegates`` this is the CPU path, and an Edge TPU-compiled model is refused
+    up front with the name of its CPU twin.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise ModelError(f"model file not found: {p}")
+    if not p.is_file():
+        raise ModelError(f"model path is not a file: {p}")
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise ModelError(f"cannot read model file {p}: {exc.strerror}") from None
+    if not tflite_schema.has_identifier(data):
+        raise ModelError(f"{p} is not a TFLite model (no TFL3 identifier); pass a .tflite file")
+    try:
+        summary = tflite_schema.read_summary(data)
+    except ValueError as exc:
+        raise ModelError(f"{p} is corrupt or truncated ({exc}); copy the model again") from None
+    rt = get_runtime(runtime)
+    custom_ops = summary.custom_ops
+    if EDGETPU_CUSTOM_OP in custom_ops and not delegates:
+        raise ModelError(_edgetpu_message(p))
+    try:
+        interpreter = rt.interpreter_class(
+            model_path=str(p), num_threads=num_threads, experimental_delegates=delegates or None
+        )
+    except ValueError as exc:
+        raise ModelError(f"{p} is corrupt or truncated ({_first_line(exc)}); copy the model again") from None
+    try:
+        interpreter.allocate_tensors()
+    except RuntimeError as exc:
+        msg = str(exc)
+        m = re.search(r"unresolved custom op: ([^\s.]+)", msg)
+        if m:
+            op = m.group(1)
+            if op == EDGETPU_CUSTOM_OP:
+                raise ModelError(_edgetpu_message(p)) from None
+            raise ModelError(
+                f"{p} uses custom operator {op!r}, which the {rt.name} runtime does not provide; "
+                "convert the model with builtin operators only"
+            ) from None
+        raise ModelError(f"{p} cannot be prepared by {rt.name}: {_first_line(exc)}") from None
+    inputs = [_spec(d) for d in interpreter.get_input_details()]
+    outputs = [_spec(d) for d in interpreter.get_output_details()]
+    if len(inputs) != 1 or len(inputs[0].shape) != 4 or inputs[0].shape[-1] not in (1, 3):
+        raise ModelError(
+            f"{p}: edged needs one image input [1,H,W,3] (or [1,H,W,1]); this model has "
+            + ", ".join(f"{t.name} {list(t.shape)} {t.dtype}" for t in inputs)
+        )
+    if inputs[0].dtype not in ("uint8", "int8", "float32"):
+        raise ModelError(f"{p}: input dtype {inputs[0].dtype} is not supported (uint8, int8 or float32)")
+    try:
+        task, roles = detect_task(outputs, custom_ops, _signature_outputs(interpreter))
+    except ValueError:
+        raise ModelError(
+            f"{p}: output signature not understood ({_describe_outputs(outputs)}); edged understands "
+            "classification (one [1,N] output) and SSD detection (the 4 outputs of TFLite_Detection_PostProcess)"
+        ) from None
+    info = ModelInfo(
+        path=str(p.resolve()),
+        sha256=hashlib.sha256(data).hexdigest(),
+        size_bytes=len(data),
+        runtime=rt.name,
+        task=task,
+        inputs=inputs,
+        outputs=outputs,
+        custom_ops=custom_ops,
+        description=summary.description,
+        ssd_outputs=roles,
+    )
+    return LoadedModel(info=info, interpreter=interpreter, runtime=rt)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _edgetpu_message(p: Path) -> str:
+    twin = cpu_twin(p)
+    base = f"{p} is compiled for the Edge TPU (it holds an {EDGETPU_CUSTOM_OP}) and cannot run on the CPU"
+    if twin is not None and twin.is_file():
+        return f"{base}; its CPU twin {twin} sits beside it: use that model (or run with an Edge TPU)"
+    return f"{base}; no CPU twin found beside it (expected {twin or 'an uncompiled .tflite'}): use the model from before edgetpu_compiler"

@@ -1,0 +1,269 @@
+"""A Stream: source -> latest-frame slot -> engine -> sinks, with its metrics.
+
+Two threads per stream. The capture thread reads frames and puts each into a one-frame
+slot; when the slot still holds a frame inference has not taken, that frame is replaced
+and counted as dropped, so no queue can grow and the newest frame always wins. The
+inference thread takes the newest frame, runs the engine, builds the
+:class:`~edged.result.Result` and hands it to every sink.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from typing import Any
+
+from .engine import Engine, EngineOptions
+from .metrics import Metrics
+from .result import Result
+from .sinks import Sink, make_sink
+from .sources import Frame, Source, make_source
+
+log = logging.getLogger(__name__)
+
+
+class LatestSlot:
+    """Holds at most one frame; ``put`` replaces, ``take`` waits. Never a queue."""
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self._frame: Frame | None = None
+        self._ended = False
+
+    def put(self, frame: Frame) -> bool:
+        """Store ``frame``; True when it replaced one nobody took (a dropped frame)."""
+        with self._cv:
+            replaced = self._frame is not None
+            self._frame = frame
+            self._cv.notify()
+            return replaced
+
+    def take(self, timeout: float) -> Frame | None:
+        with self._cv:
+            if self._frame is None and not self._ended:
+                self._cv.wait(timeout)
+            frame, self._frame = self._frame, None
+            return frame
+
+    def end(self) -> None:
+        with self._cv:
+            self._ended = True
+            self._cv.notify_all()
+
+    @property
+    def ended(self) -> bool:
+        with self._cv:
+            return self._ended and self._frame is None
+
+
+def engine_options(model_cfg: Any) -> EngineOptions:
+    m = model_cfg
+    return EngineOptions(
+        runtime=m.runtime, threads=m.threads, labels=m.labels, top_k=m.top_k, threshold=m.threshold,
+        resize=m.resize, interpolation=m.interpolation, mean=m.mean, std=m.std,
+    )
+
+
+class Stream:
+    """One configured stream. Construct (loads the model), ``start()``, ``close()``."""
+
+    def __init__(self, cfg: Any, metrics: Metrics, engine: Engine | None = None) -> None:
+        self.cfg = cfg
+        self.id: str = cfg.id
+        self.metrics = metrics
+        self.engine = engine or Engine(cfg.model.path, engine_options(cfg.model))
+        self.source: Source = make_source(cfg.source, self.id)
+        self.sinks: list[Sink] = [make_sink(s, self.id) for s in cfg.sinks]
+        self.slot = LatestSlot()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.state = "created"  # created, running, ended, failed, stopped
+        self.last_error: str | None = None
+        self.processed = 0
+        self.dropped = 0
+        self._times: collections.deque[float] = collections.deque(maxlen=256)
+        self.latest: Result | None = None
+        self.first_result = threading.Event()
+        self._error_logged: dict[str, float] = {}
+        m = metrics
+        sid = self.id
+        self._h = {stage: m.stage_duration.labels(sid, stage) for stage in
+                   ("capture", "queue", "preprocess", "inference", "postprocess", "publish")}
+        self._frame_latency = m.frame_latency.labels(sid)
+        self._processed = m.frames.labels(sid, "processed")
+        self._dropped = m.frames.labels(sid, "dropped")
+        self._inferences = m.inferences.labels(sid, self.engine.accelerator)
+        self._up = m.stream_up.labels(sid)
+        self._last = m.last_result.labels(sid)
+
+    # -------------------------------------------------------------- lifecycle
+    def start(self) -> None:
+        self.metrics.init_stream(self.id, self.engine.info, self.engine.accelerator)
+        self.source.open()  # SourceError propagates: the caller reports it
+        for sink in self.sinks:
+            sink.start()
+        self.state = "running"
+        for target, role in ((self._capture_loop, "capture"), (self._inference_loop, "infer")):
+            t = threading.Thread(target=self._guard, args=(target, role), name=f"{self.id}-{role}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        info = self.engine.info
+        spec = info.input
+        log.info(
+            "stream %s: %s -> %s (%s, %s %s, scale %.6g, zero point %d, %s %s) on %s",
+            self.id, self.source.describe(), info.name, info.task, spec.dtype, list(spec.shape),
+            spec.quantization.scale, spec.quantization.zero_point, info.runtime,
+            self.engine.loaded.runtime.version, self.engine.accelerator,
+        )
+
+    def close(self, timeout: float = 1.5) -> None:
+        self._stop.set()
+        self.source.close()
+        self.slot.end()
+        deadline = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        for sink in self.sinks:
+            try:
+                sink.close()
+            except Exception as exc:  # a sink failing to flush must not stop the others
+                log.warning("stream %s: closing sink %s failed: %s", self.id, sink.name, exc)
+        if self.state == "running":
+            self.state = "stopped"
+        self._up.set(0)
+
+    def __enter__(self) -> Stream:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def alive(self) -> bool:
+        return self.state in ("running", "ended", "stopped", "created")
+
+    @property
+    def finished(self) -> bool:
+        return self.state in ("ended", "failed", "stopped")
+
+    # -------------------------------------------------------------- threads
+    def _guard(self, target: Any, role: str) -> None:
+        try:
+            target()
+        except BaseException as exc:  # never die silently: log, mark failed, /healthz says so
+            self.state = "failed"
+            self.last_error = f"{role} thread crashed: {type(exc).__name__}: {exc}"
+            self._up.set(0)
+            log.exception("stream %s: %s", self.id, self.last_error)
+            self.slot.end()
+
+    def _report(self, stage: str, exc: BaseException) -> None:
+        """Count every error; log a stage's error at most once every 30 s."""
+        self.metrics.errors.labels(self.id, stage).inc()
+        self.last_error = f"{stage}: {exc}"
+        now = time.monotonic()
+        if now - self._error_logged.get(stage, -1e9) >= 30.0:
+            self._error_logged[stage] = now
+            log.error("stream %s: %s error: %s", self.id, stage, exc)
+
+    def _capture_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                frame = self.source.read()
+            except Exception as exc:
+                self._report("source", exc)
+                self._up.set(0)
+                if self._stop.wait(1.0):
+                    break
+                continue
+            if frame is None:
+                if not self._stop.is_set():
+                    log.info("stream %s: source ended after %d frames", self.id, self.source._seq)
+                break
+            self._h["capture"].observe(frame.capture_seconds)
+            if self.slot.put(frame):
+                self.dropped += 1
+                self._dropped.inc()
+        self.slot.end()
+
+    def _inference_loop(self) -> None:
+        engine = self.engine
+        model_name = engine.info.name
+        task = engine.info.task
+        while not self._stop.is_set():
+            frame = self.slot.take(0.25)
+            if frame is None:
+                if self.slot.ended:
+                    break
+                continue
+            queued = time.monotonic() - (frame.monotonic + frame.capture_seconds)
+            try:
+                out = engine.process(frame.image)
+            except Exception as exc:
+                self._report("inference", exc)
+                continue
+            t = out.timings
+            h, w = frame.image.shape[:2]
+            result = Result(
+                stream=self.id, seq=frame.seq, timestamp=frame.timestamp, model=model_name,
+                accelerator=engine.accelerator, task=task, frame_width=w, frame_height=h,
+                classes=out.classes, objects=out.objects, source=frame.origin, truth=frame.truth,
+                latency_ms={
+                    "capture": frame.capture_seconds * 1e3, "queue": queued * 1e3,
+                    "preprocess": t["preprocess"] * 1e3, "inference": t["inference"] * 1e3,
+                    "postprocess": t["postprocess"] * 1e3,
+                },
+            )
+            result.latency_ms["total"] = (time.monotonic() - frame.monotonic) * 1e3
+            p0 = time.perf_counter()
+            for sink in self.sinks:
+                try:
+                    sink.publish(result)
+                except Exception as exc:
+                    self._report("publish", exc)
+            publish = time.perf_counter() - p0
+            done = time.monotonic()
+            self._h["queue"].observe(max(0.0, queued))
+            for stage in ("preprocess", "inference", "postprocess"):
+                self._h[stage].observe(t[stage])
+            self._h["publish"].observe(publish)
+            self._frame_latency.observe(done - frame.monotonic)
+            self._processed.inc()
+            self._inferences.inc()
+            self._up.set(1)
+            self._last.set(time.time())
+            self.processed += 1
+            self._times.append(done)
+            self.latest = result
+            self.first_result.set()
+        if self.state == "running":
+            self.state = "ended" if not self._stop.is_set() else "stopped"
+        self._up.set(0)
+
+    # -------------------------------------------------------------- status
+    def fps(self, window: float = 5.0) -> float:
+        now = time.monotonic()
+        times = [t for t in list(self._times) if now - t <= window]
+        if len(times) < 2:
+            return 0.0
+        span = max(now - times[0], times[-1] - times[0])
+        return (len(times) - 1) / span if span > 0 else 0.0
+
+    def status(self) -> dict[str, Any]:
+        info = self.engine.info
+        return {
+            "id": self.id,
+            "state": self.state,
+            "source": self.source.describe(),
+            "model": info.name,
+            "task": info.task,
+            "accelerator": self.engine.accelerator,
+            "runtime": info.runtime,
+            "fps": round(self.fps(), 2),
+            "processed": self.processed,
+            "dropped": self.dropped,
+            "last_error": self.last_error,
+        }

@@ -1,0 +1,87 @@
+"""The source protocol: ``open()``, then ``read()`` frames until it returns None, ``close()``."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class Frame:
+    image: np.ndarray  # BGR uint8 [H, W, 3]
+    seq: int  # per-source sequence number, from 0
+    timestamp: float  # wall clock when capture started (Unix seconds)
+    monotonic: float  # time.monotonic() when capture started
+    capture_seconds: float  # time spent grabbing and decoding this frame
+    origin: str | None = None  # e.g. the file an image came from
+    truth: Any = None  # what a synthetic source drew
+
+
+class Source:
+    """Base class: pacing helpers and an interruptible wait. Subclasses implement
+    ``open`` and ``_grab`` (return ``(image, origin, truth)`` or None at the end)."""
+
+    kind = "source"
+
+    def __init__(self, name: str = "") -> None:
+        self.name = name
+        self._closed = threading.Event()
+        self._seq = 0
+        self._next_due: float | None = None
+
+    # -- lifecycle
+    def open(self) -> None:  # pragma: no cover - overridden
+        pass
+
+    def close(self) -> None:
+        self._closed.set()
+
+    def __enter__(self) -> Source:
+        self.open()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    def describe(self) -> str:
+        return self.kind
+
+    # -- reading
+    def _grab(self) -> tuple[np.ndarray, str | None, Any] | None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _pace(self, fps: float | None) -> bool:
+        """Sleep until the next frame is due at ``fps``; False when closed meanwhile."""
+        if not fps:
+            return not self.closed
+        now = time.monotonic()
+        due = self._next_due if self._next_due is not None else now
+        if due > now and self._closed.wait(due - now):
+            return False
+        # never try to catch up on a backlog: the next frame is due one period from now at most
+        self._next_due = max(due, time.monotonic() - 1.0 / fps) + 1.0 / fps
+        return not self.closed
+
+    def _fps(self) -> float | None:
+        return None
+
+    def read(self) -> Frame | None:
+        """The next frame, or None when the source has ended (or was closed)."""
+        if not self._pace(self._fps()):
+            return None
+        wall, t0 = time.time(), time.monotonic()
+        got = self._grab()
+        if got is None:
+            return None
+        image, origin, truth = got
+        frame = Frame(image, self._seq, wall, t0, time.monotonic() - t0, origin, truth)
+        self._seq += 1
+        return frame

@@ -1,0 +1,68 @@
+"""A video file read through OpenCV's FFmpeg backend, looped and paced at its own rate."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from ..errors import SourceError
+from .base import Source
+
+log = logging.getLogger(__name__)
+
+
+class VideoFileSource(Source):
+    kind = "video"
+
+    def __init__(self, cfg: Any, name: str = "") -> None:
+        super().__init__(name)
+        self.cfg = cfg
+        self.path = Path(cfg.path)
+        self.cap: cv2.VideoCapture | None = None
+        self.fps: float | None = None
+        self._buf: np.ndarray | None = None
+
+    def open(self) -> None:
+        if not self.path.is_file():
+            raise SourceError(f"video file not found: {self.path}")
+        cap = cv2.VideoCapture(str(self.path), cv2.CAP_FFMPEG)
+        if not cap.isOpened():
+            raise SourceError(f"cannot open video file {self.path}: not a video OpenCV/FFmpeg can read")
+        ok, first = cap.read()
+        if not ok:
+            cap.release()
+            raise SourceError(f"video file {self.path} has no readable frame")
+        cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+        file_fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
+        self.fps = self.cfg.fps or (file_fps if 0 < file_fps < 1000 else 25.0)
+        self.cap = cap
+
+    def describe(self) -> str:
+        pace = f"{self.fps:g} fps" if self.cfg.realtime else "as fast as possible"
+        return f"video {self.path.name} ({pace}{', looped' if self.cfg.loop else ''})"
+
+    def _fps(self) -> float | None:
+        return self.fps if self.cfg.realtime else None
+
+    def _grab(self) -> tuple[np.ndarray, str | None, Any] | None:
+        assert self.cap is not None, "open() first"
+        ok, image = self.cap.read()
+        if not ok and self.cfg.loop:
+            self.cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
+            ok, image = self.cap.read()
+            if not ok:  # some containers do not seek: reopen
+                self.cap.release()
+                self.cap = cv2.VideoCapture(str(self.path), cv2.CAP_FFMPEG)
+                ok, image = self.cap.read()
+        if not ok:
+            return None
+        return image, None, None
+
+    def close(self) -> None:
+        super().close()
+        if self.cap is not None:
+            self.cap.release()

@@ -1,0 +1,1 @@
+"""The models edged bundles (installed as the ``edged.models`` package data)."""
