@@ -242,7 +242,10 @@ def builtin_model_dir() -> Path:
     """Where the bundled models live (models/ of the source tree, installed as edged.models)."""
     from importlib import resources
 
-    return Path(str(resources.files("edged.models")))
+    try:
+        return Path(str(resources.files("edged.models")))
+    except ModuleNotFoundError:  # running from a source checkout that is not installed
+        return Path(__file__).resolve().parent.parent / "models"
 
 
 def default_config() -> Config:

@@ -1,6 +1,6 @@
 """Pixels to input tensor: resize, BGR->RGB, normalise and quantise.
 
-For a quantised model the input is ``q = clip(round(((p - mean) / std) / scale + zero_point))``
+For a quantised model the input is ``q = clip(round(((p - mean) / std) / scale) + zero_point)``
 for pixel value ``p``; for uint8 pixels that whole affine map is a 256-entry lookup
 table, applied with one ``cv2.LUT`` pass (per channel when mean/std are per channel).
 When the table is the identity — a uint8 model whose quantisation equals the
@@ -25,9 +25,13 @@ _DTYPE_RANGE = {"uint8": (0, 255), "int8": (-128, 127)}
 
 
 def quantize(x: np.ndarray | float, scale: float, zero_point: int, dtype: str) -> np.ndarray:
-    """``q = clip(round(x / scale + zero_point))`` in ``dtype`` (uint8 or int8)."""
+    """``q = clip(round(x / scale) + zero_point)`` in ``dtype`` (uint8 or int8).
+
+    Rounds half away from zero, as TFLite's reference QUANTIZE kernel does (std::round).
+    """
     lo, hi = _DTYPE_RANGE[dtype]
-    q = np.round(np.asarray(x, dtype=np.float64) / scale + zero_point)
+    v = np.asarray(x, dtype=np.float64) / scale
+    q = np.copysign(np.floor(np.abs(v) + 0.5), v) + zero_point
     return np.clip(q, lo, hi).astype(dtype)
 
 

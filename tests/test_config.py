@@ -1,0 +1,82 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edged.config import Config, config_from_dict, default_config, dump_config, load_config
+from edged.errors import ConfigError
+
+
+def _stream(**over):
+    s = {"id": "cam", "source": {"type": "synthetic"}, "model": {"path": "m.tflite"}}
+    s.update(over)
+    return s
+
+
+def test_minimal_config_and_defaults() -> None:
+    cfg = config_from_dict({"streams": [_stream()]})
+    assert cfg.listen == "127.0.0.1:9110"
+    s = cfg.streams[0]
+    assert s.source.fps == 15 and s.model.resize == "stretch" and s.model.runtime == "auto"
+    assert [k.type for k in s.sinks] == ["log"]
+
+
+def test_relative_paths_resolve_against_the_config_file(tmp_path: Path) -> None:
+    (tmp_path / "edged.yaml").write_text(
+        "streams:\n  - id: a\n    source: {type: video, path: clips/a.mp4}\n"
+        "    model: {path: models/m.tflite, labels: /abs/labels.txt}\n"
+        "    sinks: [{type: jsonl, path: out/r.jsonl}]\n"
+    )
+    cfg = load_config(tmp_path / "edged.yaml")
+    s = cfg.streams[0]
+    assert s.source.path == str(tmp_path.resolve() / "clips/a.mp4")
+    assert s.model.path == str(tmp_path.resolve() / "models/m.tflite")
+    assert s.model.labels == "/abs/labels.txt"
+    assert s.sinks[0].path == str(tmp_path.resolve() / "out/r.jsonl")
+
+
+@pytest.mark.parametrize(
+    "raw,message",
+    [
+        ({"streams": [_stream(model={"pth": "x"})]}, r"streams\[0\]\.model\.pth: unknown key"),
+        ({"streams": [_stream(source={"type": "synthetic", "fps": 0})]}, r"streams\[0\]\.source\.fps: Input should be greater than 0"),
+        ({"streams": [_stream(source={"type": "webcam"})]}, r"streams\[0\]\.source.*webcam"),
+        ({"streams": [_stream(), _stream()]}, "stream id 'cam' is used twice"),
+        ({"streams": []}, "streams: List should have at least 1 item"),
+        ({"listen": "9110", "streams": [_stream()]}, "listen must be HOST:PORT"),
+        ({"streams": [_stream(id="bad id!")]}, r"streams\[0\]\.id"),
+        ({"streams": [_stream(model={"path": "m", "std": 0})]}, "std must not be 0"),
+        ({"bogus": 1, "streams": [_stream()]}, "bogus: unknown key"),
+    ],
+)
+def test_errors_name_the_file_and_the_key(raw: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as info:
+        config_from_dict(raw, "edged.yaml")
+    assert str(info.value).startswith("edged.yaml: ")
+    assert "\n" not in str(info.value)
+
+
+def test_file_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("streams:\n  - id: a\n    source: {type: synthetic\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: line \d+, column \d+: YAML syntax error"):
+        load_config(bad)
+    (tmp_path / "empty.yaml").write_text("")
+    with pytest.raises(ConfigError, match="empty"):
+        load_config(tmp_path / "empty.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        load_config(tmp_path / "list.yaml")
+
+
+def test_default_config_points_at_bundled_model_and_round_trips(tmp_path: Path) -> None:
+    cfg = default_config()
+    model = Path(cfg.streams[0].model.path)
+    assert model.name == "digits_int8.tflite" and model.is_file()
+    assert Path(cfg.streams[0].model.labels).is_file()
+    (tmp_path / "d.yaml").write_text(dump_config(cfg))
+    again = load_config(tmp_path / "d.yaml")
+    assert isinstance(again, Config) and again.streams[0].model.path == str(model)

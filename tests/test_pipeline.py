@@ -1,0 +1,138 @@
+"""The stream in-process: newest frame wins, drops are counted, metrics agree with results."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
+
+from edged.config import config_from_dict
+from edged.metrics import Metrics
+from edged.pipeline import LatestSlot, Stream
+from edged.result import Result
+from edged.sinks.base import Sink
+from edged.sources.base import Frame
+
+
+def _frame(seq: int) -> Frame:
+    return Frame(np.zeros((2, 2, 3), np.uint8), seq, time.time(), time.monotonic(), 0.0)
+
+
+def test_latest_slot_newest_wins_and_counts_replacements() -> None:
+    slot = LatestSlot()
+    assert slot.put(_frame(0)) is False
+    assert slot.put(_frame(1)) is True  # frame 0 was never taken: dropped
+    assert slot.put(_frame(2)) is True
+    got = slot.take(0.1)
+    assert got is not None and got.seq == 2
+    assert slot.take(0.01) is None  # nothing queued behind it
+    slot.end()
+    assert slot.ended and slot.take(0.01) is None
+
+
+def test_latest_slot_take_wakes_on_put() -> None:
+    slot = LatestSlot()
+    threading.Timer(0.05, lambda: slot.put(_frame(7))).start()
+    t0 = time.monotonic()
+    got = slot.take(2.0)
+    assert got is not None and got.seq == 7 and time.monotonic() - t0 < 1.0
+
+
+class Collect(Sink):
+    name = "collect"
+
+    def __init__(self) -> None:
+        self.results: list[Result] = []
+
+    def publish(self, result: Result) -> None:
+        self.results.append(result)
+
+
+def _samples(metrics: Metrics) -> dict[tuple[str, tuple], float]:
+    out = {}
+    for fam in text_string_to_metric_families(metrics.exposition().decode()):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def test_fast_source_slow_model_drops_instead_of_queueing(models_dir: Path, images_dir: Path) -> None:
+    cfg = config_from_dict({"streams": [{
+        "id": "fast",
+        "source": {"type": "images", "path": str(images_dir / "cat_720p.jpg"), "fps": 0, "loop": True},
+        "model": {"path": str(models_dir / "mobilenet_v2_1.0_224_quant.tflite"),
+                  "labels": str(models_dir / "imagenet_labels.txt"), "threads": 1},
+        "sinks": [],
+    }]})
+    metrics = Metrics()
+    stream = Stream(cfg.streams[0], metrics)
+    sink = Collect()
+    stream.sinks.append(sink)
+    with stream:
+        deadline = time.monotonic() + 20
+        while (stream.processed < 15 or stream.dropped < 5) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert stream.processed >= 15 and stream.dropped >= 5, (stream.processed, stream.dropped)
+    produced = stream.source._seq
+    # every produced frame was either processed, dropped, or is the one left in the slot at shutdown
+    assert produced - 1 <= stream.processed + stream.dropped <= produced
+    # results come in increasing sequence order with gaps where frames were dropped
+    seqs = [r.seq for r in sink.results]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    assert all(r.classes and r.classes[0]["label"] == "Egyptian cat" for r in sink.results)
+    m = _samples(metrics)
+    assert m[("edged_frames_total", (("outcome", "processed"), ("stream", "fast")))] == stream.processed
+    assert m[("edged_frames_total", (("outcome", "dropped"), ("stream", "fast")))] == stream.dropped
+    for stage in ("queue", "preprocess", "inference", "postprocess", "publish"):
+        assert m[("edged_stage_duration_seconds_count", (("stage", stage), ("stream", "fast")))] == stream.processed
+    assert m[("edged_frame_latency_seconds_count", (("stream", "fast"),))] == stream.processed
+    # frame age stays bounded: a frame waits at most about one inference in the slot
+    queue_sum = m[("edged_stage_duration_seconds_sum", (("stage", "queue"), ("stream", "fast")))]
+    infer_sum = m[("edged_stage_duration_seconds_sum", (("stage", "inference"), ("stream", "fast")))]
+    assert queue_sum / stream.processed < 3 * infer_sum / stream.processed + 0.05
+
+
+def test_result_schema_and_truth_from_synthetic_source() -> None:
+    from edged.config import default_config
+
+    cfg = default_config()
+    stream = Stream(cfg.streams[0], Metrics())
+    sink = Collect()
+    stream.sinks = [sink]
+    with stream:
+        assert stream.first_result.wait(10)
+    r = sink.results[0].to_dict()
+    assert r["schema"] == 1 and r["stream"] == "demo" and r["accelerator"] == "cpu"
+    assert r["task"] == "classification" and r["frame"] == {"width": 640, "height": 480}
+    assert set(r["latency_ms"]) == {"capture", "queue", "preprocess", "inference", "postprocess", "total"}
+    assert r["truth"]["label"] in [str(d) for d in range(10)]
+    assert len(r["classes"]) == 1 and r["classes"][0]["label"] in [str(d) for d in range(10)]
+
+
+def test_inference_error_is_counted_and_stream_keeps_running(models_dir: Path) -> None:
+    cfg = config_from_dict({"streams": [{
+        "id": "err", "source": {"type": "synthetic", "fps": 50},
+        "model": {"path": str(models_dir / "mobilenet_v1_0.25_128_quant.tflite")}, "sinks": [],
+    }]})
+    metrics = Metrics()
+    stream = Stream(cfg.streams[0], metrics)
+    real = stream.engine.process
+    calls = {"n": 0}
+
+    def flaky(frame):  # the first three inferences fail, as a failing accelerator would
+        calls["n"] += 1
+        if calls["n"] <= 3:
+            raise RuntimeError("invoke failed")
+        return real(frame)
+
+    stream.engine.process = flaky  # type: ignore[method-assign]
+    with stream:
+        deadline = time.monotonic() + 10
+        while stream.processed < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert stream.processed >= 3 and stream.state in ("stopped", "running")
+    assert _samples(metrics)[("edged_stream_errors_total", (("stage", "inference"), ("stream", "err")))] == 3
+    assert stream.last_error == "inference: invoke failed"
