@@ -52,8 +52,10 @@ def naive(engine: Engine, frame: np.ndarray) -> dict[str, float]:
     interp.invoke()
     t2 = time.perf_counter()
     outs = [interp.get_tensor(o.index) for o in engine.info.outputs]
-    deq = [(o.astype(np.float32) - t.quantization.zero_point) * (t.quantization.scale or 1.0)
-           for o, t in zip(outs, engine.info.outputs)]
+    deq = [
+        (o.astype(np.float32) - t.quantization.zero_point) * (t.quantization.scale or 1.0)
+        for o, t in zip(outs, engine.info.outputs)
+    ]
     if engine.info.task == "classification":
         np.argsort(-deq[0].reshape(-1))[:3]
     t3 = time.perf_counter()
@@ -75,23 +77,31 @@ def run(model: Path, labels: Path | None, frame: np.ndarray, frames: int, thread
     total_o = [sum(x) for x in zip(*ours.values())]
     total_b = [sum(x) for x in zip(*base.values())]
     name = model.name.replace(".tflite", "")
-    print(f"| {name} | {runtime} | " + " | ".join(
-        f"{pct(ours[k], 50):.2f} / {pct(ours[k], 99):.2f}" for k in ours
-    ) + f" | {pct(total_o, 50):.2f} | {pct(total_b, 50):.2f} | "
+    print(
+        f"| {name} | {runtime} | "
+        + " | ".join(f"{pct(ours[k], 50):.2f} / {pct(ours[k], 99):.2f}" for k in ours)
+        + f" | {pct(total_o, 50):.2f} | {pct(total_b, 50):.2f} | "
         f"{statistics.median(base['preprocess']) / statistics.median(ours['preprocess']):.1f}x | "
-        f"{statistics.median(total_b) / statistics.median(total_o):.2f}x |")
+        f"{statistics.median(total_b) / statistics.median(total_o):.2f}x |"
+    )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=200)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
-    ap.add_argument("--testdata", default=os.environ.get("EDGED_TESTDATA", str(Path(__file__).resolve().parents[2] / "shared" / "testdata")))
+    ap.add_argument(
+        "--testdata",
+        default=os.environ.get("EDGED_TESTDATA", str(Path(__file__).resolve().parents[2] / "shared" / "testdata")),
+    )
     ap.add_argument("--runtime", action="append", help="runtime(s) to measure (default: every one installed)")
     args = ap.parse_args()
     td = Path(args.testdata)
-    frame = cv2.resize(cv2.imread(str(td / "images" / "cat_720p.jpg")), (1280, 720)) if td.is_dir() else \
-        np.random.default_rng(0).integers(0, 255, (720, 1280, 3), dtype=np.uint8)
+    frame = (
+        cv2.resize(cv2.imread(str(td / "images" / "cat_720p.jpg")), (1280, 720))
+        if td.is_dir()
+        else np.random.default_rng(0).integers(0, 255, (720, 1280, 3), dtype=np.uint8)
+    )
     models = [(builtin_model_dir() / "digits_int8.tflite", builtin_model_dir() / "digits_labels.txt")]
     if td.is_dir():
         models += [
@@ -99,11 +109,16 @@ def main() -> None:
             (td / "models" / "mobilenet_v2_1.0_224_quant.tflite", td / "models" / "imagenet_labels.txt"),
             (td / "models" / "ssd_mobilenet_v1_coco_quant_postprocess.tflite", td / "models" / "coco_labels.txt"),
         ]
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.processor() or platform.platform()}, "
-          f"python {platform.python_version()}, numpy {np.__version__}, opencv {cv2.__version__}, "
-          f"{args.threads} interpreter threads, {args.frames} frames of 1280x720 after 10 warm-up")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.processor() or platform.platform()}, "
+        f"python {platform.python_version()}, numpy {np.__version__}, opencv {cv2.__version__}, "
+        f"{args.threads} interpreter threads, {args.frames} frames of 1280x720 after 10 warm-up"
+    )
     print("\np50 / p99 in ms per stage (edged); total p50 edged vs naive; ratios naive/edged (>1: edged faster)\n")
-    print("| model | runtime | preprocess | inference | postprocess | total edged | total naive | preprocess ratio | total ratio |")
+    print(
+        "| model | runtime | preprocess | inference | postprocess | total edged | total naive "
+        "| preprocess ratio | total ratio |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for rt in args.runtime or available():
         for model, labels in models:

@@ -7,8 +7,8 @@ import json
 import logging
 import sys
 import time
-from pathlib import Path
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from . import __version__
 from .errors import ConfigError, EdgedError
@@ -88,11 +88,20 @@ def cmd_infer(args: argparse.Namespace) -> int:
         raise ConfigError("--threshold must be between 0 and 1")
     if args.threads is not None and args.threads < 1:
         raise ConfigError("--threads must be 1 or more")
-    engine = Engine(args.model, EngineOptions(
-        runtime=args.runtime, threads=args.threads, labels=args.labels, top_k=args.top_k,
-        threshold=args.threshold, resize=args.resize, interpolation=args.interpolation,
-        mean=_one_or_list(args.mean), std=_one_or_list(args.std),
-    ))
+    engine = Engine(
+        args.model,
+        EngineOptions(
+            runtime=args.runtime,
+            threads=args.threads,
+            labels=args.labels,
+            top_k=args.top_k,
+            threshold=args.threshold,
+            resize=args.resize,
+            interpolation=args.interpolation,
+            mean=_one_or_list(args.mean),
+            std=_one_or_list(args.std),
+        ),
+    )
     failures = 0
     for seq, path in enumerate(args.images):
         wall, t0 = time.time(), time.monotonic()
@@ -106,8 +115,16 @@ def cmd_infer(args: argparse.Namespace) -> int:
         out = engine.process(image)
         h, w = image.shape[:2]
         result = Result(
-            stream="infer", seq=seq, timestamp=wall, model=engine.info.name, accelerator=engine.accelerator,
-            task=engine.info.task, frame_width=w, frame_height=h, classes=out.classes, objects=out.objects,
+            stream="infer",
+            seq=seq,
+            timestamp=wall,
+            model=engine.info.name,
+            accelerator=engine.accelerator,
+            task=engine.info.task,
+            frame_width=w,
+            frame_height=h,
+            classes=out.classes,
+            objects=out.objects,
             source=str(path),
             latency_ms={"capture": capture * 1e3, **{k: v * 1e3 for k, v in out.timings.items()}},
         )
@@ -182,8 +199,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         args = parser.parse_args(["run", *(argv or [])])
     if args.command != "run":
-        logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
-                            format="%(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(
+            level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+        )
     handlers: dict[str, Any] = {"run": cmd_run, "infer": cmd_infer, "inspect": cmd_inspect, "config": cmd_config}
     try:
         return handlers[args.command](args)

@@ -67,9 +67,7 @@ class CameraSource(_Strict):
     reopen_seconds: float = Field(2.0, gt=0, description="wait before reopening a camera that stopped delivering")
 
 
-SourceConfig = Annotated[
-    Union[SyntheticSource, VideoSource, ImagesSource, CameraSource], Field(discriminator="type")
-]
+SourceConfig = Annotated[Union[SyntheticSource, VideoSource, ImagesSource, CameraSource], Field(discriminator="type")]
 
 
 # --------------------------------------------------------------------------- sinks
@@ -101,15 +99,21 @@ class ModelConfig(_Strict):
     runtime: Literal["auto", "ai_edge_litert", "tflite_runtime", "tensorflow"] = Field(
         "auto", description="TFLite interpreter package; auto prefers ai_edge_litert (fastest on the CPU)"
     )
-    threads: Optional[int] = Field(None, ge=1, le=64, description="CPU threads for the interpreter (default: all cores)")
+    threads: Optional[int] = Field(
+        None, ge=1, le=64, description="CPU threads for the interpreter (default: all cores)"
+    )
     top_k: int = Field(3, ge=0, le=1000, description="classes (or objects) kept per result")
     threshold: Optional[float] = Field(
         None, ge=0, le=1, description="minimum score kept (default 0.1 for classification, 0.5 for detection)"
     )
     resize: Literal["stretch", "letterbox"] = Field("stretch", description="fill the input, or keep the aspect ratio")
     interpolation: Literal["linear", "nearest", "area"] = "linear"
-    mean: Optional[Union[float, List[float]]] = Field(None, description="normalisation mean (pixels); unset: feed raw pixels")
-    std: Optional[Union[float, List[float]]] = Field(None, description="normalisation std (pixels); unset: feed raw pixels")
+    mean: Optional[Union[float, List[float]]] = Field(
+        None, description="normalisation mean (pixels); unset: feed raw pixels"
+    )
+    std: Optional[Union[float, List[float]]] = Field(
+        None, description="normalisation std (pixels); unset: feed raw pixels"
+    )
 
     @field_validator("std")
     @classmethod

@@ -59,8 +59,16 @@ class Engine:
         _, h, w, c = spec.shape
         try:
             self.preprocessor = Preprocessor(
-                h, w, c, spec.dtype, spec.quantization.scale, spec.quantization.zero_point,
-                resize=opts.resize, mean=opts.mean, std=opts.std, interpolation=opts.interpolation,
+                h,
+                w,
+                c,
+                spec.dtype,
+                spec.quantization.scale,
+                spec.quantization.zero_point,
+                resize=opts.resize,
+                mean=opts.mean,
+                std=opts.std,
+                interpolation=opts.interpolation,
             )
         except ValueError as exc:
             raise ConfigError(f"model {self.info.name}: {exc}") from None
@@ -86,18 +94,30 @@ class Engine:
             spec = self.info.outputs[0]
             q = self._interp.get_tensor(spec.index)
             classes = postprocess.classify_quantized(
-                q, spec.quantization.scale, spec.quantization.zero_point,
-                self.options.top_k, self.threshold, self.labels,
+                q,
+                spec.quantization.scale,
+                spec.quantization.zero_point,
+                self.options.top_k,
+                self.threshold,
+                self.labels,
             )
         else:
             roles = self.info.ssd_outputs or {}
             get = self._interp.get_tensor
             w, h = self.input_size
             objects = postprocess.detect(
-                get(roles["boxes"]), get(roles["classes"]), get(roles["scores"]), get(roles["count"]),
-                transform, w, h, self.threshold, self.labels,
+                get(roles["boxes"]),
+                get(roles["classes"]),
+                get(roles["scores"]),
+                get(roles["count"]),
+                transform,
+                w,
+                h,
+                self.threshold,
+                self.labels,
                 top_k=self.options.top_k if self.options.top_k > 0 else None,
             )
         t3 = time.perf_counter()
-        return Output(classes, objects, transform,
-                      {"preprocess": t1 - t0, "inference": t2 - t1, "postprocess": t3 - t2})
+        return Output(
+            classes, objects, transform, {"preprocess": t1 - t0, "inference": t2 - t1, "postprocess": t3 - t2}
+        )

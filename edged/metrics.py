@@ -8,15 +8,39 @@ from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client import CONTENT_TYPE_LATEST  # noqa: F401  (re-exported for the HTTP server)
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,  # noqa: F401  (re-exported for the HTTP server)
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 from . import __version__
 
 # Edge latencies: from half a millisecond (an Edge TPU classifier) to seconds (a stalled CPU).
 LATENCY_BUCKETS = (
-    0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.05,
-    0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0,
+    0.0005,
+    0.001,
+    0.002,
+    0.003,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.02,
+    0.03,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.5,
+    0.75,
+    1.0,
+    2.0,
 )
 PIPELINE_STAGES = ("capture", "queue", "preprocess", "inference", "postprocess", "publish")
 
@@ -30,38 +54,50 @@ class Metrics:
             "edged_stage_duration_seconds",
             "Time a frame spends in each pipeline stage: capture (grab and decode), queue (waiting "
             "for the inference thread), preprocess, inference, postprocess, publish (all sinks)",
-            ["stream", "stage"], buckets=LATENCY_BUCKETS, registry=r,
+            ["stream", "stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.frame_latency = Histogram(
             "edged_frame_latency_seconds",
             "Time from the start of a frame's capture to its result being published",
-            ["stream"], buckets=LATENCY_BUCKETS, registry=r,
+            ["stream"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
         )
         self.frames = Counter(
             "edged_frames_total",
             "Frames by outcome: processed (a result was published) or dropped (replaced by a newer "
             "frame before inference took it)",
-            ["stream", "outcome"], registry=r,
+            ["stream", "outcome"],
+            registry=r,
         )
         self.inferences = Counter(
             "edged_inferences_total", "Inferences run, by accelerator", ["stream", "accelerator"], registry=r
         )
         self.errors = Counter(
-            "edged_stream_errors_total", "Errors in a stream, by stage (source, inference, publish)",
-            ["stream", "stage"], registry=r,
+            "edged_stream_errors_total",
+            "Errors in a stream, by stage (source, inference, publish)",
+            ["stream", "stage"],
+            registry=r,
         )
         self.model_info = Gauge(
-            "edged_model_info", "The model a stream runs (value is always 1)",
+            "edged_model_info",
+            "The model a stream runs (value is always 1)",
             ["stream", "path", "sha256", "input_shape", "dtype", "scale", "zero_point", "task", "runtime"],
             registry=r,
         )
         self.stream_up = Gauge(
-            "edged_stream_up", "1 while a stream's source delivers and its inference runs, else 0",
-            ["stream"], registry=r,
+            "edged_stream_up",
+            "1 while a stream's source delivers and its inference runs, else 0",
+            ["stream"],
+            registry=r,
         )
         self.last_result = Gauge(
-            "edged_last_result_timestamp_seconds", "Unix time of a stream's latest published result",
-            ["stream"], registry=r,
+            "edged_last_result_timestamp_seconds",
+            "Unix time of a stream's latest published result",
+            ["stream"],
+            registry=r,
         )
 
     def init_stream(self, stream: str, info: Any, accelerator: str) -> None:
@@ -76,8 +112,15 @@ class Metrics:
             self.errors.labels(stream, stage)
         spec = info.input
         self.model_info.labels(
-            stream, info.path, info.sha256, "x".join(str(d) for d in spec.shape), spec.dtype,
-            f"{spec.quantization.scale:.8g}", str(spec.quantization.zero_point), info.task, info.runtime,
+            stream,
+            info.path,
+            info.sha256,
+            "x".join(str(d) for d in spec.shape),
+            spec.dtype,
+            f"{spec.quantization.scale:.8g}",
+            str(spec.quantization.zero_point),
+            info.task,
+            info.runtime,
         ).set(1)
         self.stream_up.labels(stream).set(0)
 

@@ -181,9 +181,7 @@ _SSD_TF2_ORDER = {"output_0": "count", "output_1": "scores", "output_2": "classe
 _SSD_TF1_SUFFIX = {"": "boxes", ":1": "classes", ":2": "scores", ":3": "count"}
 
 
-def resolve_ssd_outputs(
-    outputs: list[TensorSpec], signature_outputs: dict[str, int] | None = None
-) -> dict[str, int]:
+def resolve_ssd_outputs(outputs: list[TensorSpec], signature_outputs: dict[str, int] | None = None) -> dict[str, int]:
     """Map the four outputs of TFLite_Detection_PostProcess to roles -> tensor index.
 
     TF1 exports give them as boxes, classes, scores, count (tensor names
@@ -219,7 +217,9 @@ def resolve_ssd_outputs(
     raise ValueError("cannot tell the SSD outputs apart by name or shape")
 
 
-def detect_task(outputs: list[TensorSpec], custom_ops: list[str], signature_outputs: dict[str, int] | None) -> tuple[str, dict[str, int] | None]:
+def detect_task(
+    outputs: list[TensorSpec], custom_ops: list[str], signature_outputs: dict[str, int] | None
+) -> tuple[str, dict[str, int] | None]:
     """Return ("classification", None) or ("detection", roles); raise ValueError otherwise."""
     if len(outputs) == 1:
         shape = outputs[0].shape
@@ -353,4 +353,5 @@ def _edgetpu_message(p: Path) -> str:
     base = f"{p} is compiled for the Edge TPU (it holds an {EDGETPU_CUSTOM_OP}) and cannot run on the CPU"
     if twin is not None and twin.is_file():
         return f"{base}; its CPU twin {twin} sits beside it: use that model (or run with an Edge TPU)"
-    return f"{base}; no CPU twin found beside it (expected {twin or 'an uncompiled .tflite'}): use the model from before edgetpu_compiler"
+    expected = twin or "an uncompiled .tflite"
+    return f"{base}; no CPU twin found beside it (expected {expected}): use the model from before edgetpu_compiler"

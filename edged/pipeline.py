@@ -61,8 +61,15 @@ class LatestSlot:
 def engine_options(model_cfg: Any) -> EngineOptions:
     m = model_cfg
     return EngineOptions(
-        runtime=m.runtime, threads=m.threads, labels=m.labels, top_k=m.top_k, threshold=m.threshold,
-        resize=m.resize, interpolation=m.interpolation, mean=m.mean, std=m.std,
+        runtime=m.runtime,
+        threads=m.threads,
+        labels=m.labels,
+        top_k=m.top_k,
+        threshold=m.threshold,
+        resize=m.resize,
+        interpolation=m.interpolation,
+        mean=m.mean,
+        std=m.std,
     )
 
 
@@ -89,8 +96,10 @@ class Stream:
         self._error_logged: dict[str, float] = {}
         m = metrics
         sid = self.id
-        self._h = {stage: m.stage_duration.labels(sid, stage) for stage in
-                   ("capture", "queue", "preprocess", "inference", "postprocess", "publish")}
+        self._h = {
+            stage: m.stage_duration.labels(sid, stage)
+            for stage in ("capture", "queue", "preprocess", "inference", "postprocess", "publish")
+        }
         self._frame_latency = m.frame_latency.labels(sid)
         self._processed = m.frames.labels(sid, "processed")
         self._dropped = m.frames.labels(sid, "dropped")
@@ -113,9 +122,17 @@ class Stream:
         spec = info.input
         log.info(
             "stream %s: %s -> %s (%s, %s %s, scale %.6g, zero point %d, %s %s) on %s",
-            self.id, self.source.describe(), info.name, info.task, spec.dtype, list(spec.shape),
-            spec.quantization.scale, spec.quantization.zero_point, info.runtime,
-            self.engine.loaded.runtime.version, self.engine.accelerator,
+            self.id,
+            self.source.describe(),
+            info.name,
+            info.task,
+            spec.dtype,
+            list(spec.shape),
+            spec.quantization.scale,
+            spec.quantization.zero_point,
+            info.runtime,
+            self.engine.loaded.runtime.version,
+            self.engine.accelerator,
         )
 
     def close(self, timeout: float = 1.5) -> None:
@@ -208,12 +225,23 @@ class Stream:
             t = out.timings
             h, w = frame.image.shape[:2]
             result = Result(
-                stream=self.id, seq=frame.seq, timestamp=frame.timestamp, model=model_name,
-                accelerator=engine.accelerator, task=task, frame_width=w, frame_height=h,
-                classes=out.classes, objects=out.objects, source=frame.origin, truth=frame.truth,
+                stream=self.id,
+                seq=frame.seq,
+                timestamp=frame.timestamp,
+                model=model_name,
+                accelerator=engine.accelerator,
+                task=task,
+                frame_width=w,
+                frame_height=h,
+                classes=out.classes,
+                objects=out.objects,
+                source=frame.origin,
+                truth=frame.truth,
                 latency_ms={
-                    "capture": frame.capture_seconds * 1e3, "queue": queued * 1e3,
-                    "preprocess": t["preprocess"] * 1e3, "inference": t["inference"] * 1e3,
+                    "capture": frame.capture_seconds * 1e3,
+                    "queue": queued * 1e3,
+                    "preprocess": t["preprocess"] * 1e3,
+                    "inference": t["inference"] * 1e3,
                     "postprocess": t["postprocess"] * 1e3,
                 },
             )

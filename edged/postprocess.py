@@ -36,7 +36,11 @@ def classify(
 
 
 def classify_quantized(
-    q: np.ndarray, scale: float, zero_point: int, top_k: int = 3, threshold: float = 0.0,
+    q: np.ndarray,
+    scale: float,
+    zero_point: int,
+    top_k: int = 3,
+    threshold: float = 0.0,
     labels: dict[int, str] | None = None,
 ) -> list[dict[str, Any]]:
     """:func:`classify` on a quantised output, dequantising only the entries it keeps."""

@@ -196,8 +196,16 @@ class Preprocessor:
         return t
 
 
-def preprocess(frame: np.ndarray, height: int, width: int, channels: int = 3, dtype: str = "uint8",
-               scale: float = 0.0, zero_point: int = 0, **kwargs: object) -> tuple[np.ndarray, Transform]:
+def preprocess(
+    frame: np.ndarray,
+    height: int,
+    width: int,
+    channels: int = 3,
+    dtype: str = "uint8",
+    scale: float = 0.0,
+    zero_point: int = 0,
+    **kwargs: object,
+) -> tuple[np.ndarray, Transform]:
     """One-shot convenience: returns a new [1,H,W,C] input array and the transform."""
     out = np.empty((1, height, width, channels), dtype=np.dtype(dtype))
     pre = Preprocessor(height, width, channels, dtype, scale, zero_point, **kwargs)  # type: ignore[arg-type]

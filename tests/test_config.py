@@ -40,7 +40,10 @@ def test_relative_paths_resolve_against_the_config_file(tmp_path: Path) -> None:
     "raw,message",
     [
         ({"streams": [_stream(model={"pth": "x"})]}, r"streams\[0\]\.model\.pth: unknown key"),
-        ({"streams": [_stream(source={"type": "synthetic", "fps": 0})]}, r"streams\[0\]\.source\.fps: Input should be greater than 0"),
+        (
+            {"streams": [_stream(source={"type": "synthetic", "fps": 0})]},
+            r"streams\[0\]\.source\.fps: Input should be greater than 0",
+        ),
         ({"streams": [_stream(source={"type": "webcam"})]}, r"streams\[0\]\.source.*webcam"),
         ({"streams": [_stream(), _stream()]}, "stream id 'cam' is used twice"),
         ({"streams": []}, "streams: List should have at least 1 item"),

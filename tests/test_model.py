@@ -32,7 +32,9 @@ def test_labels_one_per_line_keeps_line_numbers() -> None:
     assert parse_labels("person\n\ncar\n") == {0: "person", 2: "car"}
 
 
-@pytest.mark.parametrize("text", ["0 person\n1 bicycle\n5 bus\n", "0: person\n1: bicycle\n5: bus\n", "0,person\n1,bicycle\n5,bus"])
+@pytest.mark.parametrize(
+    "text", ["0 person\n1 bicycle\n5 bus\n", "0: person\n1: bicycle\n5: bus\n", "0,person\n1,bicycle\n5,bus"]
+)
 def test_labels_id_pairs(text: str) -> None:
     assert parse_labels(text) == {0: "person", 1: "bicycle", 5: "bus"}
 
@@ -103,8 +105,12 @@ def test_ssd_tf2_order_by_signature_detection_names() -> None:
 
 
 def test_ssd_tf2_tensor_names() -> None:
-    named = [_t(1, "detection_scores", (1, 10)), _t(2, "detection_boxes", (1, 10, 4)),
-             _t(3, "num_detections", (1,)), _t(4, "detection_classes", (1, 10))]
+    named = [
+        _t(1, "detection_scores", (1, 10)),
+        _t(2, "detection_boxes", (1, 10, 4)),
+        _t(3, "num_detections", (1,)),
+        _t(4, "detection_classes", (1, 10)),
+    ]
     assert resolve_ssd_outputs(named) == {"scores": 1, "boxes": 2, "count": 3, "classes": 4}
 
 
@@ -124,9 +130,16 @@ def test_detect_task() -> None:
 
 def test_per_channel_quantisation_is_reported() -> None:
     detail = {
-        "index": 3, "name": "w", "shape": np.array([8, 3, 3, 3]), "dtype": np.int8, "quantization": (0.0, 0),
-        "quantization_parameters": {"scales": np.array([0.1, 0.2] * 4, np.float32),
-                                    "zero_points": np.zeros(8, np.int32), "quantized_dimension": 0},
+        "index": 3,
+        "name": "w",
+        "shape": np.array([8, 3, 3, 3]),
+        "dtype": np.int8,
+        "quantization": (0.0, 0),
+        "quantization_parameters": {
+            "scales": np.array([0.1, 0.2] * 4, np.float32),
+            "zero_points": np.zeros(8, np.int32),
+            "quantized_dimension": 0,
+        },
     }
     spec = _spec(detail)
     assert spec.quantization.per_channel and len(spec.quantization.scales) == 8
@@ -185,8 +198,11 @@ def test_model_errors(models_dir: Path, tmp_path: Path) -> None:
 
 
 def test_error_messages_are_one_line(models_dir: Path) -> None:
-    for bad in ("invalid/truncated.tflite", "invalid/custom_op_unresolved.tflite",
-                "mobilenet_v1_0.25_128_quant_edgetpu.tflite"):
+    for bad in (
+        "invalid/truncated.tflite",
+        "invalid/custom_op_unresolved.tflite",
+        "mobilenet_v1_0.25_128_quant_edgetpu.tflite",
+    ):
         with pytest.raises(ModelError) as info:
             load_model(models_dir / bad)
         assert "\n" not in str(info.value)

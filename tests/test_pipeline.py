@@ -60,13 +60,22 @@ def _samples(metrics: Metrics) -> dict[tuple[str, tuple], float]:
 
 
 def test_fast_source_slow_model_drops_instead_of_queueing(models_dir: Path, images_dir: Path) -> None:
-    cfg = config_from_dict({"streams": [{
-        "id": "fast",
-        "source": {"type": "images", "path": str(images_dir / "cat_720p.jpg"), "fps": 0, "loop": True},
-        "model": {"path": str(models_dir / "mobilenet_v2_1.0_224_quant.tflite"),
-                  "labels": str(models_dir / "imagenet_labels.txt"), "threads": 1},
-        "sinks": [],
-    }]})
+    cfg = config_from_dict(
+        {
+            "streams": [
+                {
+                    "id": "fast",
+                    "source": {"type": "images", "path": str(images_dir / "cat_720p.jpg"), "fps": 0, "loop": True},
+                    "model": {
+                        "path": str(models_dir / "mobilenet_v2_1.0_224_quant.tflite"),
+                        "labels": str(models_dir / "imagenet_labels.txt"),
+                        "threads": 1,
+                    },
+                    "sinks": [],
+                }
+            ]
+        }
+    )
     metrics = Metrics()
     stream = Stream(cfg.streams[0], metrics)
     sink = Collect()
@@ -113,10 +122,18 @@ def test_result_schema_and_truth_from_synthetic_source() -> None:
 
 
 def test_inference_error_is_counted_and_stream_keeps_running(models_dir: Path) -> None:
-    cfg = config_from_dict({"streams": [{
-        "id": "err", "source": {"type": "synthetic", "fps": 50},
-        "model": {"path": str(models_dir / "mobilenet_v1_0.25_128_quant.tflite")}, "sinks": [],
-    }]})
+    cfg = config_from_dict(
+        {
+            "streams": [
+                {
+                    "id": "err",
+                    "source": {"type": "synthetic", "fps": 50},
+                    "model": {"path": str(models_dir / "mobilenet_v1_0.25_128_quant.tflite")},
+                    "sinks": [],
+                }
+            ]
+        }
+    )
     metrics = Metrics()
     stream = Stream(cfg.streams[0], metrics)
     real = stream.engine.process

@@ -30,8 +30,17 @@ def test_detect_maps_boxes_back_through_letterbox_and_clips() -> None:
     t = compute_transform(1280, 720, 300, 300, "letterbox")  # pad_y 65, content 300x169
     # a box covering exactly the content area, and one sticking out of it
     boxes = np.array([[[65 / 300, 0.0, (65 + 169) / 300, 1.0], [0.0, 0.5, 1.0, 1.2], [0, 0, 0.1, 0.1]]], np.float32)
-    out = detect(boxes, np.array([[0, 2, 5]]), np.array([[0.9, 0.8, 0.1]]), np.array([3.0]), t, 300, 300,
-                 threshold=0.5, labels={0: "person", 2: "car"})
+    out = detect(
+        boxes,
+        np.array([[0, 2, 5]]),
+        np.array([[0.9, 0.8, 0.1]]),
+        np.array([3.0]),
+        t,
+        300,
+        300,
+        threshold=0.5,
+        labels={0: "person", 2: "car"},
+    )
     assert len(out) == 2
     b0 = out[0]["box"]
     assert abs(b0["xmin"]) < 1 and abs(b0["ymin"]) < 1 and abs(b0["xmax"] - 1280) < 1 and abs(b0["ymax"] - 720) < 3

@@ -38,11 +38,18 @@ class LogSink(Sink):
         extra = ""
         if result.truth is not None and self._truth_seen:
             label = result.truth.get("label") if isinstance(result.truth, dict) else result.truth
-            extra = f" | truth {label}, running accuracy {self._truth_hits / self._truth_seen:.1%} of {self._truth_seen}"
+            extra = (
+                f" | truth {label}, running accuracy {self._truth_hits / self._truth_seen:.1%} of {self._truth_seen}"
+            )
         log.info(
             "%s #%d %s: %s | %.1f ms (infer %.1f ms)%s",
-            result.stream, result.seq, result.accelerator, result.summary(),
-            lat.get("total", 0.0), lat.get("inference", 0.0), extra,
+            result.stream,
+            result.seq,
+            result.accelerator,
+            result.summary(),
+            lat.get("total", 0.0),
+            lat.get("inference", 0.0),
+            extra,
             extra={"result": result.to_dict(), "skipped": self._skipped},
         )
         self._skipped = 0

@@ -69,8 +69,12 @@ class CameraSource(Source):
                 self.cap.release()
                 self.cap = None
                 if not self.failed:
-                    log.warning("stream %s: camera %s stopped delivering frames; reopening every %gs",
-                                self.name, self.cfg.device, self.cfg.reopen_seconds)
+                    log.warning(
+                        "stream %s: camera %s stopped delivering frames; reopening every %gs",
+                        self.name,
+                        self.cfg.device,
+                        self.cfg.reopen_seconds,
+                    )
                     self.failed = True
             if self._closed.wait(self.cfg.reopen_seconds):
                 return None
