@@ -135,10 +135,14 @@ class Stream:
             self.engine.accelerator,
         )
 
-    def close(self, timeout: float = 1.5) -> None:
+    def request_stop(self) -> None:
+        """Ask both threads to stop without waiting (so several streams stop in parallel)."""
         self._stop.set()
         self.source.close()
         self.slot.end()
+
+    def close(self, timeout: float = 1.5) -> None:
+        self.request_stop()
         deadline = time.monotonic() + timeout
         for t in self._threads:
             t.join(max(0.0, deadline - time.monotonic()))

@@ -149,8 +149,11 @@ class Service:
         self.stop_event.set()
 
     def close(self) -> None:
+        for s in self.streams:  # all streams stop together: shutdown stays within ~1 s
+            s.request_stop()
+        deadline = time.monotonic() + 1.0
         for s in self.streams:
-            s.close(timeout=1.0)
+            s.close(timeout=max(0.0, deadline - time.monotonic()))
         self._close_http()
         log.info("stopped")
 
