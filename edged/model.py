@@ -16,7 +16,7 @@ import numpy as np
 
 from . import tflite_schema
 from .errors import ConfigError, ModelError
-from .runtime import Runtime, get_runtime
+from .runtime import Runtime, get_runtime, native_banners_silenced
 
 EDGETPU_CUSTOM_OP = "edgetpu-custom-op"
 SSD_CUSTOM_OP = "TFLite_Detection_PostProcess"
@@ -292,26 +292,8 @@ def load_model(
     custom_ops = summary.custom_ops
     if EDGETPU_CUSTOM_OP in custom_ops and not delegates:
         raise ModelError(_edgetpu_message(p))
-    try:
-        interpreter = rt.interpreter_class(
-            model_path=str(p), num_threads=num_threads, experimental_delegates=delegates or None
-        )
-    except ValueError as exc:
-        raise ModelError(f"{p} is corrupt or truncated ({_first_line(exc)}); copy the model again") from None
-    try:
-        interpreter.allocate_tensors()
-    except RuntimeError as exc:
-        msg = str(exc)
-        m = re.search(r"unresolved custom op: ([^\s.]+)", msg)
-        if m:
-            op = m.group(1)
-            if op == EDGETPU_CUSTOM_OP:
-                raise ModelError(_edgetpu_message(p)) from None
-            raise ModelError(
-                f"{p} uses custom operator {op!r}, which the {rt.name} runtime does not provide; "
-                "convert the model with builtin operators only"
-            ) from None
-        raise ModelError(f"{p} cannot be prepared by {rt.name}: {_first_line(exc)}") from None
+    with native_banners_silenced():
+        interpreter = _build_interpreter(rt, p, num_threads, delegates)
     inputs = [_spec(d) for d in interpreter.get_input_details()]
     outputs = [_spec(d) for d in interpreter.get_output_details()]
     if len(inputs) != 1 or len(inputs[0].shape) != 4 or inputs[0].shape[-1] not in (1, 3):
@@ -341,6 +323,30 @@ def load_model(
         ssd_outputs=roles,
     )
     return LoadedModel(info=info, interpreter=interpreter, runtime=rt)
+
+
+def _build_interpreter(rt: Runtime, p: Path, num_threads: int | None, delegates: list[Any] | None) -> Any:
+    try:
+        interpreter = rt.interpreter_class(
+            model_path=str(p), num_threads=num_threads, experimental_delegates=delegates or None
+        )
+    except ValueError as exc:
+        raise ModelError(f"{p} is corrupt or truncated ({_first_line(exc)}); copy the model again") from None
+    try:
+        interpreter.allocate_tensors()
+    except RuntimeError as exc:
+        msg = str(exc)
+        m = re.search(r"unresolved custom op: ([^\s.]+)", msg)
+        if m:
+            op = m.group(1)
+            if op == EDGETPU_CUSTOM_OP:
+                raise ModelError(_edgetpu_message(p)) from None
+            raise ModelError(
+                f"{p} uses custom operator {op!r}, which the {rt.name} runtime does not provide; "
+                "convert the model with builtin operators only"
+            ) from None
+        raise ModelError(f"{p} cannot be prepared by {rt.name}: {_first_line(exc)}") from None
+    return interpreter
 
 
 def _first_line(exc: BaseException) -> str:

@@ -14,8 +14,12 @@ environment overrides ``auto`` (used by CI to run the suite under each runtime).
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
+import sys
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -99,3 +103,31 @@ def get_runtime(name: str = "auto") -> Runtime:
         raise ConfigError(f"runtime {name!r} cannot be imported ({exc}); install it or use runtime: auto") from exc
     _cache[name] = rt
     return rt
+
+
+_BANNERS = (b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.",)
+
+
+@contextlib.contextmanager
+def native_banners_silenced() -> Iterator[None]:
+    """Drop the TFLite C++ runtime's start-up banner ("INFO: Created TensorFlow Lite XNNPACK
+    delegate for CPU.") that it writes straight to file descriptor 2, so that a user's
+    error stays one line. Everything else the native code writes meanwhile is passed on."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable fd 2 (e.g. embedded): nothing to silence
+        yield
+        return
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            kept = [ln for ln in tmp.read().splitlines(keepends=True) if ln.strip() not in _BANNERS]
+            if kept:
+                os.write(2, b"".join(kept))
