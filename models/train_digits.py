@@ -18,6 +18,12 @@ TRAIN digits, preprocessed exactly like the daemon does:
 
 Run from the repository root, in a venv with TensorFlow (see models/README.md):
     /work/tfvenv/bin/python models/train_digits.py
+
+With --test-variants DIR the same trained model is also written, for edged's end-to-end
+tests, as DIR/digits_int8io.tflite (full-integer PTQ with int8 input and output) and
+DIR/digits_float32.tflite (plain float32 conversion); models/digits_int8.tflite is
+unchanged by the option (the variants are converted after it is written):
+    /work/tfvenv/bin/python models/train_digits.py --test-variants tests/data
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import argparse
 import importlib.util
 import io
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -159,6 +166,12 @@ def tflite_eval(path: Path, x_u8: np.ndarray, y: np.ndarray):
                 t = xi[None]  # raw pixels feed the model unchanged
             else:
                 t = np.clip(np.rint(xi / 255.0 / scale + zp), 0, 255).astype(np.uint8)[None]
+        elif inp["dtype"] == np.int8:
+            scale, zp = inp["quantization"]
+            if abs(scale - 1 / 255) < 1e-6 and zp == -128:
+                t = (xi.astype(np.int16) - 128).astype(np.int8)[None]  # q = pixel - 128
+            else:
+                t = np.clip(np.rint(xi / 255.0 / scale + zp), -128, 127).astype(np.int8)[None]
         else:
             t = (xi.astype(np.float32) / 255.0)[None]
         it.set_tensor(inp["index"], t)
@@ -176,6 +189,9 @@ def main() -> int:
                     help="where the float32 .tflite and other by-products go (not committed)")
     ap.add_argument("--epochs", type=int, default=EPOCHS)
     ap.add_argument("--train-renders", type=int, default=N_TRAIN)
+    ap.add_argument("--test-variants", type=Path, default=None, metavar="DIR",
+                    help="also write DIR/digits_int8io.tflite (int8 in/out) and DIR/digits_float32.tflite "
+                         "from the same training run, for the end-to-end tests")
     args = ap.parse_args()
 
     t_start = time.perf_counter()
@@ -277,6 +293,54 @@ def main() -> int:
     print(f"time: render {t_render:.1f}s, fit {t_train:.1f}s, total {total:.1f}s")
     if not (ok_input and ok_output and ok_ops):
         print(f"CHECK FAILED: input_ok={ok_input} output_ok={ok_output} ops_ok={ok_ops}")
+        return 1
+    if args.test_variants is not None:
+        return write_test_variants(tf, args.test_variants, saved, representative_dataset, float_path,
+                                   x_test, y_test)
+    return 0
+
+
+def write_test_variants(tf, out_dir: Path, saved: Path, representative_dataset, float_path: Path,
+                        x_test: np.ndarray, y_test: np.ndarray) -> int:
+    """The test models: the same SavedModel as int8-in/out full-integer PTQ, and plain float32.
+
+    Runs after models/digits_int8.tflite is written, with its own converter, so that file
+    is the same with or without this option.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    conv = tf.lite.TFLiteConverter.from_saved_model(str(saved))
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = representative_dataset
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    conv.inference_input_type = tf.int8
+    conv.inference_output_type = tf.int8
+    int8io_path = out_dir / "digits_int8io.tflite"
+    int8io_path.write_bytes(conv.convert())
+    f32_path = out_dir / "digits_float32.tflite"
+    shutil.copyfile(float_path, f32_path)  # the plain float32 conversion above (no optimisations)
+
+    acc_io, inp, out, ops_io, types_io = tflite_eval(int8io_path, x_test, y_test)
+    acc_f, inp_f, out_f, _, _ = tflite_eval(f32_path, x_test, y_test)
+    i_scale, i_zp = inp["quantization"]
+    o_scale, o_zp = out["quantization"]
+    ok_io = (inp["dtype"] == np.int8 and inp["shape"].tolist() == [1, INPUT_SIZE, INPUT_SIZE, 3]
+             and abs(i_scale - 1 / 255) < 1e-7 and i_zp == -128
+             and out["dtype"] == np.int8 and out["shape"].tolist() == [1, 10] and "float32" not in types_io)
+    ok_f = inp_f["dtype"] == np.float32 and out_f["dtype"] == np.float32
+    print("\n==== test variants ====")
+    for p in (int8io_path, f32_path):
+        print(f"{p} {p.stat().st_size} bytes")
+    print(f"int8io ops {ops_io}, tensor dtypes {types_io}")
+    print(f"int8io input : {inp['name']} {np.dtype(inp['dtype']).name} {inp['shape'].tolist()} "
+          f"scale={i_scale:.9f} (1/255={1 / 255:.9f}) zero_point={i_zp}")
+    print(f"int8io output: {out['name']} {np.dtype(out['dtype']).name} {out['shape'].tolist()} "
+          f"scale={o_scale:.9f} zero_point={o_zp}")
+    print(f"float32 input : {inp_f['name']} {np.dtype(inp_f['dtype']).name} {inp_f['shape'].tolist()}")
+    print(f"float32 output: {out_f['name']} {np.dtype(out_f['dtype']).name} {out_f['shape'].tolist()}")
+    print(f"accuracy tflite int8io : {acc_io:.4f}")
+    print(f"accuracy tflite float32: {acc_f:.4f}")
+    if not (ok_io and ok_f):
+        print(f"CHECK FAILED: int8io_ok={ok_io} float32_ok={ok_f}")
         return 1
     return 0
 
