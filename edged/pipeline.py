@@ -32,9 +32,13 @@ class LatestSlot:
         self._frame: Frame | None = None
         self._ended = False
 
-    def put(self, frame: Frame) -> bool:
-        """Store ``frame``; True when it replaced one nobody took (a dropped frame)."""
+    def put(self, frame: Frame, wait: bool = False) -> bool:
+        """Store ``frame``; True when it replaced one nobody took (a dropped frame).
+
+        With ``wait``, first wait until the previous frame was taken (lossless sources)."""
         with self._cv:
+            while wait and self._frame is not None and not self._ended:
+                self._cv.wait(0.25)
             replaced = self._frame is not None
             self._frame = frame
             self._cv.notify()
@@ -45,6 +49,7 @@ class LatestSlot:
             if self._frame is None and not self._ended:
                 self._cv.wait(timeout)
             frame, self._frame = self._frame, None
+            self._cv.notify_all()
             return frame
 
     def end(self) -> None:
@@ -146,6 +151,7 @@ class Stream:
         deadline = time.monotonic() + timeout
         for t in self._threads:
             t.join(max(0.0, deadline - time.monotonic()))
+        self.source.close()  # again, now that no read is under way: releases a device the reader held
         for sink in self.sinks:
             try:
                 sink.close()
@@ -205,7 +211,7 @@ class Stream:
                     log.info("stream %s: source ended after %d frames", self.id, self.source._seq)
                 break
             self._h["capture"].observe(frame.capture_seconds)
-            if self.slot.put(frame):
+            if self.slot.put(frame, wait=self.source.lossless):
                 self.dropped += 1
                 self._dropped.inc()
         self.slot.end()

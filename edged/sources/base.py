@@ -26,6 +26,7 @@ class Source:
     ``open`` and ``_grab`` (return ``(image, origin, truth)`` or None at the end)."""
 
     kind = "source"
+    lossless = False  # True: capture waits for inference instead of dropping (finite unpaced files)
 
     def __init__(self, name: str = "") -> None:
         self.name = name

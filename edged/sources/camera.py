@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 from typing import Any
 
 import cv2
@@ -23,6 +24,9 @@ class CameraSource(Source):
         self.cfg = cfg
         self.cap: cv2.VideoCapture | None = None
         self.failed = False
+        # read() and release() never overlap; a V4L2 read can block, so close() releases the
+        # camera only when no read is under way, and otherwise the reader does it afterwards
+        self._lock = threading.Lock()
 
     def describe(self) -> str:
         c = self.cfg
@@ -57,34 +61,58 @@ class CameraSource(Source):
 
     def _grab(self) -> tuple[np.ndarray, str | None, Any] | None:
         while not self.closed:
+            with self._lock:
+                got = self._read_once()
+            if got is not None:
+                return got
+            if self._closed.wait(self.cfg.reopen_seconds):
+                break
+            with self._lock:
+                if not self.closed:
+                    try:
+                        self.cap = self._open_capture()
+                    except SourceError:
+                        self.cap = None
+        self._release()
+        return None
+
+    def _read_once(self) -> tuple[np.ndarray, str | None, Any] | None:
+        """One read under the lock; None after a failure (the capture is then released)."""
+        if self.closed or self.cap is None:
+            return None
+        ok, image = self.cap.read()
+        if ok and image is not None:
+            if self.failed:
+                log.info("stream %s: camera %s is delivering frames again", self.name, self.cfg.device)
+                self.failed = False
+            if image.ndim == 2:
+                image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+            return image, None, None
+        self.cap.release()
+        self.cap = None
+        if not self.failed and not self.closed:
+            log.warning(
+                "stream %s: camera %s stopped delivering frames; reopening every %gs",
+                self.name,
+                self.cfg.device,
+                self.cfg.reopen_seconds,
+            )
+            self.failed = True
+        return None
+
+    def _release(self) -> None:
+        with self._lock:
             if self.cap is not None:
-                ok, image = self.cap.read()
-                if ok and image is not None:
-                    if self.failed:
-                        log.info("stream %s: camera %s is delivering frames again", self.name, self.cfg.device)
-                        self.failed = False
-                    if image.ndim == 2:
-                        image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-                    return image, None, None
                 self.cap.release()
                 self.cap = None
-                if not self.failed:
-                    log.warning(
-                        "stream %s: camera %s stopped delivering frames; reopening every %gs",
-                        self.name,
-                        self.cfg.device,
-                        self.cfg.reopen_seconds,
-                    )
-                    self.failed = True
-            if self._closed.wait(self.cfg.reopen_seconds):
-                return None
-            try:
-                self.cap = self._open_capture()
-            except SourceError:
-                self.cap = None
-        return None
 
     def close(self) -> None:
         super().close()
-        if self.cap is not None:
-            self.cap.release()
+        if self._lock.acquire(blocking=False):  # no read under way: release now
+            try:
+                if self.cap is not None:
+                    self.cap.release()
+                    self.cap = None
+            finally:
+                self._lock.release()
+        # else the reading thread releases the camera when its read returns

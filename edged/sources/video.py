@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ class VideoFileSource(Source):
         self.cap: cv2.VideoCapture | None = None
         self.fps: float | None = None
         self._buf: np.ndarray | None = None
+        self._lock = threading.Lock()  # read() and release() never overlap
 
     def open(self) -> None:
         if not self.path.is_file():
@@ -45,10 +47,20 @@ class VideoFileSource(Source):
         pace = f"{self.fps:g} fps" if self.cfg.realtime else "as fast as possible"
         return f"video {self.path.name} ({pace}{', looped' if self.cfg.loop else ''})"
 
+    @property
+    def lossless(self) -> bool:
+        return not self.cfg.realtime and not self.cfg.loop  # a finite file: every frame once
+
     def _fps(self) -> float | None:
         return self.fps if self.cfg.realtime else None
 
     def _grab(self) -> tuple[np.ndarray, str | None, Any] | None:
+        with self._lock:
+            if self.cap is None or self.closed:
+                return None
+            return self._read()
+
+    def _read(self) -> tuple[np.ndarray, str | None, Any] | None:
         assert self.cap is not None, "open() first"
         ok, image = self.cap.read()
         if not ok and self.cfg.loop:
@@ -64,5 +76,7 @@ class VideoFileSource(Source):
 
     def close(self) -> None:
         super().close()
-        if self.cap is not None:
-            self.cap.release()
+        with self._lock:
+            if self.cap is not None:
+                self.cap.release()
+                self.cap = None

@@ -1,0 +1,410 @@
+"""``edged run`` for real: a subprocess with its HTTP listener, signals, sinks and metrics.
+
+Each test starts ``python -m edged run`` and talks to it as an operator would
+(HTTP, signals, the files it writes). Waits poll with a timeout; no long fixed sleeps.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = "mobilenet_v2_1.0_224_quant.tflite"
+STAGES = ("capture", "queue", "preprocess", "inference", "postprocess", "publish")
+XNNPACK_BANNER = "INFO: Created TensorFlow Lite XNNPACK delegate"
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+class Daemon:
+    """``python -m edged run ...`` with stdout/stderr in files (no pipe can fill up)."""
+
+    def __init__(self, args: list[Any], cwd: Path, logdir: Path) -> None:
+        self.out_path, self.err_path = logdir / "edged.stdout", logdir / "edged.stderr"
+        self._out, self._err = self.out_path.open("w"), self.err_path.open("w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "edged", "run", *map(str, args)],
+            cwd=cwd,
+            stdout=self._out,
+            stderr=self._err,
+            stdin=subprocess.DEVNULL,
+        )
+
+    @property
+    def stderr(self) -> str:
+        return self.err_path.read_text()
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            if self.proc.poll() is not None:
+                self._out.close()
+                self._err.close()
+
+    def stop(self, sig: int, timeout: float = 10.0) -> tuple[int, float]:
+        """Send ``sig``; return (exit code, seconds it took to exit)."""
+        t0 = time.monotonic()
+        self.proc.send_signal(sig)
+        rc = self.wait(timeout)
+        return rc, time.monotonic() - t0
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+        self._out.close()
+        self._err.close()
+
+
+@pytest.fixture
+def daemons():
+    started: list[Daemon] = []
+
+    def start(args: list[Any], cwd: Path, logdir: Path) -> Daemon:
+        d = Daemon(args, cwd, logdir)
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:  # never leave a daemon behind, whatever the test did
+        d.kill()
+
+
+def wait_until(pred: Callable[[], Any], timeout: float, interval: float = 0.05, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = pred()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def http(url: str, method: str = "GET") -> tuple[int, bytes]:
+    req = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def wait_healthy(d: Daemon, port: int, timeout: float = 20.0) -> dict[str, Any]:
+    def probe() -> dict[str, Any] | None:
+        assert d.proc.poll() is None, f"edged exited early ({d.proc.returncode}):\n{d.stderr}"
+        try:
+            code, body = http(f"http://127.0.0.1:{port}/healthz")
+        except OSError:
+            return None
+        return json.loads(body) if code == 200 else None
+
+    return wait_until(probe, timeout, what="/healthz 200")
+
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scrape(port: int) -> Samples:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    code, body = http(f"http://127.0.0.1:{port}/metrics")
+    assert code == 200
+    out: Samples = {}
+    for family in text_string_to_metric_families(body.decode()):
+        for s in family.samples:
+            out[(s.name, frozenset(s.labels.items()))] = s.value
+    return out
+
+
+def sample(samples: Samples, name: str, **labels: str) -> float:
+    key = (name, frozenset(labels.items()))
+    assert key in samples, f"no sample {name}{labels}"
+    return samples[key]
+
+
+def one_error_line(stderr: str) -> str:
+    lines = [ln for ln in stderr.splitlines() if ln.startswith("edged: error:")]
+    assert "Traceback" not in stderr, stderr
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+def make_video(path: Path, image: Path, size: tuple[int, int], frames: int, fps: float = 10.0) -> Path:
+    import cv2
+
+    img = cv2.resize(cv2.imread(str(image)), size, interpolation=cv2.INTER_AREA)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, size)
+    assert writer.isOpened(), "OpenCV cannot write MJPG/AVI here"
+    for _ in range(frames):
+        writer.write(img)
+    writer.release()
+    assert path.stat().st_size > 0
+    return path
+
+
+@pytest.fixture(scope="module")
+def cat_video(tmp_path_factory: pytest.TempPathFactory, images_dir: Path) -> Path:
+    return make_video(tmp_path_factory.mktemp("video") / "cat.avi", images_dir / "cat_720p.jpg", (640, 480), 30)
+
+
+def video_config(
+    path: Path, video: Path, models_dir: Path, jsonl: Path, listen: str = "127.0.0.1:9110", realtime: bool = True
+) -> Path:
+    path.write_text(
+        f"listen: {listen}\n"
+        "streams:\n"
+        "  - id: cat\n"
+        f"    source: {{type: video, path: '{video}', realtime: {str(realtime).lower()}, loop: true}}\n"
+        f"    model: {{path: '{models_dir / MODEL}', labels: '{models_dir / 'imagenet_labels.txt'}'}}\n"
+        "    sinks:\n"
+        "      - {type: log, interval: 0.5}\n"
+        f"      - {{type: jsonl, path: '{jsonl}'}}\n"
+    )
+    return path
+
+
+def metrics_consistent(m: Samples, stream: str) -> bool:
+    """The invariants of one scrape (a scrape is not atomic: a frame may be mid-way)."""
+    processed = sample(m, "edged_frames_total", stream=stream, outcome="processed")
+    counts = [sample(m, "edged_stage_duration_seconds_count", stream=stream, stage=s) for s in STAGES[1:]]
+    return (
+        all(c == processed for c in counts)
+        and sample(m, "edged_inferences_total", stream=stream, accelerator="cpu") == processed
+        and sample(m, "edged_frame_latency_seconds_count", stream=stream) == processed
+    )
+
+
+# ---------------------------------------------------------------------------- the video daemon
+
+
+@pytest.mark.parametrize("sig, run_seconds", [(signal.SIGTERM, 4.0), (signal.SIGINT, 2.0)], ids=["SIGTERM", "SIGINT"])
+def test_video_stream_metrics_results_and_signal_shutdown(
+    sig: int, run_seconds: float, daemons, tmp_path: Path, cat_video: Path, models_dir: Path, free_port: int
+) -> None:
+    jsonl = tmp_path / "results.jsonl"
+    cfg = video_config(tmp_path / "edged.yaml", cat_video, models_dir, jsonl)
+    d = daemons(["--config", cfg, "--listen", f"127.0.0.1:{free_port}"], tmp_path, tmp_path)
+    base = f"http://127.0.0.1:{free_port}"
+
+    health = wait_healthy(d, free_port)
+    assert health["status"] == "ok" and health["streams"] == {"cat": "running"}
+    started = time.monotonic()
+    assert http(f"{base}/no/such/path")[0] == 404
+    assert http(f"{base}/metrics", method="POST")[0] == 405
+    time.sleep(max(0.0, run_seconds - (time.monotonic() - started)))
+
+    m = scrape(free_port)
+    for _ in range(5):  # a scrape can catch one frame between two counters; try again
+        if metrics_consistent(m, "cat"):
+            break
+        time.sleep(0.03)
+        m = scrape(free_port)
+    assert d.proc.poll() is None, d.stderr
+
+    rc, took = d.stop(sig)
+    assert rc == 0, f"exit {rc} after {signal.Signals(sig).name}:\n{d.stderr[-3000:]}"
+    assert took < 2.0, f"took {took:.2f}s to exit after {signal.Signals(sig).name}"
+    assert "Traceback" not in d.stderr
+
+    # --- metrics
+    processed = sample(m, "edged_frames_total", stream="cat", outcome="processed")
+    assert processed >= 5 * run_seconds / 2, f"only {processed} frames in {run_seconds}s at 10 fps"
+    for stage in STAGES:
+        sample(m, "edged_stage_duration_seconds_count", stream="cat", stage=stage)
+        sample(m, "edged_stage_duration_seconds_sum", stream="cat", stage=stage)
+        sample(m, "edged_stage_duration_seconds_bucket", stream="cat", stage=stage, le="+Inf")
+    counts = {s: sample(m, "edged_stage_duration_seconds_count", stream="cat", stage=s) for s in STAGES}
+    assert counts["preprocess"] == counts["inference"] == counts["postprocess"] == processed, counts
+    assert counts["queue"] == counts["publish"] == processed, counts
+    assert counts["capture"] >= processed, counts
+    assert sample(m, "edged_inferences_total", stream="cat", accelerator="cpu") == processed
+    assert sample(m, "edged_frame_latency_seconds_count", stream="cat") == processed
+    assert sample(m, "edged_frames_total", stream="cat", outcome="dropped") >= 0
+    assert sample(m, "edged_stage_duration_seconds_sum", stream="cat", stage="inference") > 0
+
+    sha = hashlib.sha256((models_dir / MODEL).read_bytes()).hexdigest()
+    infos = [(dict(labels), v) for (name, labels), v in m.items() if name == "edged_model_info"]
+    assert len(infos) == 1, infos
+    labels, value = infos[0]
+    assert value == 1
+    assert labels["stream"] == "cat" and labels["sha256"] == sha and labels["task"] == "classification"
+    assert labels["input_shape"] == "1x224x224x3" and labels["dtype"] == "uint8"
+
+    # --- results file (read after shutdown: the last result may land after the scrape)
+    lines = jsonl.read_text().splitlines()
+    assert len(lines) >= processed
+    assert len(lines) <= processed + 10 * (took + 1.0) + 2  # ~10 fps between scrape and exit, no more
+    results = [json.loads(ln) for ln in lines]
+    seqs = [r["seq"] for r in results]
+    assert all(a < b for a, b in zip(seqs, seqs[1:])), "seq must strictly increase"
+    for r in results:
+        assert r["stream"] == "cat" and r["accelerator"] == "cpu" and r["task"] == "classification"
+        assert r["frame"] == {"width": 640, "height": 480}
+        assert r["classes"][0]["label"] == "Egyptian cat", r["classes"]
+        assert r["classes"][0]["id"] == 286
+
+    # --- the log sink: rate limited to one line per 0.5 s
+    result_lines = [ln for ln in d.stderr.splitlines() if "edged.results" in ln]
+    assert result_lines and all("Egyptian cat" in ln for ln in result_lines)
+    assert len(result_lines) <= (run_seconds + took + 1.5) / 0.5 + 1
+
+
+def test_video_stream_stops_cleanly_mid_decode(daemons, tmp_path: Path, images_dir: Path, models_dir: Path) -> None:
+    """Shutdown while the capture thread is decoding a frame: no crash, no hang, exit 0.
+
+    An unpaced (realtime: false) 2560x1440 MJPG video keeps the capture thread inside
+    VideoCapture.read() almost all the time, so --duration stops the stream mid-decode.
+    """
+    video = make_video(tmp_path / "big.avi", images_dir / "cat_720p.jpg", (2560, 1440), 10)
+    cfg = video_config(
+        tmp_path / "edged.yaml", video, models_dir, tmp_path / "results.jsonl", listen="127.0.0.1:0", realtime=False
+    )
+    outcomes: list[Any] = []
+    for i in range(2):
+        logdir = tmp_path / f"run{i}"
+        logdir.mkdir()
+        d = daemons(["--config", cfg, "--duration", 0.5], tmp_path, logdir)
+        try:
+            outcomes.append(d.wait(10))
+        except subprocess.TimeoutExpired:
+            outcomes.append("hung")
+    assert outcomes == [0, 0], f"exit codes {outcomes} (-11 = SIGSEGV, -6 = SIGABRT)"
+
+
+# ---------------------------------------------------------------------------- the embedded default
+
+
+def test_embedded_default_demo_runs(daemons, tmp_path: Path, free_port: int) -> None:
+    """No --config: the bundled digits model on the synthetic scene (models/digits_int8.tflite must exist)."""
+    assert (ROOT / "models" / "digits_int8.tflite").is_file(), "the embedded demo model is missing"
+    d = daemons(["--listen", f"127.0.0.1:{free_port}", "--duration", 4], tmp_path, tmp_path)
+    t0 = time.monotonic()
+    rc = d.wait(30)
+    err = d.stderr
+    assert rc == 0, err
+    assert time.monotonic() - t0 < 15
+    assert "Traceback" not in err
+    results = [ln for ln in err.splitlines() if "edged.results" in ln and "demo #" in ln]
+    assert len(results) >= 2, err
+    m = re.findall(r"demo #\d+ cpu: (\d) ([01]\.\d\d) .*\| truth (\d), running accuracy ([\d.]+)% of (\d+)", err)
+    assert len(m) == len(results), err
+    accuracy, seen = float(m[-1][3]), int(m[-1][4])
+    assert seen >= 20 and accuracy >= 50.0, f"the demo recognises {accuracy}% of {seen} digits"
+    assert "stopped" in err
+
+
+# ---------------------------------------------------------------------------- log format, finite sources
+
+
+def test_log_format_json(daemons, tmp_path: Path, images_dir: Path, models_dir: Path, free_port: int) -> None:
+    cfg = tmp_path / "edged.yaml"
+    cfg.write_text(
+        "streams:\n"
+        "  - id: stills\n"
+        f"    source: {{type: images, path: '{images_dir / 'bird.bmp'}', fps: 10, loop: true}}\n"
+        f"    model: {{path: '{models_dir / MODEL}', labels: '{models_dir / 'imagenet_labels.txt'}'}}\n"
+        "    sinks: [{type: log, interval: 0}]\n"
+    )
+    d = daemons(
+        ["--config", cfg, "--listen", f"127.0.0.1:{free_port}", "--log-format", "json", "--duration", 1.5],
+        tmp_path,
+        tmp_path,
+    )
+    assert d.wait(20) == 0, d.stderr
+    records = []
+    for line in d.stderr.splitlines():
+        if not line.startswith("{") and line.startswith(XNNPACK_BANNER):
+            continue
+        rec = json.loads(line)  # every other line is one JSON object
+        assert isinstance(rec, dict)
+        assert {"ts", "level", "logger", "msg"} <= set(rec), rec
+        records.append(rec)
+    results = [r for r in records if r["logger"] == "edged.results"]
+    assert len(results) >= 3, records
+    for r in results:
+        res = r["result"]
+        assert isinstance(res, dict)
+        assert res["stream"] == "stills" and res["schema"] == 1 and res["accelerator"] == "cpu"
+        assert res["classes"][0]["label"] == "chickadee"
+    assert any(r["logger"] == "edged.service" and r["msg"] == "stopped" for r in records)
+
+
+def test_images_directory_processed_once_then_exits(
+    daemons, tmp_path: Path, images_dir: Path, models_dir: Path, free_port: int
+) -> None:
+    pictures = tmp_path / "pictures"
+    pictures.mkdir()
+    expected = {
+        "bird.bmp": "chickadee",
+        "cat_720p.jpg": "Egyptian cat",
+        "grace_hopper.bmp": "military uniform",
+        "sunflower.bmp": "daisy",
+    }
+    for name in expected:
+        shutil.copy(images_dir / name, pictures / name)
+    (pictures / "notes.txt").write_text("not an image, not listed\n")
+    jsonl = tmp_path / "results.jsonl"
+    cfg = tmp_path / "edged.yaml"
+    cfg.write_text(
+        "streams:\n"
+        "  - id: stills\n"
+        "    source: {type: images, path: pictures, fps: 0, loop: false}\n"
+        f"    model: {{path: '{models_dir / MODEL}', labels: '{models_dir / 'imagenet_labels.txt'}'}}\n"
+        f"    sinks: [{{type: log, interval: 0}}, {{type: jsonl, path: '{jsonl}'}}]\n"
+    )
+    d = daemons(["--config", cfg, "--listen", f"127.0.0.1:{free_port}"], tmp_path, tmp_path)
+    rc = d.wait(20)  # exits by itself
+    assert rc == 0, d.stderr
+    assert "every stream has finished" in d.stderr
+    results = [json.loads(ln) for ln in jsonl.read_text().splitlines()]
+    got = {Path(r["source"]).name: r["classes"][0]["label"] for r in results}
+    assert got == expected, f"each image exactly once: {[(r['seq'], r['source']) for r in results]}"
+    assert len(results) == len(expected)
+    assert sorted(r["seq"] for r in results) == list(range(len(expected)))
+
+
+# ---------------------------------------------------------------------------- start-up errors
+
+
+def test_listen_port_taken(daemons, tmp_path: Path, cat_video: Path, models_dir: Path) -> None:
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen(1)
+        port = blocker.getsockname()[1]
+        cfg = video_config(
+            tmp_path / "edged.yaml", cat_video, models_dir, tmp_path / "r.jsonl", listen=f"127.0.0.1:{port}"
+        )
+        d = daemons(["--config", cfg], tmp_path, tmp_path)
+        rc = d.wait(20)
+    err = d.stderr
+    assert rc != 0
+    line = one_error_line(err)
+    assert f"127.0.0.1:{port}" in line and "listen" in line, line
+    assert [ln for ln in err.splitlines() if not ln.startswith(XNNPACK_BANNER)] == [line], err
+
+
+def test_missing_video_file(daemons, tmp_path: Path, models_dir: Path, free_port: int) -> None:
+    missing = tmp_path / "no_such_clip.avi"
+    cfg = video_config(tmp_path / "edged.yaml", missing, models_dir, tmp_path / "r.jsonl")
+    d = daemons(["--config", cfg, "--listen", f"127.0.0.1:{free_port}"], tmp_path, tmp_path)
+    rc = d.wait(20)
+    assert rc != 0
+    line = one_error_line(d.stderr)
+    assert str(missing) in line and "not found" in line, line
