@@ -236,7 +236,9 @@ def test_video_stream_metrics_results_and_signal_shutdown(
     assert counts["capture"] >= processed, counts
     assert sample(m, "edged_inferences_total", stream="cat", accelerator="cpu") == processed
     assert sample(m, "edged_frame_latency_seconds_count", stream="cat") == processed
-    assert sample(m, "edged_frames_total", stream="cat", outcome="dropped") >= 0
+    # every captured frame was processed, dropped, or is still in the slot / in inference
+    dropped = sample(m, "edged_frames_total", stream="cat", outcome="dropped")
+    assert 0 <= counts["capture"] - processed - dropped <= 2, (counts, dropped)
     assert sample(m, "edged_stage_duration_seconds_sum", stream="cat", stage="inference") > 0
 
     sha = hashlib.sha256((models_dir / MODEL).read_bytes()).hexdigest()
