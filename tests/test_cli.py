@@ -17,6 +17,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# The reference scores come from one runtime; testdata/README.md says other kernels and resize
+# methods move scores "by a few hundredths" (tflite-runtime 2.14 gives grace_hopper 0.92, not 0.88)
+# while the top class must not change: the class is asserted exactly, the score within 0.05.
+SCORE_TOLERANCE = 0.05
+
 MOBILENET_V2 = "mobilenet_v2_1.0_224_quant.tflite"
 MOBILENET_V1 = "mobilenet_v1_0.25_128_quant.tflite"
 MOBILENET_V1_TPU = "mobilenet_v1_0.25_128_quant_edgetpu.tflite"
@@ -106,7 +111,7 @@ def test_infer_mobilenet_v2_reference_results(models_dir: Path, images_dir: Path
         assert r["task"] == "classification"
         assert r["source"].endswith(name)
         assert top(r)["id"] == cid and top(r)["label"] == label, (name, r["classes"])
-        assert top(r)["score"] == pytest.approx(score, abs=0.03), (name, r["classes"])
+        assert top(r)["score"] == pytest.approx(score, abs=SCORE_TOLERANCE), (name, r["classes"])
     assert rs[0]["frame"] == {"width": 512, "height": 600}
     assert rs[3]["frame"] == {"width": 1280, "height": 720}
 
@@ -118,7 +123,7 @@ def test_infer_tf2_ptq_reference_result(models_dir: Path, images_dir: Path) -> N
     assert proc.returncode == 0, proc.stderr
     (r,) = results(proc)
     assert (top(r)["id"], top(r)["label"]) == (653, "military uniform")
-    assert top(r)["score"] == pytest.approx(0.83, abs=0.03)
+    assert top(r)["score"] == pytest.approx(0.83, abs=SCORE_TOLERANCE)
 
 
 def test_infer_small_mobilenet_v1_is_sane_and_deterministic(models_dir: Path, images_dir: Path) -> None:
@@ -178,10 +183,10 @@ def test_infer_ssd_grace_hopper(ssd_results: dict[str, dict[str, Any]]) -> None:
     assert r["frame"] == {"width": 512, "height": 600}
     best = r["objects"][0]
     assert (best["id"], best["label"]) == (0, "person")
-    assert best["score"] == pytest.approx(0.72, abs=0.03)
+    assert best["score"] == pytest.approx(0.72, abs=SCORE_TOLERANCE)
     assert box_close(best["box"], {"xmin": 3, "ymin": 30, "xmax": 504, "ymax": 591}, 8), best["box"]
     ties = [o for o in r["objects"] if o["id"] == 31]
-    assert ties and ties[0]["label"] == "tie" and ties[0]["score"] == pytest.approx(0.66, abs=0.03)
+    assert ties and ties[0]["label"] == "tie" and ties[0]["score"] == pytest.approx(0.66, abs=SCORE_TOLERANCE)
 
 
 def test_infer_ssd_kite_and_cold(ssd_results: dict[str, dict[str, Any]]) -> None:
