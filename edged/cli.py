@@ -78,30 +78,30 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_infer(args: argparse.Namespace) -> int:
-    from .engine import Engine, EngineOptions
+    from pydantic import ValidationError
+
+    from .config import ModelConfig, format_validation_errors
+    from .engine import Engine
+    from .pipeline import engine_options
     from .result import Result
     from .sources.images import read_image
 
-    if args.top_k < 0:
-        raise ConfigError("--top-k must be 0 or more")
-    if args.threshold is not None and not 0 <= args.threshold <= 1:
-        raise ConfigError("--threshold must be between 0 and 1")
-    if args.threads is not None and args.threads < 1:
-        raise ConfigError("--threads must be 1 or more")
-    engine = Engine(
-        args.model,
-        EngineOptions(
+    try:  # the same model section a configuration file has, so the same checks and defaults
+        model_cfg = ModelConfig(
+            path=args.model,
+            labels=args.labels,
             runtime=args.runtime,
             threads=args.threads,
-            labels=args.labels,
             top_k=args.top_k,
             threshold=args.threshold,
             resize=args.resize,
             interpolation=args.interpolation,
             mean=_one_or_list(args.mean),
             std=_one_or_list(args.std),
-        ),
-    )
+        )
+    except ValidationError as exc:
+        raise ConfigError(format_validation_errors(exc, prefix="--")) from None
+    engine = Engine(model_cfg.path, engine_options(model_cfg))
     failures = 0
     for seq, path in enumerate(args.images):
         wall, t0 = time.time(), time.monotonic()

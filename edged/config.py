@@ -169,7 +169,8 @@ def parse_listen(value: str) -> tuple[str, int]:
 # --------------------------------------------------------------------------- loading
 
 
-def _format_errors(exc: ValidationError) -> str:
+def format_validation_errors(exc: ValidationError, prefix: str = "") -> str:
+    """One line: ``key.path: message; ...`` (``prefix`` and dashes for command-line options)."""
     parts = []
     for err in exc.errors():
         loc = ""
@@ -185,6 +186,8 @@ def _format_errors(exc: ValidationError) -> str:
             msg = "unknown key"
         elif err["type"] == "union_tag_invalid":
             msg = f"unknown type {err.get('input', {}).get('type')!r}" if isinstance(err.get("input"), dict) else msg
+        if prefix and loc:
+            loc = prefix + loc.replace("_", "-")
         parts.append(f"{loc}: {msg}" if loc else msg)
     return "; ".join(parts)
 
@@ -217,7 +220,7 @@ def config_from_dict(raw: Any, origin: str = "<config>", base: Path | None = Non
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(f"{origin}: {_format_errors(exc)}") from None
+        raise ConfigError(f"{origin}: {format_validation_errors(exc)}") from None
 
 
 def load_config(path: str | Path) -> Config:
