@@ -183,11 +183,11 @@ def cmd_config(args: argparse.Namespace) -> int:
             from .engine import Engine
             from .pipeline import engine_options
 
-            for s in cfg.streams:
+            for i, s in enumerate(cfg.streams):
                 try:
                     Engine(s.model.path, engine_options(s.model))
                 except EdgedError as exc:
-                    raise type(exc)(f"{args.file}: streams[{s.id}].model: {exc}") from None
+                    raise type(exc)(f"{args.file}: streams[{i}].model: {exc}") from None
         print(f"{args.file}: OK ({len(cfg.streams)} stream{'s' if len(cfg.streams) != 1 else ''})")
         return 0
     raise ConfigError("usage: edged config {check FILE|default}")

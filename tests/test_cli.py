@@ -420,7 +420,7 @@ def test_config_check_missing_file(tmp_path: Path) -> None:
 def test_config_check_bad_model_path(tmp_path: Path, models_dir: Path, images_dir: Path) -> None:
     f = tmp_path / "edged.yaml"
     f.write_text(_config(models_dir, images_dir).replace(MOBILENET_V2, "no_such_model.tflite"))
-    assert_one_error(edged("config", "check", f), str(f), "no_such_model.tflite", "not found")
+    assert_one_error(edged("config", "check", f), str(f), "streams[0].model:", "no_such_model.tflite", "not found")
 
 
 def test_config_default_passes_check(tmp_path: Path) -> None:
