@@ -53,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     chk.add_argument("file")
     chk.add_argument("--no-models", action="store_true", help="validate the YAML only, do not load models")
     csub.add_parser("default", help="print the embedded default configuration as YAML")
+
+    dev = sub.add_parser("devices", help="list the Edge TPUs present and the delegate library")
+    dev.add_argument("--json", action="store_true", help="machine-readable output")
     return p
 
 
@@ -193,6 +196,52 @@ def cmd_config(args: argparse.Namespace) -> int:
     raise ConfigError("usage: edged config {check FILE|default}")
 
 
+def cmd_devices(args: argparse.Namespace) -> int:
+    import ctypes
+    import ctypes.util
+    import platform
+
+    from . import edgetpu
+
+    tpus = edgetpu.list_edge_tpus()
+    library = edgetpu.default_library()
+    found = ctypes.util.find_library("edgetpu") is not None
+    if not found:
+        try:
+            ctypes.CDLL(library)
+            found = True
+        except OSError:
+            pass
+    temperatures = {t.selector: edgetpu.read_temperature(t) for t in tpus}
+    if args.json:
+        devices = []
+        for t in tpus:
+            d = t.to_dict()
+            if temperatures[t.selector] is not None:
+                d["temperature_celsius"] = temperatures[t.selector]
+            devices.append(d)
+        print(json.dumps({"devices": devices, "library": {"name": library, "found": found}}, indent=2))
+        return 0
+    for t in tpus:
+        parts = [f"{t.selector:<6}", t.path]
+        if t.vendor and t.product:
+            parts.append(f"{t.vendor}:{t.product}")
+        parts += [p for p in (t.description, t.serial and f"serial {t.serial}") if p]
+        if temperatures[t.selector] is not None:
+            parts.append(f"{temperatures[t.selector]:.1f} °C")
+        print("  ".join(parts))
+    if not tpus:
+        sys_root, dev_root, _ = edgetpu.discovery_roots()
+        ids = " / ".join(f"{v}:{p}" for v, p in edgetpu.USB_IDS)
+        print(
+            f"no Edge TPU found (looked for USB {ids} in {sys_root / 'bus' / 'usb' / 'devices'} "
+            f"and PCIe {dev_root / 'apex_*'})"
+        )
+    hint = "install Coral's libedgetpu1-std" if platform.system() == "Linux" else "install Coral's Edge TPU runtime"
+    print(f"delegate library: {library} ({'found' if found else 'not found: ' + hint})")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -202,7 +251,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(
             level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
         )
-    handlers: dict[str, Any] = {"run": cmd_run, "infer": cmd_infer, "inspect": cmd_inspect, "config": cmd_config}
+    handlers: dict[str, Any] = {
+        "run": cmd_run,
+        "infer": cmd_infer,
+        "inspect": cmd_inspect,
+        "config": cmd_config,
+        "devices": cmd_devices,
+    }
     try:
         return handlers[args.command](args)
     except EdgedError as exc:

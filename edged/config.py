@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
-from typing import Annotated, Any, List, Literal, Optional, Union
+from typing import Annotated, Any, Dict, List, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -115,6 +115,30 @@ class ModelConfig(_Strict):
         None, description="normalisation std (pixels); unset: feed raw pixels"
     )
 
+    accelerator: Literal["auto", "edgetpu", "cpu"] = Field(
+        "auto",
+        description="auto: the Edge TPU when the model is compiled for it and the delegate loads, else the CPU "
+        "twin (one warning); edgetpu: the Edge TPU or a start-up error; cpu: never the Edge TPU",
+    )
+    device: Optional[str] = Field(
+        None, description="Edge TPU selector: usb, usb:N, pci, pci:N, :N (unset: spread over the TPUs found)"
+    )
+    cpu_model: Optional[str] = Field(
+        None, description="the CPU twin of an Edge TPU model (default: the same name without _edgetpu beside it)"
+    )
+
+    @field_validator("device")
+    @classmethod
+    def _selector(cls, v: Optional[str]) -> Optional[str]:
+        if v:
+            from .edgetpu import parse_selector
+
+            try:
+                parse_selector(v)
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
+        return v or None
+
     @field_validator("std")
     @classmethod
     def _std_nonzero(cls, v: Any) -> Any:
@@ -122,6 +146,23 @@ class ModelConfig(_Strict):
         if v is not None and any(x == 0 for x in vals):
             raise ValueError("std must not be 0")
         return v
+
+
+class EdgeTpuConfig(_Strict):
+    """How edged loads and supervises the Edge TPU delegate (libedgetpu)."""
+
+    library: Optional[str] = Field(
+        None, description="delegate library (default: libedgetpu.so.1, libedgetpu.1.dylib or edgetpu.dll)"
+    )
+    options: Dict[str, Union[str, int, float]] = Field(
+        default_factory=dict, description="options passed to the delegate, e.g. {Performance: max}"
+    )
+    runtime: Literal["auto", "ai_edge_litert", "tflite_runtime", "tensorflow"] = Field(
+        "auto", description="interpreter package in the worker; auto prefers tflite_runtime (libedgetpu's ABI)"
+    )
+    deadline_seconds: float = Field(1.0, gt=0, le=60, description="no result within this = a hung TPU")
+    probe_initial_seconds: float = Field(1.0, gt=0, description="first wait before probing a failed TPU again")
+    probe_max_seconds: float = Field(60.0, gt=0, description="longest wait between two probes")
 
 
 class StreamConfig(_Strict):
@@ -140,6 +181,7 @@ class Config(_Strict):
     device: str = Field(default_factory=socket.gethostname, description="this device's name")
     listen: str = Field("127.0.0.1:9110", description="HOST:PORT of the HTTP listener (/metrics, /healthz)")
     log: LogConfig = Field(default_factory=LogConfig)
+    edgetpu: EdgeTpuConfig = Field(default_factory=EdgeTpuConfig)
     streams: List[StreamConfig] = Field(min_length=1)
 
     @field_validator("listen")
@@ -203,7 +245,7 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
     for s in raw.get("streams") or []:
         if not isinstance(s, dict):
             continue
-        for section, keys in (("model", ("path", "labels")), ("source", ("path",))):
+        for section, keys in (("model", ("path", "labels", "cpu_model")), ("source", ("path",))):
             if isinstance(s.get(section), dict):
                 for k in keys:
                     fix(s[section], k)

@@ -1,10 +1,15 @@
-"""Running inference in-process on the CPU.
+"""Running inference: a model's pre- and postprocessing around a backend that invokes it.
 
-An :class:`Engine` owns one interpreter, one :class:`~edged.preprocess.Preprocessor`
-and the model's labels; ``process(frame)`` goes from a BGR frame to the
-classes/objects of the result and the time of each stage. Preprocessing writes straight
-into the interpreter's input tensor (no extra copy). An engine is not thread-safe: one
-thread uses it (the stream's inference thread). The Edge TPU worker is a separate issue.
+An :class:`Engine` owns one :class:`~edged.preprocess.Preprocessor`, the model's labels
+and a backend; ``process(frame)`` goes from a BGR frame to the classes/objects of the
+result and the time of each stage. Backends:
+
+* :class:`InProcessBackend` — an interpreter in this process (the CPU path). Preprocessing
+  writes straight into the interpreter's input tensor (no extra copy).
+* :class:`WorkerBackend` — a model in an Edge TPU worker process (:mod:`edged.worker`).
+  Preprocessing writes straight into the shared-memory block the worker reads.
+
+An engine is not thread-safe: one thread uses it (the stream's inference thread).
 """
 
 from __future__ import annotations
@@ -44,37 +49,86 @@ class Output:
     objects: list[dict[str, Any]] | None
     transform: Transform
     timings: dict[str, float]  # seconds: preprocess, inference, postprocess
+    accelerator: str = "cpu"
+
+
+class InProcessBackend:
+    """An interpreter in this process."""
+
+    accelerator = "cpu"
+
+    def __init__(self, loaded: LoadedModel) -> None:
+        self.loaded = loaded
+        self.info = loaded.info
+        self.runtime_version = loaded.runtime.version
+        self._interp = loaded.interpreter
+        self._input_tensor = self._interp.tensor(self.info.input.index)
+
+    def input_view(self) -> np.ndarray:
+        """A fresh view of the input tensor, [H,W,C]; it must be dropped before ``invoke``."""
+        return self._input_tensor()[0]
+
+    def invoke(self) -> float:
+        t0 = time.perf_counter()
+        self._interp.invoke()
+        return time.perf_counter() - t0
+
+    def output(self, index: int) -> np.ndarray:
+        return self._interp.get_tensor(index)
+
+
+class WorkerBackend:
+    """A model loaded in an Edge TPU worker process; input through shared memory."""
+
+    accelerator = "edgetpu"
+
+    def __init__(self, worker: Any, key: str) -> None:
+        self.worker = worker
+        self.key = key
+        self.loaded = None
+        self.info: ModelInfo = worker.models[key].info
+        self.runtime_version = worker.runtime_version
+        self._outputs: dict[int, np.ndarray] = {}
+        self._order = [t.index for t in self.info.outputs]
+
+    def input_view(self) -> np.ndarray:
+        return self.worker.input_array(self.key)[0]
+
+    def invoke(self) -> float:
+        """Raises :class:`edged.worker.WorkerFailure` when the worker cannot answer."""
+        outputs, seconds = self.worker.infer(self.key)
+        self._outputs = dict(zip(self._order, outputs))
+        return seconds
+
+    def output(self, index: int) -> np.ndarray:
+        return self._outputs[index]
 
 
 class Engine:
-    accelerator = "cpu"
-
-    def __init__(self, model_path: str | Path, options: EngineOptions | None = None) -> None:
+    def __init__(
+        self, model_path: str | Path | None = None, options: EngineOptions | None = None, *, backend: Any = None
+    ) -> None:
         self.options = opts = options or EngineOptions()
-        self.loaded: LoadedModel = load_model(model_path, opts.runtime, opts.threads)
-        self.info: ModelInfo = self.loaded.info
+        if backend is None:
+            if model_path is None:
+                raise ValueError("an Engine needs a model path or a backend")
+            backend = InProcessBackend(load_model(model_path, opts.runtime, opts.threads))
+        self.backend = backend
+        self.loaded: LoadedModel | None = backend.loaded
+        self.info: ModelInfo = backend.info
+        self.accelerator: str = backend.accelerator
+        self.runtime_version: str = backend.runtime_version
         self.labels = read_labels(opts.labels) if opts.labels else None
         self.threshold = opts.threshold if opts.threshold is not None else DEFAULT_THRESHOLD[self.info.task]
         spec = self.info.input
         _, h, w, c = spec.shape
         try:
             self.preprocessor = Preprocessor(
-                h,
-                w,
-                c,
-                spec.dtype,
-                spec.quantization.scale,
-                spec.quantization.zero_point,
-                resize=opts.resize,
-                mean=opts.mean,
-                std=opts.std,
-                interpolation=opts.interpolation,
-            )
+                h, w, c, spec.dtype, spec.quantization.scale, spec.quantization.zero_point,
+                resize=opts.resize, mean=opts.mean, std=opts.std, interpolation=opts.interpolation,
+            )  # fmt: skip
         except ValueError as exc:
             raise ConfigError(f"model {self.info.name}: {exc}") from None
-        self._interp = self.loaded.interpreter
-        self._input_tensor = self._interp.tensor(spec.index)
-        self._out = {t.index: t for t in self.info.outputs}
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -83,41 +137,30 @@ class Engine:
 
     def process(self, frame: np.ndarray) -> Output:
         t0 = time.perf_counter()
-        view = self._input_tensor()  # fresh view into the input buffer; dropped before invoke
-        transform = self.preprocessor(frame, view[0])
+        view = self.backend.input_view()
+        transform = self.preprocessor(frame, view)
         del view
         t1 = time.perf_counter()
-        self._interp.invoke()
+        self.backend.invoke()
         t2 = time.perf_counter()
+        output = self.backend.output
         classes = objects = None
         if self.info.task == "classification":
             spec = self.info.outputs[0]
-            q = self._interp.get_tensor(spec.index)
             classes = postprocess.classify_quantized(
-                q,
-                spec.quantization.scale,
-                spec.quantization.zero_point,
-                self.options.top_k,
-                self.threshold,
-                self.labels,
-            )
+                output(spec.index), spec.quantization.scale, spec.quantization.zero_point,
+                self.options.top_k, self.threshold, self.labels,
+            )  # fmt: skip
         else:
             roles = self.info.ssd_outputs or {}
-            get = self._interp.get_tensor
             w, h = self.input_size
             objects = postprocess.detect(
-                get(roles["boxes"]),
-                get(roles["classes"]),
-                get(roles["scores"]),
-                get(roles["count"]),
-                transform,
-                w,
-                h,
-                self.threshold,
-                self.labels,
+                output(roles["boxes"]), output(roles["classes"]), output(roles["scores"]), output(roles["count"]),
+                transform, w, h, self.threshold, self.labels,
                 top_k=self.options.top_k if self.options.top_k > 0 else None,
-            )
+            )  # fmt: skip
         t3 = time.perf_counter()
         return Output(
-            classes, objects, transform, {"preprocess": t1 - t0, "inference": t2 - t1, "postprocess": t3 - t2}
-        )
+            classes, objects, transform,
+            {"preprocess": t1 - t0, "inference": t2 - t1, "postprocess": t3 - t2}, self.accelerator,
+        )  # fmt: skip

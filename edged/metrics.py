@@ -16,6 +16,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import GaugeMetricFamily
 
 from . import __version__
 
@@ -100,6 +101,45 @@ class Metrics:
             registry=r,
         )
 
+        # Edge TPU
+        self.accelerator_up = Gauge(
+            "edged_accelerator_up",
+            "1 while the Edge TPU worker of a device is up and answering",
+            ["device"],
+            registry=r,
+        )
+        self.accelerator_active = Gauge(
+            "edged_accelerator_active",
+            "1 for the accelerator a stream currently runs on (edgetpu or cpu)",
+            ["stream", "accelerator"],
+            registry=r,
+        )
+        self.fallbacks = Counter(
+            "edged_fallbacks_total",
+            "Moves of a stream from the Edge TPU to its CPU twin, by reason: unavailable (at start), "
+            "delegate, crash, hang, invoke, model",
+            ["stream", "reason"],
+            registry=r,
+        )
+        self.worker_restarts = Counter(
+            "edged_worker_restarts_total",
+            "Edge TPU worker processes started again after a failure",
+            ["device"],
+            registry=r,
+        )
+        self.first_inference = Gauge(
+            "edged_first_inference_seconds",
+            "Time of the first inference after loading a model on the Edge TPU (includes the model upload)",
+            ["stream", "device"],
+            registry=r,
+        )
+        self._tpus: list[Any] = []
+        r.register(_TemperatureCollector(self))
+
+    def watch_temperatures(self, tpus: list[Any]) -> None:
+        """Export ``edged_edgetpu_temperature_celsius`` for the TPUs that have a sysfs temperature."""
+        self._tpus = [t for t in tpus if getattr(t, "temperature_path", None)]
+
     def init_stream(self, stream: str, info: Any, accelerator: str) -> None:
         """Create every series of a stream at zero, so rates and absent() work from the start."""
         for stage in PIPELINE_STAGES:
@@ -107,7 +147,8 @@ class Metrics:
         self.frame_latency.labels(stream)
         for outcome in ("processed", "dropped"):
             self.frames.labels(stream, outcome)
-        self.inferences.labels(stream, accelerator)
+        for acc in ("cpu", "edgetpu"):
+            self.inferences.labels(stream, acc)
         for stage in ("source", "inference", "publish"):
             self.errors.labels(stream, stage)
         spec = info.input
@@ -133,3 +174,27 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _TemperatureCollector:
+    """Reads each PCIe Edge TPU's sysfs temperature at scrape time."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def describe(self) -> list[Any]:
+        return [GaugeMetricFamily("edged_edgetpu_temperature_celsius", "Edge TPU die temperature", labels=["device"])]
+
+    def collect(self) -> Any:
+        from .edgetpu import read_temperature
+
+        fam = GaugeMetricFamily(
+            "edged_edgetpu_temperature_celsius",
+            "Edge TPU die temperature from /sys/class/apex/apex_N/temp (PCIe/M.2 only)",
+            labels=["device"],
+        )
+        for tpu in self.metrics._tpus:
+            value = read_temperature(tpu.temperature_path)
+            if value is not None:
+                fam.add_metric([tpu.selector], value)
+        yield fam

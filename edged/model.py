@@ -330,15 +330,19 @@ def _build_interpreter(rt: Runtime, p: Path, num_threads: int | None, delegates:
         interpreter = rt.interpreter_class(
             model_path=str(p), num_threads=num_threads, experimental_delegates=delegates or None
         )
+        interpreter.allocate_tensors()
     except ValueError as exc:
         raise ModelError(f"{p} is corrupt or truncated ({_first_line(exc)}); copy the model again") from None
-    try:
-        interpreter.allocate_tensors()
-    except RuntimeError as exc:
+    except RuntimeError as exc:  # with a delegate, preparing happens in the constructor already
         msg = str(exc)
         m = re.search(r"unresolved custom op: ([^\s.]+)", msg)
         if m:
             op = m.group(1)
+            if op == EDGETPU_CUSTOM_OP and delegates:
+                raise ModelError(
+                    f"{p}: model is compiled for the Edge TPU but the delegate claimed none of its nodes "
+                    "(is libedgetpu built for this TF Lite version?)"
+                ) from None
             if op == EDGETPU_CUSTOM_OP:
                 raise ModelError(_edgetpu_message(p)) from None
             raise ModelError(

@@ -108,7 +108,7 @@ class Stream:
         self._frame_latency = m.frame_latency.labels(sid)
         self._processed = m.frames.labels(sid, "processed")
         self._dropped = m.frames.labels(sid, "dropped")
-        self._inferences = m.inferences.labels(sid, self.engine.accelerator)
+        self._inferences = {acc: m.inferences.labels(sid, acc) for acc in ("cpu", "edgetpu")}
         self._up = m.stream_up.labels(sid)
         self._last = m.last_result.labels(sid)
 
@@ -136,7 +136,7 @@ class Stream:
             spec.quantization.scale,
             spec.quantization.zero_point,
             info.runtime,
-            self.engine.loaded.runtime.version,
+            self.engine.runtime_version,
             self.engine.accelerator,
         )
 
@@ -218,7 +218,6 @@ class Stream:
 
     def _inference_loop(self) -> None:
         engine = self.engine
-        model_name = engine.info.name
         task = engine.info.task
         while not self._stop.is_set():
             frame = self.slot.take(0.25)
@@ -238,8 +237,8 @@ class Stream:
                 stream=self.id,
                 seq=frame.seq,
                 timestamp=frame.timestamp,
-                model=model_name,
-                accelerator=engine.accelerator,
+                model=engine.info.name,
+                accelerator=out.accelerator,
                 task=task,
                 frame_width=w,
                 frame_height=h,
@@ -270,7 +269,7 @@ class Stream:
             self._h["publish"].observe(publish)
             self._frame_latency.observe(done - frame.monotonic)
             self._processed.inc()
-            self._inferences.inc()
+            self._inferences[out.accelerator].inc()
             self._up.set(1)
             self._last.set(time.time())
             self.processed += 1
@@ -304,4 +303,5 @@ class Stream:
             "processed": self.processed,
             "dropped": self.dropped,
             "last_error": self.last_error,
+            **({"edgetpu": self.engine.status()} if hasattr(self.engine, "status") else {}),
         }

@@ -84,6 +84,7 @@ class Service:
         self.listen = listen or config.listen
         self.metrics = Metrics()
         self.streams: list[Stream] = []
+        self.workers: list[Any] = []
         self.stop_event = threading.Event()
         self.http: _Server | None = None
         self._http_thread: threading.Thread | None = None
@@ -94,11 +95,23 @@ class Service:
             host, port = parse_listen(self.listen)
         except ValueError as exc:
             raise EdgedError(str(exc)) from None
-        # load every model first: a bad model is reported before anything starts
-        self.streams = [Stream(cfg, self.metrics) for cfg in self.config.streams]
+        # load every model (and start the Edge TPU workers) first: a bad model is reported
+        # before anything starts
+        from .edgetpu import list_edge_tpus
+        from .failover import build_engines
+
+        tpus = list_edge_tpus()
+        self.metrics.watch_temperatures(tpus)
+        engines, self.workers = build_engines(self.config, self.metrics, tpus)
+        try:
+            self.streams = [Stream(cfg, self.metrics, engines[cfg.id]) for cfg in self.config.streams]
+        except BaseException:
+            self._close_workers()
+            raise
         try:
             self.http = _Server((host, port), self)
         except OSError as exc:
+            self._close_workers()
             raise EdgedError(
                 f"cannot listen on {self.listen}: {exc.strerror}; choose another with --listen or listen:"
             ) from None
@@ -114,6 +127,7 @@ class Service:
             for s in started:
                 s.close()
             self._close_http()
+            self._close_workers()
             raise
 
     @property
@@ -154,8 +168,14 @@ class Service:
         deadline = time.monotonic() + 1.0
         for s in self.streams:
             s.close(timeout=max(0.0, deadline - time.monotonic()))
+        self._close_workers()
         self._close_http()
         log.info("stopped")
+
+    def _close_workers(self) -> None:
+        for w in self.workers:
+            w.close()
+        self.workers = []
 
     def _close_http(self) -> None:
         if self.http is not None:

@@ -1,0 +1,364 @@
+"""Edge TPU inference in a supervised child process.
+
+libedgetpu can abort the whole process on some USB errors (``LOG(FATAL)``), which Python
+cannot catch, and a wedged USB transfer can hang ``invoke()``. So the interpreters that use
+the delegate live in a child process, one per Edge TPU (a TPU is opened by one process at
+a time), holding one interpreter per stream pinned to that TPU.
+
+* Frames go in through shared memory: the parent preprocesses straight into a
+  ``SharedMemory`` block shaped like the model input; the child copies it into the input
+  tensor. Only the small output tensors come back over the pipe.
+* A request that gets no answer within ``deadline`` seconds, a child that dies (by a
+  signal or an exit), and an invoke error all raise :class:`WorkerFailure` with a
+  one-line reason; the worker is then killed and marked down, and a probe thread
+  restarts it with capped exponential backoff. A restart counts as successful when the
+  delegate loads and a test inference of every model succeeds; ``generation`` then
+  increases and the streams move back.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from multiprocessing import shared_memory
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+class WorkerFailure(Exception):
+    """The Edge TPU worker could not answer; ``reason`` is one line, ``kind`` a metric label."""
+
+    def __init__(self, reason: str, kind: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.kind = kind  # delegate | crash | hang | invoke | model
+
+
+# --------------------------------------------------------------------------- the child
+
+
+def _load_delegate(runtime: Any, library: str, options: dict[str, str]) -> Any:
+    import ctypes
+
+    try:  # check the library itself first: a missing one is the usual case, and is worth saying so
+        ctypes.CDLL(library)
+    except OSError as exc:
+        detail = str(exc).replace(f"{library}: ", "")
+        raise WorkerFailure(f"delegate library not found: {library} ({detail})", "delegate") from None
+    if runtime.load_delegate is None:
+        raise WorkerFailure(f"the {runtime.name} runtime cannot load external delegates", "delegate")
+    try:
+        return runtime.load_delegate(library, options)
+    except (ValueError, OSError) as exc:
+        text = " ".join(str(exc).split())
+        raise WorkerFailure(f"delegate did not load: {text}", "delegate") from None
+
+
+def _child(conn: Any, runtime_name: str) -> None:
+    """The worker's main loop: load / attach / infer / quit requests, one at a time."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when the worker stops
+    from .errors import EdgedError
+    from .model import load_model
+    from .runtime import get_runtime
+
+    runtime = get_runtime(runtime_name)
+    models: dict[str, dict[str, Any]] = {}
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return
+        op = msg[0]
+        try:
+            if op == "quit":
+                conn.send(("ok",))
+                return
+            if op == "load":
+                _, key, path, library, options, threads = msg
+                delegate = _load_delegate(runtime, library, options)
+                try:
+                    loaded = load_model(path, runtime_name, threads, delegates=[delegate])
+                except EdgedError as exc:
+                    raise WorkerFailure(str(exc), "model") from None
+                models[key] = {"loaded": loaded, "delegate": delegate}
+                conn.send(("ok", loaded.info, runtime.version))
+            elif op == "attach":
+                _, key, shm_name = msg
+                m = models[key]
+                # the parent owns the block and unlinks it; spawned children share its resource
+                # tracker, so attaching here adds no second registration to undo
+                shm = shared_memory.SharedMemory(name=shm_name)
+                spec = m["loaded"].info.input
+                m["shm"] = shm
+                m["input"] = np.ndarray(spec.shape, dtype=np.dtype(spec.dtype), buffer=shm.buf)
+                m["outputs"] = [t.index for t in m["loaded"].info.outputs]
+                conn.send(("ok",))
+            elif op == "infer":
+                m = models[msg[1]]
+                interp = m["loaded"].interpreter
+                view = interp.tensor(m["loaded"].info.input.index)()
+                np.copyto(view, m["input"])
+                del view
+                t0 = time.perf_counter()
+                try:
+                    interp.invoke()
+                except Exception as exc:
+                    raise WorkerFailure(f"invoke failed: {' '.join(str(exc).split())}", "invoke") from None
+                seconds = time.perf_counter() - t0
+                conn.send(("ok", [interp.get_tensor(i) for i in m["outputs"]], seconds))
+            else:
+                conn.send(("err", f"unknown request {op!r}", "invoke"))
+        except WorkerFailure as exc:
+            conn.send(("err", exc.reason, exc.kind))
+        except Exception as exc:  # never die on a request: say what went wrong instead
+            conn.send(("err", f"{op} failed: {type(exc).__name__}: {' '.join(str(exc).split())}", "model"))
+
+
+# --------------------------------------------------------------------------- the parent
+
+
+@dataclass
+class _Model:
+    key: str
+    path: str
+    threads: int | None
+    info: Any = None
+    shm: shared_memory.SharedMemory | None = None
+    array: np.ndarray | None = None
+    first_inference_seconds: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return "worker stopped answering"
+    if code < 0:
+        try:
+            return f"worker killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"worker killed by signal {-code}"
+    return f"worker exited with code {code}"
+
+
+class DeviceWorker:
+    """The child process serving one Edge TPU, and its supervision."""
+
+    def __init__(
+        self,
+        label: str,
+        selector: str | None,
+        library: str,
+        options: dict[str, str] | None = None,
+        runtime: str = "auto",
+        deadline: float = 1.0,
+        probe_initial: float = 1.0,
+        probe_max: float = 60.0,
+        metrics: Any = None,
+    ) -> None:
+        self.label = label  # the device label in metrics and logs: "usb:0", "pci:1", "default"
+        self.selector = selector
+        self.library = library
+        self.options = {str(k): str(v) for k, v in (options or {}).items()}
+        if selector:
+            self.options["device"] = selector
+        self.runtime = runtime
+        self.deadline = deadline
+        self.probe_initial = probe_initial
+        self.probe_max = probe_max
+        self.metrics = metrics
+        self.models: dict[str, _Model] = {}
+        self.up = False
+        self.generation = 0
+        self.last_reason: str | None = None
+        self.next_probe_in: float = probe_initial
+        self.runtime_version = ""
+        self._ctx = multiprocessing.get_context("spawn")  # never fork a process that has threads
+        self._proc: Any = None
+        self._conn: Any = None
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._prober: threading.Thread | None = None
+        self._spawns = 0
+
+    # ---------------------------------------------------------------- set-up
+    def register(self, key: str, path: str, threads: int | None = None) -> None:
+        self.models[key] = _Model(key, str(path), threads)
+
+    def start(self) -> None:
+        """Spawn the child, load every registered model with the delegate, test each once.
+
+        Raises WorkerFailure (and leaves the worker down) when any step fails."""
+        with self._lock:
+            self._start_locked()
+
+    def _start_locked(self) -> None:
+        self._kill_locked()
+        parent, child = self._ctx.Pipe()
+        from .runtime import get_runtime
+
+        runtime_name = get_runtime(self.runtime).name
+        proc = self._ctx.Process(
+            target=_child, args=(child, runtime_name), name=f"edged-edgetpu-{self.label}", daemon=True
+        )
+        proc.start()
+        child.close()
+        self._proc, self._conn = proc, parent
+        if self._spawns and self.metrics is not None:
+            self.metrics.worker_restarts.labels(self.label).inc()
+        self._spawns += 1
+        try:
+            for m in self.models.values():
+                reply = self._call(("load", m.key, m.path, self.library, self.options, m.threads), timeout=60.0)
+                m.info, self.runtime_version = reply[1], reply[2]
+                size = int(np.prod(m.info.input.shape)) * np.dtype(m.info.input.dtype).itemsize
+                if m.shm is None or m.shm.size < size:
+                    self._free_shm(m)
+                    m.shm = shared_memory.SharedMemory(create=True, size=size)
+                m.array = np.ndarray(m.info.input.shape, dtype=np.dtype(m.info.input.dtype), buffer=m.shm.buf)
+                self._call(("attach", m.key, m.shm.name), timeout=10.0)
+                m.array[...] = 0  # the test inference: the model upload happens on the first invoke
+                t0 = time.perf_counter()
+                self._call(("infer", m.key), timeout=max(self.deadline, 30.0))
+                m.first_inference_seconds = time.perf_counter() - t0
+        except WorkerFailure as exc:
+            self._down_locked(exc)
+            raise
+        self.up = True
+        self.generation += 1
+        self.last_reason = None
+        self.next_probe_in = self.probe_initial
+        if self.metrics is not None:
+            self.metrics.accelerator_up.labels(self.label).set(1)
+
+    # ---------------------------------------------------------------- requests
+    def _call(self, msg: tuple[Any, ...], timeout: float) -> tuple[Any, ...]:
+        conn, proc = self._conn, self._proc
+        try:
+            conn.send(msg)
+            ready = conn.poll(timeout)
+        except (BrokenPipeError, EOFError, OSError):
+            proc.join(0.5)
+            raise WorkerFailure(describe_exit(proc.exitcode), "crash") from None
+        if not ready:
+            if not proc.is_alive():
+                raise WorkerFailure(describe_exit(proc.exitcode), "crash")
+            raise WorkerFailure(f"no result within {timeout:g} s; worker killed", "hang")
+        try:
+            reply = conn.recv()
+        except (EOFError, OSError):
+            proc.join(0.5)
+            raise WorkerFailure(describe_exit(proc.exitcode), "crash") from None
+        if reply[0] != "ok":
+            raise WorkerFailure(reply[1], reply[2])
+        return reply
+
+    def input_array(self, key: str) -> np.ndarray:
+        arr = self.models[key].array
+        assert arr is not None, "start() first"
+        return arr
+
+    def infer(self, key: str) -> tuple[list[np.ndarray], float]:
+        """Run the model ``key`` on what its input array holds. Raises WorkerFailure."""
+        if not self._lock.acquire(timeout=self.deadline):
+            raise WorkerFailure(f"no result within {self.deadline:g} s; worker busy", "hang")
+        try:
+            if not self.up:
+                raise WorkerFailure(self.last_reason or "Edge TPU worker is down", "down")
+            try:
+                reply = self._call(("infer", key), timeout=self.deadline)
+            except WorkerFailure as exc:  # any failure, an invoke error too, moves the streams off
+                self._down_locked(exc)
+                raise
+            return reply[1], reply[2]
+        finally:
+            self._lock.release()
+
+    # ---------------------------------------------------------------- failure and probing
+    def _down_locked(self, exc: WorkerFailure) -> None:
+        was_up = self.up
+        self.up = False
+        self.last_reason = exc.reason
+        self._kill_locked()
+        if self.metrics is not None:
+            self.metrics.accelerator_up.labels(self.label).set(0)
+        if was_up:
+            log.warning("Edge TPU %s: %s", self.label, exc.reason)
+        self._ensure_prober()
+
+    def _ensure_prober(self) -> None:
+        if self._closed.is_set() or (self._prober is not None and self._prober.is_alive()):
+            return
+        self._prober = threading.Thread(target=self._probe_loop, name=f"edgetpu-probe-{self.label}", daemon=True)
+        self._prober.start()
+
+    def _probe_loop(self) -> None:
+        delay = self.probe_initial
+        while not self._closed.is_set():
+            self.next_probe_in = delay
+            if self._closed.wait(delay):
+                return
+            with self._lock:
+                if self.up or self._closed.is_set():
+                    return
+                try:
+                    self._start_locked()
+                except WorkerFailure as exc:
+                    log.debug("Edge TPU %s: probe failed: %s", self.label, exc.reason)
+                    delay = min(delay * 2, self.probe_max)
+                    continue
+            log.info("Edge TPU %s: worker is back (generation %d)", self.label, self.generation)
+            return
+
+    def _kill_locked(self) -> None:
+        proc, conn = self._proc, self._conn
+        self._proc = self._conn = None
+        if proc is None:
+            return
+        if proc.is_alive():
+            proc.kill()
+        proc.join(2.0)
+        if conn is not None:
+            conn.close()
+
+    @property
+    def pid(self) -> int | None:
+        proc = self._proc
+        return proc.pid if proc is not None else None
+
+    # ---------------------------------------------------------------- shutdown
+    def _free_shm(self, m: _Model) -> None:
+        if m.shm is not None:
+            m.array = None
+            try:
+                m.shm.close()
+                m.shm.unlink()
+            except (FileNotFoundError, BufferError):
+                pass
+            m.shm = None
+
+    def close(self) -> None:
+        self._closed.set()
+        got = self._lock.acquire(timeout=self.deadline + 0.5)
+        try:
+            proc, conn = self._proc, self._conn
+            if proc is not None and proc.is_alive() and conn is not None:
+                try:
+                    conn.send(("quit",))
+                    conn.poll(0.5)
+                except (BrokenPipeError, OSError):
+                    pass
+                proc.join(0.5)
+            self._kill_locked()
+            self.up = False
+            for m in self.models.values():
+                self._free_shm(m)
+        finally:
+            if got:
+                self._lock.release()

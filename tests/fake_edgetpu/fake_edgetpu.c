@@ -1,0 +1,74 @@
+/*
+ * A stand-in for libedgetpu at its lowest boundary: the TFLite external-delegate plugin
+ * entry points that `load_delegate('libedgetpu.so.1', {...})` calls through ctypes.
+ *
+ * Built by the tests with the system C compiler, in two variants:
+ *   cc -shared -fPIC -o libfake_edgetpu.so fake_edgetpu.c              loads; claims no nodes
+ *   cc -shared -fPIC -DFAKE_REFUSE -o libfake_refuse.so fake_edgetpu.c  refuses to load, as the
+ *       real library does with no TPU attached ("Failed to load delegate from ...")
+ *
+ * The loading variant returns a TfLiteDelegate whose Prepare() claims no nodes: a model
+ * without an edgetpu-custom-op then runs on the CPU kernels inside edged's worker process,
+ * exercising exactly the path libedgetpu takes (plugin create -> interpreter with
+ * experimental_delegates -> ModifyGraphWithDelegate -> invoke -> plugin destroy).
+ * An Edge TPU-compiled model fails to prepare with it, as with a mismatched libedgetpu.
+ *
+ * With EDGED_FAKE_DELEGATE_LOG set, every create/destroy appends a line to that file
+ * (pid and the options received), so tests can check what edged passed.
+ */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+/* The leading fields of TfLiteDelegate (tensorflow/lite/core/c/common.h), which have been
+ * stable across TF Lite 2.x; the trailing padding covers fields newer versions append. */
+typedef struct FakeDelegate {
+  void *data_;
+  int (*Prepare)(void *context, struct FakeDelegate *delegate);
+  void *CopyFromBufferHandle;
+  void *CopyToBufferHandle;
+  void *FreeBufferHandle;
+  int64_t flags;
+  void *opaque_delegate_builder;
+  char reserved[256];
+} FakeDelegate;
+
+#ifndef FAKE_REFUSE
+static int prepare(void *context, FakeDelegate *delegate) {
+  (void)context;
+  (void)delegate;
+  return 0; /* kTfLiteOk, having claimed no nodes */
+}
+#endif
+
+static void log_line(const char *what, char **keys, char **values, size_t n) {
+  const char *path = getenv("EDGED_FAKE_DELEGATE_LOG");
+  if (!path) return;
+  FILE *f = fopen(path, "a");
+  if (!f) return;
+  fprintf(f, "%s pid=%ld", what, (long)getpid());
+  for (size_t i = 0; i < n; i++) fprintf(f, " %s=%s", keys[i], values[i]);
+  fprintf(f, "\n");
+  fclose(f);
+}
+
+void *tflite_plugin_create_delegate(char **keys, char **values, size_t n, void (*report_error)(const char *)) {
+#ifdef FAKE_REFUSE
+  log_line("refuse", keys, values, n);
+  if (report_error) report_error("fake edgetpu: no Edge TPU device found");
+  return NULL;
+#else
+  (void)report_error;
+  FakeDelegate *d = calloc(1, sizeof *d);
+  if (!d) return NULL;
+  d->Prepare = prepare;
+  log_line("create", keys, values, n);
+  return d;
+#endif
+}
+
+void tflite_plugin_destroy_delegate(void *delegate) {
+  log_line("destroy", NULL, NULL, 0);
+  free(delegate);
+}
