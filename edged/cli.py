@@ -40,6 +40,17 @@ def _parser() -> argparse.ArgumentParser:
     inf.add_argument("--threads", type=int, help="interpreter threads (default: all cores)")
     inf.add_argument("--mean", type=float, nargs="+", help="normalisation mean (default: raw pixels)")
     inf.add_argument("--std", type=float, nargs="+", help="normalisation std (default: raw pixels)")
+    inf.add_argument(
+        "--accelerator", choices=("auto", "edgetpu", "cpu"), default="auto",
+        help="auto: the Edge TPU when the model is compiled for it and the delegate loads, else the CPU twin",
+    )  # fmt: skip
+    inf.add_argument("--device", help="Edge TPU selector: usb, usb:N, pci, pci:N, :N")
+    inf.add_argument("--cpu-model", help="CPU twin of an Edge TPU model (default: the name without _edgetpu)")
+    inf.add_argument("--edgetpu-library", help="delegate library (default: libedgetpu.so.1 on Linux)")
+    inf.add_argument(
+        "--delegate-option", action="append", default=[], metavar="KEY=VALUE",
+        help="option for the Edge TPU delegate, e.g. Performance=Max (repeatable)",
+    )  # fmt: skip
     inf.add_argument("images", nargs="+", metavar="IMAGE")
 
     ins = sub.add_parser("inspect", help="print a model's tensors, quantisation and task")
@@ -83,30 +94,49 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_infer(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from .config import ModelConfig, format_validation_errors
-    from .engine import Engine
-    from .pipeline import engine_options
+    from .config import (
+        Config,
+        EdgeTpuConfig,
+        ModelConfig,
+        StreamConfig,
+        SyntheticSource,
+        format_validation_errors,
+    )  # fmt: skip
+    from .failover import build_engines
+
+    options: dict[str, str] = {}
+    for item in args.delegate_option:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--delegate-option must be KEY=VALUE, not {item!r}")
+        options[key] = value
+    raw_model = {
+        "path": args.model, "labels": args.labels, "runtime": args.runtime, "threads": args.threads,
+        "top_k": args.top_k, "threshold": args.threshold, "resize": args.resize, "interpolation": args.interpolation,
+        "mean": _one_or_list(args.mean), "std": _one_or_list(args.std), "accelerator": args.accelerator,
+        "device": args.device, "cpu_model": args.cpu_model,
+    }  # fmt: skip
+    try:  # the same sections a configuration file has, so the same checks, defaults and engines
+        cfg = Config(
+            edgetpu=EdgeTpuConfig(library=args.edgetpu_library, options=options),
+            streams=[StreamConfig(id="infer", source=SyntheticSource(), model=ModelConfig(**raw_model), sinks=[])],
+        )
+    except ValidationError as exc:
+        raise ConfigError(format_validation_errors(exc, prefix="--").replace("--streams[0].model.", "--")) from None
+    engines, workers = build_engines(cfg, None)
+    try:
+        return _infer_images(engines["infer"], args.images)
+    finally:
+        for w in workers:
+            w.close()
+
+
+def _infer_images(engine: Any, images: list[str]) -> int:
     from .result import Result
     from .sources.images import read_image
 
-    try:  # the same model section a configuration file has, so the same checks and defaults
-        model_cfg = ModelConfig(
-            path=args.model,
-            labels=args.labels,
-            runtime=args.runtime,
-            threads=args.threads,
-            top_k=args.top_k,
-            threshold=args.threshold,
-            resize=args.resize,
-            interpolation=args.interpolation,
-            mean=_one_or_list(args.mean),
-            std=_one_or_list(args.std),
-        )
-    except ValidationError as exc:
-        raise ConfigError(format_validation_errors(exc, prefix="--")) from None
-    engine = Engine(model_cfg.path, engine_options(model_cfg))
     failures = 0
-    for seq, path in enumerate(args.images):
+    for seq, path in enumerate(images):
         wall, t0 = time.time(), time.monotonic()
         try:
             image = read_image(path)
@@ -122,7 +152,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
             seq=seq,
             timestamp=wall,
             model=engine.info.name,
-            accelerator=engine.accelerator,
+            accelerator=out.accelerator,
             task=engine.info.task,
             frame_width=w,
             frame_height=h,

@@ -261,9 +261,34 @@ def test_infer_unresolved_custom_op(models_dir: Path, images_dir: Path) -> None:
     )
 
 
-def test_infer_edgetpu_model_names_cpu_twin(models_dir: Path, images_dir: Path) -> None:
-    line = assert_one_error(edged("infer", "-m", models_dir / MOBILENET_V1_TPU, images_dir / "bird.bmp"), "Edge TPU")
-    assert str(models_dir / MOBILENET_V1) in line, line
+def test_infer_edgetpu_model_without_tpu_runs_on_cpu_twin(models_dir: Path, images_dir: Path) -> None:
+    """auto (the default): no delegate loads here, so the twin runs, with one warning."""
+    nolib = ["--edgetpu-library", "/nonexistent/libedgetpu.so.1"]
+    proc = edged("infer", "-m", models_dir / MOBILENET_V1_TPU, *nolib, images_dir / "bird.bmp")
+    assert proc.returncode == 0, proc.stderr
+    (result,) = [json.loads(ln) for ln in proc.stdout.splitlines()]
+    assert result["model"] == MOBILENET_V1 and result["accelerator"] == "cpu"
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("WARNING"), proc.stderr
+    assert "Edge TPU unavailable (delegate library not found: /nonexistent/libedgetpu.so.1" in lines[0]
+    assert f"running on the CPU twin {MOBILENET_V1}" in lines[0]
+    # accelerator cpu: the twin, silently
+    proc = edged("infer", "-m", models_dir / MOBILENET_V1_TPU, "--accelerator", "cpu", images_dir / "bird.bmp")
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert json.loads(proc.stdout)["model"] == MOBILENET_V1
+    # accelerator edgetpu is strict
+    assert_one_error(
+        edged(
+            "infer", "-m", models_dir / MOBILENET_V1_TPU, "--accelerator", "edgetpu", *nolib, images_dir / "bird.bmp"
+        ),
+        "accelerator is edgetpu but the Edge TPU delegate did not load",
+    )
+
+
+def test_infer_bad_edgetpu_options(models_dir: Path, images_dir: Path) -> None:
+    model = ["-m", models_dir / MOBILENET_V1, images_dir / "bird.bmp"]
+    assert_one_error(edged("infer", "--device", "gpu:0", *model), "--device", "gpu:0")
+    assert_one_error(edged("infer", "--delegate-option", "Performance", *model), "KEY=VALUE")
 
 
 def test_infer_edgetpu_model_without_twin(tmp_path: Path, models_dir: Path, images_dir: Path) -> None:
