@@ -54,8 +54,11 @@ def measure(name: str, cfg, seconds: float) -> None:
     lat_n = reg.get_sample_value("edged_frame_latency_seconds_count", {"stream": sid}) or 1
     lat = (reg.get_sample_value("edged_frame_latency_seconds_sum", {"stream": sid}) or 0) / lat_n * 1e3
     share = dropped / (processed + dropped) if processed + dropped else 0.0
-    print(f"| {name} | " + " | ".join(f"{m:.2f}" for m in means)
-          + f" | {lat:.2f} | {processed / seconds:.1f} | {share:.0%} |")
+    print(
+        f"| {name} | "
+        + " | ".join(f"{m:.2f}" for m in means)
+        + f" | {lat:.2f} | {processed / seconds:.1f} | {share:.0%} |"
+    )
 
 
 def main() -> None:
@@ -72,14 +75,25 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         video = Path(tmp) / "cat720p.avi"
         make_video(video, td / "images" / "cat_720p.jpg")
-        for model, labels in (("mobilenet_v2_1.0_224_quant", "imagenet_labels.txt"),
-                              ("ssd_mobilenet_v1_coco_quant_postprocess", "coco_labels.txt")):
-            cfg = config_from_dict({"streams": [{
-                "id": "bench",
-                "source": {"type": "video", "path": str(video), "realtime": False, "loop": True},
-                "model": {"path": str(td / "models" / f"{model}.tflite"), "labels": str(td / "models" / labels)},
-                "sinks": [{"type": "jsonl", "path": str(Path(tmp) / "r.jsonl")}],
-            }]})
+        for model, labels in (
+            ("mobilenet_v2_1.0_224_quant", "imagenet_labels.txt"),
+            ("ssd_mobilenet_v1_coco_quant_postprocess", "coco_labels.txt"),
+        ):
+            cfg = config_from_dict(
+                {
+                    "streams": [
+                        {
+                            "id": "bench",
+                            "source": {"type": "video", "path": str(video), "realtime": False, "loop": True},
+                            "model": {
+                                "path": str(td / "models" / f"{model}.tflite"),
+                                "labels": str(td / "models" / labels),
+                            },
+                            "sinks": [{"type": "jsonl", "path": str(Path(tmp) / "r.jsonl")}],
+                        }
+                    ]
+                }
+            )
             measure(f"720p MJPG video, unpaced, {model}", cfg, args.seconds)
 
 

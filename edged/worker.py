@@ -7,7 +7,8 @@ a time), holding one interpreter per stream pinned to that TPU.
 
 * Frames go in through shared memory: the parent preprocesses straight into a
   ``SharedMemory`` block shaped like the model input; the child copies it into the input
-  tensor. Only the small output tensors come back over the pipe.
+  tensor, invokes, and copies the output tensors into a second block. The pipe carries
+  only the request and the reply (no arrays are pickled).
 * A request that gets no answer within ``deadline`` seconds, a child that dies (by a
   signal or an exit), and an invoke error all raise :class:`WorkerFailure` with a
   one-line reason; the worker is then killed and marked down, and a probe thread
@@ -90,20 +91,23 @@ def _child(conn: Any, runtime_name: str) -> None:
                 models[key] = {"loaded": loaded, "delegate": delegate}
                 conn.send(("ok", loaded.info, runtime.version))
             elif op == "attach":
-                _, key, shm_name = msg
+                _, key, in_name, out_name = msg
                 m = models[key]
-                # the parent owns the block and unlinks it; spawned children share its resource
+                # the parent owns the blocks and unlinks them; spawned children share its resource
                 # tracker, so attaching here adds no second registration to undo
-                shm = shared_memory.SharedMemory(name=shm_name)
-                spec = m["loaded"].info.input
-                m["shm"] = shm
-                m["input"] = np.ndarray(spec.shape, dtype=np.dtype(spec.dtype), buffer=shm.buf)
-                m["outputs"] = [t.index for t in m["loaded"].info.outputs]
+                m["shm"] = [shared_memory.SharedMemory(name=in_name), shared_memory.SharedMemory(name=out_name)]
+                info = m["loaded"].info
+                m["input"] = np.ndarray(info.input.shape, dtype=np.dtype(info.input.dtype), buffer=m["shm"][0].buf)
+                interp = m["loaded"].interpreter
+                m["tensor"] = interp.tensor(info.input.index)
+                m["outputs"] = [
+                    (interp.tensor(t.index), view) for t, view in zip(info.outputs, output_views(info, m["shm"][1].buf))
+                ]
                 conn.send(("ok",))
             elif op == "infer":
                 m = models[msg[1]]
                 interp = m["loaded"].interpreter
-                view = interp.tensor(m["loaded"].info.input.index)()
+                view = m["tensor"]()
                 np.copyto(view, m["input"])
                 del view
                 t0 = time.perf_counter()
@@ -112,13 +116,30 @@ def _child(conn: Any, runtime_name: str) -> None:
                 except Exception as exc:
                     raise WorkerFailure(f"invoke failed: {' '.join(str(exc).split())}", "invoke") from None
                 seconds = time.perf_counter() - t0
-                conn.send(("ok", [interp.get_tensor(i) for i in m["outputs"]], seconds))
+                for tensor, view in m["outputs"]:  # outputs go back through shared memory too
+                    np.copyto(view, tensor())
+                conn.send(("ok", seconds))
             else:
                 conn.send(("err", f"unknown request {op!r}", "invoke"))
         except WorkerFailure as exc:
             conn.send(("err", exc.reason, exc.kind))
         except Exception as exc:  # never die on a request: say what went wrong instead
             conn.send(("err", f"{op} failed: {type(exc).__name__}: {' '.join(str(exc).split())}", "model"))
+
+
+def output_views(info: Any, buf: Any) -> list[np.ndarray]:
+    """Arrays for each output tensor, laid out one after another (8-byte aligned) in ``buf``."""
+    views, offset = [], 0
+    for t in info.outputs:
+        dtype = np.dtype(t.dtype)
+        count = int(np.prod(t.shape))
+        views.append(np.ndarray(t.shape, dtype=dtype, buffer=buf, offset=offset))
+        offset += -(-count * dtype.itemsize // 8) * 8
+    return views
+
+
+def outputs_size(info: Any) -> int:
+    return sum(-(-int(np.prod(t.shape)) * np.dtype(t.dtype).itemsize // 8) * 8 for t in info.outputs) or 8
 
 
 # --------------------------------------------------------------------------- the parent
@@ -131,7 +152,9 @@ class _Model:
     threads: int | None
     info: Any = None
     shm: shared_memory.SharedMemory | None = None
+    out_shm: shared_memory.SharedMemory | None = None
     array: np.ndarray | None = None
+    outputs: list[np.ndarray] | None = None
     first_inference_seconds: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -218,11 +241,13 @@ class DeviceWorker:
                 reply = self._call(("load", m.key, m.path, self.library, self.options, m.threads), timeout=60.0)
                 m.info, self.runtime_version = reply[1], reply[2]
                 size = int(np.prod(m.info.input.shape)) * np.dtype(m.info.input.dtype).itemsize
-                if m.shm is None or m.shm.size < size:
+                if m.shm is None or m.out_shm is None or m.shm.size < size or m.out_shm.size < outputs_size(m.info):
                     self._free_shm(m)
                     m.shm = shared_memory.SharedMemory(create=True, size=size)
+                    m.out_shm = shared_memory.SharedMemory(create=True, size=outputs_size(m.info))
                 m.array = np.ndarray(m.info.input.shape, dtype=np.dtype(m.info.input.dtype), buffer=m.shm.buf)
-                self._call(("attach", m.key, m.shm.name), timeout=10.0)
+                m.outputs = output_views(m.info, m.out_shm.buf)
+                self._call(("attach", m.key, m.shm.name, m.out_shm.name), timeout=10.0)
                 m.array[...] = 0  # the test inference: the model upload happens on the first invoke
                 t0 = time.perf_counter()
                 self._call(("infer", m.key), timeout=max(self.deadline, 30.0))
@@ -265,7 +290,9 @@ class DeviceWorker:
         return arr
 
     def infer(self, key: str) -> tuple[list[np.ndarray], float]:
-        """Run the model ``key`` on what its input array holds. Raises WorkerFailure."""
+        """Run the model ``key`` on what its input array holds; its outputs (views of shared
+        memory, valid until the next request for ``key``) and the child's invoke time.
+        Raises WorkerFailure."""
         if not self._lock.acquire(timeout=self.deadline):
             raise WorkerFailure(f"no result within {self.deadline:g} s; worker busy", "hang")
         try:
@@ -276,7 +303,9 @@ class DeviceWorker:
             except WorkerFailure as exc:  # any failure, an invoke error too, moves the streams off
                 self._down_locked(exc)
                 raise
-            return reply[1], reply[2]
+            outputs = self.models[key].outputs
+            assert outputs is not None
+            return outputs, reply[1]
         finally:
             self._lock.release()
 
@@ -334,14 +363,15 @@ class DeviceWorker:
 
     # ---------------------------------------------------------------- shutdown
     def _free_shm(self, m: _Model) -> None:
-        if m.shm is not None:
-            m.array = None
-            try:
-                m.shm.close()
-                m.shm.unlink()
-            except (FileNotFoundError, BufferError):
-                pass
-            m.shm = None
+        m.array = m.outputs = None
+        for block in (m.shm, m.out_shm):
+            if block is not None:
+                try:
+                    block.close()
+                    block.unlink()
+                except (FileNotFoundError, BufferError):
+                    pass
+        m.shm = m.out_shm = None
 
     def close(self) -> None:
         self._closed.set()
