@@ -145,7 +145,8 @@ def start(cfg: Any) -> tuple[Service, dict[str, Collect]]:
 
 
 @pytest.mark.parametrize("fault", ["SIGABRT", "SIGKILL", "hang"])
-def test_worker_fault_moves_to_cpu_and_back(fault: str, fake_libs, plain_models, images_dir, free_port) -> None:
+def test_worker_fault_moves_to_cpu_and_back(fault: str, fake_libs, plain_models, images_dir, free_port, caplog) -> None:
+    caplog.set_level("INFO")
     svc, sinks = start(make_config(plain_models, images_dir, fake_libs["load"], free_port))
     sink = sinks["cam"]
     try:
@@ -184,6 +185,15 @@ def test_worker_fault_moves_to_cpu_and_back(fault: str, fake_libs, plain_models,
         assert max(gaps) <= allowed, gaps
         stream = svc.streams[0]
         assert stream.status()["edgetpu"]["accelerator"] == "edgetpu"
+        # every switch logged once, with its reason
+        msgs = [r.getMessage() for r in caplog.records if r.name == "edged.failover"]
+        reason = f"worker killed by {fault}" if fault != "hang" else "no result within 0.5 s; worker killed"
+        moved = [m for m in msgs if "moved to the CPU twin" in m]
+        assert moved == [
+            f"stream cam: Edge TPU default failed ({reason}); moved to the CPU twin {MODEL}; "
+            "probing the TPU again in 0.2 s"
+        ], msgs
+        assert len([m for m in msgs if m.startswith("stream cam: back on the Edge TPU default after")]) == 1
     finally:
         if fault == "hang" and first_pid:
             try:
