@@ -55,7 +55,50 @@ class ImagesSource(_Strict):
     loop: bool = Field(True, description="start again after the last image")
 
 
-class CameraSource(_Strict):
+class _Live(_Strict):
+    """What every live source (camera, network stream) shares: how it comes back."""
+
+    reconnect_min_seconds: float = Field(0.5, gt=0, le=3600, description="first wait before reconnecting")
+    reconnect_max_seconds: float = Field(30.0, gt=0, le=3600, description="the wait doubles up to this (with jitter)")
+
+
+class UrlSource(_Live):
+    """An IP camera or stream: RTSP, HTTP(S), MJPEG, through OpenCV's FFmpeg backend."""
+
+    type: Literal["url"] = "url"
+    url: str = Field(description="rtsp://, rtsps://, http:// or https:// URL; credentials in it are never logged")
+    transport: Literal["tcp", "udp"] = Field("tcp", description="RTSP transport")
+    open_timeout_seconds: float = Field(10.0, gt=0, le=300, description="give up opening after this")
+    read_timeout_seconds: float = Field(5.0, gt=0, le=300, description="no frame within this = connection lost")
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, v: str) -> str:
+        if not v.lower().startswith(("rtsp://", "rtsps://", "http://", "https://")):
+            raise ValueError("url must start with rtsp://, rtsps://, http:// or https://")
+        return v
+
+
+class GStreamerSource(_Live):
+    """A GStreamer pipeline ending in appsink (needs an OpenCV built with GStreamer)."""
+
+    type: Literal["gstreamer"] = "gstreamer"
+    pipeline: str = Field(
+        description="e.g. 'libcamerasrc ! video/x-raw,width=1280,height=720 ! videoconvert ! "
+        "video/x-raw,format=BGR ! appsink drop=true max-buffers=1'"
+    )
+
+
+class Picamera2Source(_Live):
+    """A Raspberry Pi camera through picamera2 (libcamera), when that module is importable."""
+
+    type: Literal["picamera2"] = "picamera2"
+    width: int = Field(1280, ge=16)
+    height: int = Field(720, ge=16)
+    fps: float = Field(30.0, gt=0)
+
+
+class CameraSource(_Live):
     """A local camera through OpenCV (V4L2 on Linux)."""
 
     type: Literal["camera"] = "camera"
@@ -64,7 +107,6 @@ class CameraSource(_Strict):
     height: Optional[int] = Field(None, ge=1, description="requested frame height")
     fps: Optional[float] = Field(None, gt=0, description="requested frame rate")
     fourcc: Optional[str] = Field(None, min_length=4, max_length=4, description="pixel format, e.g. MJPG or YUYV")
-    reopen_seconds: float = Field(2.0, gt=0, description="wait before reopening a camera that stopped delivering")
 
 
 SourceConfig = Annotated[Union[SyntheticSource, VideoSource, ImagesSource, CameraSource], Field(discriminator="type")]
@@ -168,7 +210,10 @@ class EdgeTpuConfig(_Strict):
 class StreamConfig(_Strict):
     id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="stream name, used in metrics, logs and topics")
     source: SourceConfig
-    model: ModelConfig
+    model: ModelConfig = Field(description="the model section, or the name of an entry of the top-level models:")
+    shared_model: Optional[str] = Field(
+        None, description="set when model names an entry of models: streams naming the same entry share one engine"
+    )
     sinks: List[SinkConfig] = Field(default_factory=lambda: [LogSink()])
 
 
@@ -182,7 +227,27 @@ class Config(_Strict):
     listen: str = Field("127.0.0.1:9110", description="HOST:PORT of the HTTP listener (/metrics, /healthz)")
     log: LogConfig = Field(default_factory=LogConfig)
     edgetpu: EdgeTpuConfig = Field(default_factory=EdgeTpuConfig)
+    models: Dict[str, ModelConfig] = Field(
+        default_factory=dict, description="named models; streams that name the same one share one engine, in turn"
+    )
     streams: List[StreamConfig] = Field(min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _named_models(cls, data: Any) -> Any:
+        """``model: NAME`` in a stream becomes that entry of ``models:``, shared."""
+        if not isinstance(data, dict) or not isinstance(data.get("streams"), list):
+            return data
+        models = data.get("models") or {}
+        streams = []
+        for i, s in enumerate(data["streams"]):
+            if isinstance(s, dict) and isinstance(s.get("model"), str):
+                name = s["model"]
+                if not isinstance(models, dict) or name not in models:
+                    raise ValueError(f"streams[{i}].model: no model named {name!r} under models:")
+                s = {**s, "model": models[name], "shared_model": name}
+            streams.append(s)
+        return {**data, "streams": streams}
 
     @field_validator("listen")
     @classmethod
@@ -211,6 +276,9 @@ def parse_listen(value: str) -> tuple[str, int]:
 # --------------------------------------------------------------------------- loading
 
 
+_UNION_TAGS = ("synthetic", "video", "images", "camera", "url", "gstreamer", "picamera2", "log", "jsonl")
+
+
 def format_validation_errors(exc: ValidationError, prefix: str = "") -> str:
     """One line: ``key.path: message; ...`` (``prefix`` and dashes for command-line options)."""
     parts = []
@@ -219,7 +287,7 @@ def format_validation_errors(exc: ValidationError, prefix: str = "") -> str:
         for item in err["loc"]:
             if isinstance(item, int):
                 loc += f"[{item}]"
-            elif item in ("synthetic", "video", "images", "camera", "log", "jsonl") and loc.endswith(("source", "]")):
+            elif item in _UNION_TAGS and loc.endswith(("source", "]")):
                 continue  # the union member pydantic tried; the type key says it already
             else:
                 loc += ("." if loc else "") + str(item)
@@ -242,6 +310,10 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
         elif isinstance(v, str):
             d[key] = os.path.expanduser(v)
 
+    for m in (raw.get("models") or {}).values() if isinstance(raw.get("models"), dict) else []:
+        if isinstance(m, dict):
+            for k in ("path", "labels", "cpu_model"):
+                fix(m, k)
     for s in raw.get("streams") or []:
         if not isinstance(s, dict):
             continue

@@ -11,6 +11,7 @@ worker's generation has changed. Every switch is logged once, with its reason.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -170,8 +171,14 @@ def build_engines(
     workers: dict[str, DeviceWorker] = {}
     plans: list[tuple[Any, DeviceWorker | None, Path | None]] = []
     spread = 0
+    first_of: dict[str, str] = {}  # shared model name -> the stream that builds its engine
     for s in config.streams:
         m = s.model
+        if s.shared_model:
+            if s.shared_model in first_of:
+                plans.append((s, None, None))
+                continue
+            first_of[s.shared_model] = s.id
         tpu_model, cpu_model = model_pair(m.path, m.cpu_model)
         if m.accelerator == "cpu" or (m.accelerator == "auto" and tpu_model is None):
             plans.append((s, None, None))
@@ -196,8 +203,11 @@ def build_engines(
         except WorkerFailure as exc:
             reasons[label] = exc.reason
     engines: dict[str, Any] = {}
+    shared: dict[str, SharedEngine] = {}
     try:
         for s, worker, cpu_model in plans:
+            if s.shared_model and first_of[s.shared_model] != s.id:
+                continue  # built once, by the first stream that names it
             opts = engine_options(s.model)
             if worker is None:
                 engines[s.id] = Engine(s.model.path if s.model.accelerator != "cpu" else _cpu_path(s.model), opts)
@@ -211,6 +221,11 @@ def build_engines(
             first = worker.models[s.id].first_inference_seconds
             if first is not None and metrics is not None:
                 metrics.first_inference.labels(s.id, worker.label).set(first)
+        for s, _, _ in plans:  # wrap the engines that several streams use, so they take turns
+            if s.shared_model:
+                if s.shared_model not in shared:
+                    shared[s.shared_model] = SharedEngine(engines[first_of[s.shared_model]])
+                engines[s.id] = shared[s.shared_model]
     except BaseException:
         for worker in workers.values():
             worker.close()
@@ -236,3 +251,40 @@ def delegate_runtime(name: str) -> str:
         return name
     found = available()
     return "tflite_runtime" if "tflite_runtime" in found else "auto"
+
+
+class FairLock:
+    """A lock granted in arrival order (a ticket lock), so no stream starves another."""
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self._next = 0
+        self._serving = 0
+
+    def __enter__(self) -> FairLock:
+        with self._cv:
+            ticket = self._next
+            self._next += 1
+            while self._serving != ticket:
+                self._cv.wait()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._cv:
+            self._serving += 1
+            self._cv.notify_all()
+
+
+class SharedEngine:
+    """One engine (one interpreter, or one model on a TPU) used by several streams in turn."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+        self._turns = FairLock()
+
+    def process(self, frame: np.ndarray) -> Output:
+        with self._turns:
+            return self.engine.process(frame)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.engine, name)

@@ -94,6 +94,18 @@ class Metrics:
             ["stream"],
             registry=r,
         )
+        self.source_up = Gauge(
+            "edged_source_up",
+            "1 while a stream's source is open and delivering, 0 while it reconnects",
+            ["stream"],
+            registry=r,
+        )
+        self.source_reconnects = Counter(
+            "edged_source_reconnects_total",
+            "Times a stream's source came back after losing its device or connection",
+            ["stream"],
+            registry=r,
+        )
         self.last_result = Gauge(
             "edged_last_result_timestamp_seconds",
             "Unix time of a stream's latest published result",
@@ -164,6 +176,8 @@ class Metrics:
             info.runtime,
         ).set(1)
         self.stream_up.labels(stream).set(0)
+        self.source_up.labels(stream).set(0)
+        self.source_reconnects.labels(stream)
 
     def remove_stream(self, stream: str) -> None:
         for metric in (self.stream_up, self.last_result):

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import collections
 import logging
+import random
 import threading
 import time
 from typing import Any
 
 from .engine import Engine, EngineOptions
+from .errors import SourceError
 from .metrics import Metrics
 from .result import Result
 from .sinks import Sink, make_sink
@@ -97,6 +99,10 @@ class Stream:
         self.dropped = 0
         self._times: collections.deque[float] = collections.deque(maxlen=256)
         self.latest: Result | None = None
+        self.source_state = "created"  # up, connecting
+        self.source_error: str | None = None
+        self.reconnects = 0
+        self._source_down_since: float | None = None
         self.first_result = threading.Event()
         self._error_logged: dict[str, float] = {}
         m = metrics
@@ -110,12 +116,25 @@ class Stream:
         self._dropped = m.frames.labels(sid, "dropped")
         self._inferences = {acc: m.inferences.labels(sid, acc) for acc in ("cpu", "edgetpu")}
         self._up = m.stream_up.labels(sid)
+        self._source_up = m.source_up.labels(sid)
+        self._reconnects = m.source_reconnects.labels(sid)
         self._last = m.last_result.labels(sid)
 
     # -------------------------------------------------------------- lifecycle
     def start(self) -> None:
         self.metrics.init_stream(self.id, self.engine.info, self.engine.accelerator)
-        self.source.open()  # SourceError propagates: the caller reports it
+        try:
+            self.source.open()
+            self.source_state = "up"
+            self._source_up.set(1)
+        except SourceError as exc:
+            if not self.source.live:  # a missing file is a configuration mistake: say so and stop
+                raise
+            # a camera that is not there yet must not stop the other streams: keep trying
+            self.source_state = "connecting"
+            self.source_error = str(exc)
+            self._source_down_since = time.monotonic()
+            log.error("stream %s: %s; retrying in the background", self.id, exc)
         for sink in self.sinks:
             sink.start()
         self.state = "running"
@@ -196,14 +215,51 @@ class Stream:
             self._error_logged[stage] = now
             log.error("stream %s: %s error: %s", self.id, stage, exc)
 
+    def _reconnect(self) -> bool:
+        """Open a live source again with capped exponential backoff and jitter; False when stopped."""
+        cfg = self.cfg.source
+        delay = cfg.reconnect_min_seconds
+        while not self._stop.is_set():
+            if self._stop.wait(delay * random.uniform(0.5, 1.0)):
+                return False
+            try:
+                self.source.open()
+            except SourceError as exc:
+                self.source_error = str(exc)
+                self.metrics.errors.labels(self.id, "source").inc()
+                delay = min(delay * 2, cfg.reconnect_max_seconds)
+                continue
+            down = time.monotonic() - (self._source_down_since or time.monotonic())
+            self.reconnects += 1
+            self._reconnects.inc()
+            self._source_up.set(1)
+            self.source_state = "up"
+            log.info("stream %s: source %s is back after %.1f s", self.id, self.source.describe(), down)
+            return True
+        return False
+
     def _capture_loop(self) -> None:
+        if self.source_state == "connecting" and not self._reconnect():
+            self.slot.end()
+            return
         while not self._stop.is_set():
             try:
                 frame = self.source.read()
             except Exception as exc:
                 self._report("source", exc)
                 self._up.set(0)
-                if self._stop.wait(1.0):
+                if not self.source.live:
+                    if self._stop.wait(1.0):
+                        break
+                    continue
+                # a live source lost its device or connection: release it, come back with backoff
+                self.source.release()
+                self.source_state = "connecting"
+                self.source_error = str(exc)
+                self._source_up.set(0)
+                self._source_down_since = time.monotonic()
+                log.warning("stream %s: source lost (%s); reconnecting", self.id, exc)
+                if not self._reconnect():
                     break
                 continue
             if frame is None:
@@ -303,5 +359,8 @@ class Stream:
             "processed": self.processed,
             "dropped": self.dropped,
             "last_error": self.last_error,
+            "source_state": self.source_state,
+            "source_error": self.source_error,
+            "reconnects": self.reconnects,
             **({"edgetpu": self.engine.status()} if hasattr(self.engine, "status") else {}),
         }

@@ -29,6 +29,11 @@ def make_source(cfg: Any, name: str = "") -> Source:
         from .camera import CameraSource
 
         return CameraSource(cfg, name)
+    if kind in ("url", "gstreamer", "picamera2"):
+        from .network import GStreamerSource, NetworkSource, Picamera2Source
+
+        cls = {"url": NetworkSource, "gstreamer": GStreamerSource, "picamera2": Picamera2Source}[kind]
+        return cls(cfg, name)
     raise ValueError(f"unknown source type {kind!r}")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -21,11 +22,22 @@ class Frame:
     truth: Any = None  # what a synthetic source drew
 
 
+def redact(url: str) -> str:
+    """``rtsp://user:secret@cam/live`` -> ``rtsp://***@cam/live``: credentials are never logged."""
+    return re.sub(r"(?<=://)[^/@\s]*@", "***@", url)
+
+
 class Source:
     """Base class: pacing helpers and an interruptible wait. Subclasses implement
-    ``open`` and ``_grab`` (return ``(image, origin, truth)`` or None at the end)."""
+    ``open`` and ``_grab`` (return ``(image, origin, truth)`` or None at the end).
+
+    A *live* source (camera, network stream) raises :class:`~edged.errors.SourceError`
+    when it loses its device or connection; the stream then calls ``release()`` and
+    ``open()`` again with backoff. A finite source (file, images) ends by returning None.
+    """
 
     kind = "source"
+    live = False
     lossless = False  # True: capture waits for inference instead of dropping (finite unpaced files)
 
     def __init__(self, name: str = "") -> None:
@@ -38,8 +50,13 @@ class Source:
     def open(self) -> None:  # pragma: no cover - overridden
         pass
 
+    def release(self) -> None:
+        """Drop the device or connection; ``open()`` may be called again."""
+
     def close(self) -> None:
+        """Final: no more frames; releases what the source holds."""
         self._closed.set()
+        self.release()
 
     def __enter__(self) -> Source:
         self.open()

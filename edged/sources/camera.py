@@ -1,4 +1,8 @@
-"""A local camera (USB/CSI exposed as V4L2) through OpenCV, reopened when it stops."""
+"""A local camera (USB/CSI exposed as V4L2) through OpenCV.
+
+A camera that stops delivering raises SourceError; the stream releases it and opens it
+again with backoff (see :mod:`edged.pipeline`).
+"""
 
 from __future__ import annotations
 
@@ -18,22 +22,23 @@ log = logging.getLogger(__name__)
 
 class CameraSource(Source):
     kind = "camera"
+    live = True
 
     def __init__(self, cfg: Any, name: str = "") -> None:
         super().__init__(name)
         self.cfg = cfg
         self.cap: cv2.VideoCapture | None = None
-        self.failed = False
-        # read() and release() never overlap; a V4L2 read can block, so close() releases the
+        # read() and release() never overlap; a V4L2 read can block, so release() frees the
         # camera only when no read is under way, and otherwise the reader does it afterwards
         self._lock = threading.Lock()
+        self._release_pending = False
 
     def describe(self) -> str:
         c = self.cfg
         size = f" {c.width}x{c.height}" if c.width and c.height else ""
         return f"camera {c.device}{size}"
 
-    def _open_capture(self) -> cv2.VideoCapture:
+    def open(self) -> None:
         c = self.cfg
         device: int | str = c.device
         if isinstance(device, str) and device.isdigit():
@@ -54,65 +59,37 @@ class CameraSource(Source):
             cap.set(cv2.CAP_PROP_FRAME_HEIGHT, c.height)
         if c.fps:
             cap.set(cv2.CAP_PROP_FPS, c.fps)
-        return cap
-
-    def open(self) -> None:
-        self.cap = self._open_capture()
+        with self._lock:
+            self.cap = cap
+            self._release_pending = False
 
     def _grab(self) -> tuple[np.ndarray, str | None, Any] | None:
-        while not self.closed:
-            with self._lock:
-                got = self._read_once()
-            if got is not None:
-                return got
-            if self._closed.wait(self.cfg.reopen_seconds):
-                break
-            with self._lock:
-                if not self.closed:
-                    try:
-                        self.cap = self._open_capture()
-                    except SourceError:
-                        self.cap = None
-        self._release()
-        return None
-
-    def _read_once(self) -> tuple[np.ndarray, str | None, Any] | None:
-        """One read under the lock; None after a failure (the capture is then released)."""
-        if self.closed or self.cap is None:
-            return None
-        ok, image = self.cap.read()
-        if ok and image is not None:
-            if self.failed:
-                log.info("stream %s: camera %s is delivering frames again", self.name, self.cfg.device)
-                self.failed = False
-            if image.ndim == 2:
-                image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-            return image, None, None
-        self.cap.release()
-        self.cap = None
-        if not self.failed and not self.closed:
-            log.warning(
-                "stream %s: camera %s stopped delivering frames; reopening every %gs",
-                self.name,
-                self.cfg.device,
-                self.cfg.reopen_seconds,
-            )
-            self.failed = True
-        return None
-
-    def _release(self) -> None:
         with self._lock:
-            if self.cap is not None:
-                self.cap.release()
-                self.cap = None
+            if self.closed:
+                self._release_locked()
+                return None
+            if self.cap is None:
+                raise SourceError(f"camera {self.cfg.device} is not open")
+            ok, image = self.cap.read()
+            if self._release_pending:
+                self._release_locked()
+        if not ok or image is None:
+            raise SourceError(f"camera {self.cfg.device} stopped delivering frames")
+        if image.ndim == 2:
+            image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
+        return image, None, None
 
-    def close(self) -> None:
-        super().close()
+    def _release_locked(self) -> None:
+        if self.cap is not None:
+            self.cap.release()
+            self.cap = None
+        self._release_pending = False
+
+    def release(self) -> None:
         if self._lock.acquire(blocking=False):  # no read under way: release now
             try:
-                if self.cap is not None:
-                    self.cap.release()
-                    self.cap = None
+                self._release_locked()
             finally:
                 self._lock.release()
-        # else the reading thread releases the camera when its read returns
+        else:  # the reading thread releases the camera when its read returns
+            self._release_pending = True

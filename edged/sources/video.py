@@ -74,8 +74,7 @@ class VideoFileSource(Source):
             return None
         return image, None, None
 
-    def close(self) -> None:
-        super().close()
+    def release(self) -> None:
         with self._lock:
             if self.cap is not None:
                 self.cap.release()

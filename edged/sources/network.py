@@ -1,0 +1,190 @@
+"""Network cameras: RTSP, HTTP(S) and MJPEG URLs through OpenCV's FFmpeg backend.
+
+The transport (RTSP over TCP or UDP) and the open and read timeouts are passed to
+FFmpeg: a camera that goes away makes a read fail within ``read_timeout_seconds`` instead
+of blocking for minutes, and the stream reconnects with backoff. Credentials in the URL
+are used but never logged (:func:`~edged.sources.base.redact`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from typing import Any
+
+import cv2
+import numpy as np
+
+from ..errors import SourceError
+from .base import Source, redact
+
+log = logging.getLogger(__name__)
+_ENV_LOCK = threading.Lock()  # OPENCV_FFMPEG_CAPTURE_OPTIONS is process-wide: set it, open, restore
+
+
+def ffmpeg_options(url: str, transport: str) -> str:
+    """The ``OPENCV_FFMPEG_CAPTURE_OPTIONS`` string for ``url`` (``key;value|key;value``)."""
+    opts = []
+    if url.lower().startswith(("rtsp://", "rtsps://")):
+        opts.append(f"rtsp_transport;{transport}")
+    return "|".join(opts)
+
+
+class NetworkSource(Source):
+    kind = "url"
+    live = True
+
+    def __init__(self, cfg: Any, name: str = "") -> None:
+        super().__init__(name)
+        self.cfg = cfg
+        self.cap: cv2.VideoCapture | None = None
+        self._lock = threading.Lock()
+        self._release_pending = False
+
+    def describe(self) -> str:
+        return f"{redact(self.cfg.url)}"
+
+    def open(self) -> None:
+        c = self.cfg
+        params = [
+            cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(c.open_timeout_seconds * 1000),
+            cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(c.read_timeout_seconds * 1000),
+        ]  # fmt: skip
+        with _ENV_LOCK:
+            saved = os.environ.get("OPENCV_FFMPEG_CAPTURE_OPTIONS")
+            os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = ffmpeg_options(c.url, c.transport)
+            try:
+                cap = cv2.VideoCapture(c.url, cv2.CAP_FFMPEG, params)
+            finally:
+                if saved is None:
+                    os.environ.pop("OPENCV_FFMPEG_CAPTURE_OPTIONS", None)
+                else:
+                    os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = saved
+        if not cap.isOpened():
+            cap.release()
+            raise SourceError(f"cannot open {redact(c.url)}: no answer, refused, or not a video stream")
+        with self._lock:
+            self.cap = cap
+            self._release_pending = False
+
+    def _grab(self) -> tuple[np.ndarray, str | None, Any] | None:
+        with self._lock:
+            if self.closed:
+                self._release_locked()
+                return None
+            if self.cap is None:
+                raise SourceError(f"{redact(self.cfg.url)} is not open")
+            ok, image = self.cap.read()
+            if self._release_pending:
+                self._release_locked()
+        if not ok or image is None:
+            raise SourceError(f"no frame from {redact(self.cfg.url)} (connection lost or timed out)")
+        return image, None, None
+
+    def _release_locked(self) -> None:
+        if self.cap is not None:
+            self.cap.release()
+            self.cap = None
+        self._release_pending = False
+
+    def release(self) -> None:
+        if self._lock.acquire(blocking=False):
+            try:
+                self._release_locked()
+            finally:
+                self._lock.release()
+        else:
+            self._release_pending = True
+
+
+def opencv_has_gstreamer() -> bool:
+    for line in cv2.getBuildInformation().splitlines():
+        if line.strip().startswith("GStreamer:"):
+            return "YES" in line
+    return False
+
+
+class GStreamerSource(NetworkSource):
+    """A GStreamer pipeline ending in ``appsink`` (e.g. libcamera on Raspberry Pi), where
+    OpenCV was built with GStreamer (Debian's / Raspberry Pi OS's python3-opencv)."""
+
+    kind = "gstreamer"
+
+    def describe(self) -> str:
+        return f"gstreamer {redact(self.cfg.pipeline)[:80]}"
+
+    def open(self) -> None:
+        if not opencv_has_gstreamer():
+            raise SourceError(
+                "this OpenCV has no GStreamer support (the PyPI opencv-python wheels do not); use Debian's "
+                "python3-opencv (create the venv with --system-site-packages) or a url/camera source"
+            )
+        cap = cv2.VideoCapture(self.cfg.pipeline, cv2.CAP_GSTREAMER)
+        if not cap.isOpened():
+            cap.release()
+            raise SourceError(f"cannot start GStreamer pipeline {redact(self.cfg.pipeline)[:120]}")
+        with self._lock:
+            self.cap = cap
+            self._release_pending = False
+
+    def _grab(self) -> tuple[np.ndarray, str | None, Any] | None:
+        try:
+            return super()._grab()
+        except SourceError:
+            raise SourceError("the GStreamer pipeline stopped delivering frames") from None
+
+
+class Picamera2Source(Source):
+    """A Raspberry Pi camera through picamera2 (libcamera), where that module is importable."""
+
+    kind = "picamera2"
+    live = True
+
+    def __init__(self, cfg: Any, name: str = "") -> None:
+        super().__init__(name)
+        self.cfg = cfg
+        self.cam: Any = None
+
+    def describe(self) -> str:
+        return f"picamera2 {self.cfg.width}x{self.cfg.height}"
+
+    def open(self) -> None:
+        try:
+            from picamera2 import Picamera2  # type: ignore[import-not-found]
+        except ImportError:
+            raise SourceError(
+                "picamera2 is not importable: install python3-picamera2 (Raspberry Pi OS) and create the venv "
+                "with --system-site-packages, or use a gstreamer source with libcamerasrc"
+            ) from None
+        c = self.cfg
+        try:
+            cam = Picamera2()
+            config = cam.create_video_configuration(
+                # picamera2's "RGB888" is stored B, G, R per pixel: OpenCV's BGR order
+                main={"size": (c.width, c.height), "format": "RGB888"},
+                controls={"FrameRate": c.fps},
+            )
+            cam.configure(config)
+            cam.start()
+        except Exception as exc:
+            raise SourceError(f"cannot start the Raspberry Pi camera: {exc}") from None
+        self.cam = cam
+
+    def _grab(self) -> tuple[np.ndarray, str | None, Any] | None:
+        if self.closed:
+            return None
+        try:
+            image = self.cam.capture_array("main")
+        except Exception as exc:
+            raise SourceError(f"the Raspberry Pi camera stopped delivering frames: {exc}") from None
+        return np.ascontiguousarray(image[:, :, :3]), None, None
+
+    def release(self) -> None:
+        cam, self.cam = self.cam, None
+        if cam is not None:
+            try:
+                cam.stop()
+                cam.close()
+            except Exception:
+                pass
