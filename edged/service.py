@@ -115,9 +115,6 @@ class Service:
             raise EdgedError(
                 f"cannot listen on {self.listen}: {exc.strerror}; choose another with --listen or listen:"
             ) from None
-        self._http_thread = threading.Thread(target=self.http.serve_forever, name="http", daemon=True)
-        self._http_thread.start()
-        log.info("edged %s on %s: metrics at http://%s/metrics", __version__, self.config.device, self.address)
         started = []
         try:
             for s in self.streams:
@@ -126,9 +123,15 @@ class Service:
         except BaseException:
             for s in started:
                 s.close()
-            self._close_http()
+            self.http.server_close()
+            self.http = None
             self._close_workers()
             raise
+        # the port is bound above (a taken port fails before anything starts); requests are
+        # answered from here on, once every stream has started
+        self._http_thread = threading.Thread(target=self.http.serve_forever, name="http", daemon=True)
+        self._http_thread.start()
+        log.info("edged %s on %s: metrics at http://%s/metrics", __version__, self.config.device, self.address)
 
     @property
     def address(self) -> str:
