@@ -109,7 +109,10 @@ class CameraSource(_Live):
     fourcc: Optional[str] = Field(None, min_length=4, max_length=4, description="pixel format, e.g. MJPG or YUYV")
 
 
-SourceConfig = Annotated[Union[SyntheticSource, VideoSource, ImagesSource, CameraSource], Field(discriminator="type")]
+SourceConfig = Annotated[
+    Union[SyntheticSource, VideoSource, ImagesSource, CameraSource, UrlSource, GStreamerSource, Picamera2Source],
+    Field(discriminator="type"),
+]
 
 
 # --------------------------------------------------------------------------- sinks

@@ -99,3 +99,37 @@ def test_missing_camera_is_a_clear_error() -> None:
     src = make_source(CameraCfg(device="/dev/video97"), "cam")
     with pytest.raises(SourceError, match=r"cannot open camera /dev/video97"):
         src.open()
+
+
+def test_gstreamer_and_picamera2_say_what_is_missing() -> None:
+    """This machine's OpenCV (PyPI) has no GStreamer and there is no picamera2: clear errors."""
+    from edged.config import GStreamerSource as GstCfg
+    from edged.config import Picamera2Source as PiCfg
+    from edged.sources.network import opencv_has_gstreamer
+
+    gst = make_source(GstCfg(pipeline="videotestsrc ! videoconvert ! appsink"), "g")
+    if opencv_has_gstreamer():  # an OpenCV built with GStreamer (Debian's): it really runs
+        with gst:
+            assert gst.read() is not None
+    else:
+        with pytest.raises(SourceError, match="no GStreamer support"):
+            gst.open()
+    pi = make_source(PiCfg(), "p")
+    try:
+        import picamera2  # noqa: F401
+    except ImportError:
+        with pytest.raises(SourceError, match="picamera2 is not importable"):
+            pi.open()
+
+
+def test_url_source_config() -> None:
+    from pydantic import ValidationError
+
+    from edged.config import UrlSource
+    from edged.sources.network import ffmpeg_options
+
+    assert UrlSource(url="rtsp://cam/live").transport == "tcp"
+    with pytest.raises(ValidationError, match="must start with rtsp://"):
+        UrlSource(url="/dev/video0")
+    assert ffmpeg_options("rtsp://cam/live", "udp") == "rtsp_transport;udp"
+    assert ffmpeg_options("http://cam/mjpg", "tcp") == ""
