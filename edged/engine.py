@@ -135,11 +135,45 @@ class Engine:
         _, h, w, _ = self.info.input.shape
         return w, h
 
+    def make_preprocessor(self) -> Preprocessor:
+        """A preprocessor of its own for a thread that prepares frames ahead (see ``run_prepared``)."""
+        spec, o = self.info.input, self.options
+        _, h, w, c = spec.shape
+        return Preprocessor(
+            h, w, c, spec.dtype, spec.quantization.scale, spec.quantization.zero_point,
+            resize=o.resize, mean=o.mean, std=o.std, interpolation=o.interpolation,
+        )  # fmt: skip
+
+    @property
+    def input_key(self) -> tuple[Any, ...]:
+        """What a prepared input depends on: it fits every engine with the same key."""
+        spec, o = self.info.input, self.options
+        q = spec.quantization
+        return (spec.shape, spec.dtype, q.scale, q.zero_point, o.resize, str(o.mean), str(o.std), o.interpolation)
+
     def process(self, frame: np.ndarray) -> Output:
+        """Preprocess ``frame`` straight into the input buffer, invoke, postprocess."""
         t0 = time.perf_counter()
         view = self.backend.input_view()
         transform = self.preprocessor(frame, view)
         del view
+        return self._finish(transform, time.perf_counter() - t0)
+
+    def run_prepared(
+        self, data: np.ndarray, transform: Transform, preprocess_seconds: float, key: Any = None, frame: Any = None
+    ) -> Output:
+        """Invoke on an input another thread already preprocessed (``make_preprocessor``);
+        the copy into the input buffer counts as preprocessing. An input prepared for
+        another ``input_key`` is prepared again from ``frame``."""
+        if key is not None and key != self.input_key and frame is not None:
+            return self.process(frame)
+        t0 = time.perf_counter()
+        view = self.backend.input_view()
+        np.copyto(view, data)
+        del view
+        return self._finish(transform, preprocess_seconds + time.perf_counter() - t0)
+
+    def _finish(self, transform: Transform, preprocess_seconds: float) -> Output:
         t1 = time.perf_counter()
         self.backend.invoke()
         t2 = time.perf_counter()
@@ -162,5 +196,5 @@ class Engine:
         t3 = time.perf_counter()
         return Output(
             classes, objects, transform,
-            {"preprocess": t1 - t0, "inference": t2 - t1, "postprocess": t3 - t2}, self.accelerator,
+            {"preprocess": preprocess_seconds, "inference": t2 - t1, "postprocess": t3 - t2}, self.accelerator,
         )  # fmt: skip

@@ -87,7 +87,30 @@ class FailoverEngine:
     def loaded(self) -> Any:
         return self.current.loaded
 
+    def make_preprocessor(self) -> Any:
+        return self.current.make_preprocessor()
+
+    @property
+    def input_key(self) -> tuple[Any, ...]:
+        return self.current.input_key
+
     def process(self, frame: np.ndarray) -> Output:
+        return self._run(lambda engine: engine.process(frame))
+
+    def run_prepared(
+        self, data: np.ndarray, transform: Any, preprocess_seconds: float, key: Any = None, frame: Any = None
+    ) -> Output:
+        """As :meth:`Engine.run_prepared`; an input prepared for the other engine (the TPU and
+        CPU models quantise their input differently) is prepared again from ``frame``."""
+
+        def run(engine: Engine) -> Output:
+            if key is not None and key != engine.input_key and frame is not None:
+                return engine.process(frame)
+            return engine.run_prepared(data, transform, preprocess_seconds)
+
+        return self._run(run)
+
+    def _run(self, fn: Any) -> Output:
         w = self.worker
         if self.tpu is None and w is not None and w.up and w.generation != self._tpu_generation:
             self._attach_tpu()
@@ -99,12 +122,12 @@ class FailoverEngine:
             self._set_active()
         if self.tpu is not None:
             try:
-                return self.tpu.process(frame)
+                return fn(self.tpu)
             except WorkerFailure as exc:
                 self._fall_back(exc)
         if self.cpu is None:
             raise AcceleratorError(f"Edge TPU down ({self.last_reason}) and no CPU twin to run on")
-        return self.cpu.process(frame)  # the frame in hand is not lost
+        return fn(self.cpu)  # the frame in hand is not lost
 
     # ---------------------------------------------------------------- switching
     def _attach_tpu(self) -> None:
@@ -285,6 +308,10 @@ class SharedEngine:
     def process(self, frame: np.ndarray) -> Output:
         with self._turns:
             return self.engine.process(frame)
+
+    def run_prepared(self, *args: Any, **kwargs: Any) -> Output:
+        with self._turns:
+            return self.engine.run_prepared(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.engine, name)

@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import collections
 import logging
+import queue
 import random
 import threading
 import time
 from typing import Any
+
+import numpy as np
 
 from .engine import Engine, EngineOptions
 from .errors import SourceError
@@ -27,32 +30,43 @@ log = logging.getLogger(__name__)
 
 
 class LatestSlot:
-    """Holds at most one frame; ``put`` replaces, ``take`` waits. Never a queue."""
+    """Holds at most one frame; ``put`` replaces, ``take`` waits. Never a queue.
+
+    ``take`` on an empty slot also raises a *wanted* flag: a source that costs nothing to
+    wait on (a file read as fast as possible) is read only when inference wants a frame
+    (``wait_wanted``), instead of spinning and dropping frames it decoded for nothing.
+    """
 
     def __init__(self) -> None:
         self._cv = threading.Condition()
         self._frame: Frame | None = None
         self._ended = False
+        self._wanted = False
 
-    def put(self, frame: Frame, wait: bool = False) -> bool:
-        """Store ``frame``; True when it replaced one nobody took (a dropped frame).
-
-        With ``wait``, first wait until the previous frame was taken (lossless sources)."""
+    def put(self, frame: Frame) -> Frame | None:
+        """Store ``frame``; returns the frame it replaced, which nobody took (a dropped frame)."""
         with self._cv:
-            while wait and self._frame is not None and not self._ended:
-                self._cv.wait(0.25)
-            replaced = self._frame is not None
+            replaced = self._frame
             self._frame = frame
-            self._cv.notify()
+            self._wanted = False
+            self._cv.notify_all()
             return replaced
 
     def take(self, timeout: float) -> Frame | None:
         with self._cv:
             if self._frame is None and not self._ended:
+                self._wanted = True
+                self._cv.notify_all()
                 self._cv.wait(timeout)
             frame, self._frame = self._frame, None
-            self._cv.notify_all()
             return frame
+
+    def wait_wanted(self, timeout: float) -> bool:
+        """Wait until inference waits for a frame (True) or the slot ended / time ran out."""
+        with self._cv:
+            if not (self._wanted and self._frame is None) and not self._ended:
+                self._cv.wait(timeout)
+            return self._wanted and self._frame is None and not self._ended
 
     def end(self) -> None:
         with self._cv:
@@ -91,6 +105,14 @@ class Stream:
         self.source: Source = make_source(cfg.source, self.id)
         self.sinks: list[Sink] = [make_sink(s, self.id) for s in cfg.sinks]
         self.slot = LatestSlot()
+        # The capture thread preprocesses each frame into one of three reused input buffers:
+        # one being filled, one waiting in the slot, one being copied into the model's input.
+        self.preprocessor = self.engine.make_preprocessor()
+        self._input_key = self.engine.input_key
+        spec = self.engine.info.input
+        self._buffers: queue.SimpleQueue[np.ndarray] = queue.SimpleQueue()
+        for _ in range(3):
+            self._buffers.put(np.empty(spec.shape[1:], np.dtype(spec.dtype)))
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.state = "created"  # created, running, ended, failed, stopped
@@ -242,7 +264,13 @@ class Stream:
         if self.source_state == "connecting" and not self._reconnect():
             self.slot.end()
             return
+        # A source with no pace of its own that is not live (a file read as fast as possible)
+        # is read on demand: every frame it decodes is processed, and the capture thread does
+        # not spin holding the GIL. Paced and live sources are read continuously, newest wins.
+        pull = not self.source.live and self.source._fps() is None
         while not self._stop.is_set():
+            if pull and not self.slot.wait_wanted(0.25):
+                continue
             try:
                 frame = self.source.read()
             except Exception as exc:
@@ -267,7 +295,20 @@ class Stream:
                     log.info("stream %s: source ended after %d frames", self.id, self.source._seq)
                 break
             self._h["capture"].observe(frame.capture_seconds)
-            if self.slot.put(frame, wait=self.source.lossless):
+            # preprocess here, while the inference thread is busy with the previous frame
+            buf = self._buffers.get()
+            t0 = time.perf_counter()
+            try:
+                transform = self.preprocessor(frame.image, buf)
+            except Exception as exc:
+                self._buffers.put(buf)
+                self._report("inference", exc)
+                continue
+            frame.prepared = (buf, transform, self._input_key, time.perf_counter() - t0)
+            frame.ready = time.monotonic()
+            replaced = self.slot.put(frame)
+            if replaced is not None:
+                self._buffers.put(replaced.prepared[0])
                 self.dropped += 1
                 self._dropped.inc()
         self.slot.end()
@@ -281,12 +322,15 @@ class Stream:
                 if self.slot.ended:
                     break
                 continue
-            queued = time.monotonic() - (frame.monotonic + frame.capture_seconds)
+            queued = time.monotonic() - frame.ready
+            buf, transform, key, prep_seconds = frame.prepared
             try:
-                out = engine.process(frame.image)
+                out = engine.run_prepared(buf, transform, prep_seconds, key, frame.image)
             except Exception as exc:
                 self._report("inference", exc)
                 continue
+            finally:
+                self._buffers.put(buf)
             t = out.timings
             h, w = frame.image.shape[:2]
             result = Result(

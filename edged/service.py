@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -91,6 +92,9 @@ class Service:
 
     # ---------------------------------------------------------------- lifecycle
     def start(self) -> None:
+        # Threads hand the GIL back after 1 ms instead of 5: the inference thread releases it
+        # in resize/cvtColor/invoke and must not wait 5 ms to get it back from a capture thread
+        sys.setswitchinterval(0.001)
         try:
             host, port = parse_listen(self.listen)
         except ValueError as exc:

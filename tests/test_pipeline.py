@@ -23,9 +23,11 @@ def _frame(seq: int) -> Frame:
 
 def test_latest_slot_newest_wins_and_counts_replacements() -> None:
     slot = LatestSlot()
-    assert slot.put(_frame(0)) is False
-    assert slot.put(_frame(1)) is True  # frame 0 was never taken: dropped
-    assert slot.put(_frame(2)) is True
+    assert slot.put(_frame(0)) is None
+    dropped = slot.put(_frame(1))  # frame 0 was never taken: dropped, and handed back
+    assert dropped is not None and dropped.seq == 0
+    dropped = slot.put(_frame(2))
+    assert dropped is not None and dropped.seq == 1
     got = slot.take(0.1)
     assert got is not None and got.seq == 2
     assert slot.take(0.01) is None  # nothing queued behind it
@@ -65,7 +67,7 @@ def test_fast_source_slow_model_drops_instead_of_queueing(models_dir: Path, imag
             "streams": [
                 {
                     "id": "fast",
-                    "source": {"type": "images", "path": str(images_dir / "cat_720p.jpg"), "fps": 0, "loop": True},
+                    "source": {"type": "images", "path": str(images_dir / "cat_720p.jpg"), "fps": 300, "loop": True},
                     "model": {
                         "path": str(models_dir / "mobilenet_v2_1.0_224_quant.tflite"),
                         "labels": str(models_dir / "imagenet_labels.txt"),
@@ -136,16 +138,16 @@ def test_inference_error_is_counted_and_stream_keeps_running(models_dir: Path) -
     )
     metrics = Metrics()
     stream = Stream(cfg.streams[0], metrics)
-    real = stream.engine.process
+    real = stream.engine.run_prepared
     calls = {"n": 0}
 
-    def flaky(frame):  # the first three inferences fail, as a failing accelerator would
+    def flaky(*args, **kwargs):  # the first three inferences fail, as a failing accelerator would
         calls["n"] += 1
         if calls["n"] <= 3:
             raise RuntimeError("invoke failed")
-        return real(frame)
+        return real(*args, **kwargs)
 
-    stream.engine.process = flaky  # type: ignore[method-assign]
+    stream.engine.run_prepared = flaky  # type: ignore[method-assign]
     with stream:
         deadline = time.monotonic() + 10
         while stream.processed < 3 and time.monotonic() < deadline:

@@ -20,6 +20,8 @@ class Frame:
     capture_seconds: float  # time spent grabbing and decoding this frame
     origin: str | None = None  # e.g. the file an image came from
     truth: Any = None  # what a synthetic source drew
+    prepared: Any = None  # (input buffer, transform, input key, seconds) once preprocessed ahead
+    ready: float = 0.0  # time.monotonic() when the frame was ready for inference
 
 
 def redact(url: str) -> str:
@@ -38,7 +40,6 @@ class Source:
 
     kind = "source"
     live = False
-    lossless = False  # True: capture waits for inference instead of dropping (finite unpaced files)
 
     def __init__(self, name: str = "") -> None:
         self.name = name

@@ -59,10 +59,6 @@ class ImagesSource(Source):
     def describe(self) -> str:
         return f"{len(self.files)} image(s) from {self.cfg.path}"
 
-    @property
-    def lossless(self) -> bool:
-        return not self.cfg.fps and not self.cfg.loop  # a finite batch: every image once
-
     def _fps(self) -> float | None:
         return self.cfg.fps or None
 

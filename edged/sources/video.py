@@ -47,10 +47,6 @@ class VideoFileSource(Source):
         pace = f"{self.fps:g} fps" if self.cfg.realtime else "as fast as possible"
         return f"video {self.path.name} ({pace}{', looped' if self.cfg.loop else ''})"
 
-    @property
-    def lossless(self) -> bool:
-        return not self.cfg.realtime and not self.cfg.loop  # a finite file: every frame once
-
     def _fps(self) -> float | None:
         return self.fps if self.cfg.realtime else None
 
