@@ -32,41 +32,39 @@ log = logging.getLogger(__name__)
 class LatestSlot:
     """Holds at most one frame; ``put`` replaces, ``take`` waits. Never a queue.
 
-    ``take`` on an empty slot also raises a *wanted* flag: a source that costs nothing to
-    wait on (a file read as fast as possible) is read only when inference wants a frame
-    (``wait_wanted``), instead of spinning and dropping frames it decoded for nothing.
+    A source that costs nothing to wait on (a file read as fast as possible) waits for the
+    slot to be free (``wait_free``) before reading the next frame: it reads one frame ahead
+    of inference, instead of spinning and dropping frames it decoded for nothing.
     """
 
     def __init__(self) -> None:
         self._cv = threading.Condition()
         self._frame: Frame | None = None
         self._ended = False
-        self._wanted = False
 
     def put(self, frame: Frame) -> Frame | None:
         """Store ``frame``; returns the frame it replaced, which nobody took (a dropped frame)."""
         with self._cv:
             replaced = self._frame
             self._frame = frame
-            self._wanted = False
             self._cv.notify_all()
             return replaced
 
     def take(self, timeout: float) -> Frame | None:
         with self._cv:
             if self._frame is None and not self._ended:
-                self._wanted = True
-                self._cv.notify_all()
                 self._cv.wait(timeout)
             frame, self._frame = self._frame, None
+            if frame is not None:
+                self._cv.notify_all()  # the slot is free again
             return frame
 
-    def wait_wanted(self, timeout: float) -> bool:
-        """Wait until inference waits for a frame (True) or the slot ended / time ran out."""
+    def wait_free(self, timeout: float) -> bool:
+        """Wait until the slot is empty (True), or it ended / time ran out (False)."""
         with self._cv:
-            if not (self._wanted and self._frame is None) and not self._ended:
+            if self._frame is not None and not self._ended:
                 self._cv.wait(timeout)
-            return self._wanted and self._frame is None and not self._ended
+            return self._frame is None and not self._ended
 
     def end(self) -> None:
         with self._cv:
@@ -265,11 +263,12 @@ class Stream:
             self.slot.end()
             return
         # A source with no pace of its own that is not live (a file read as fast as possible)
-        # is read on demand: every frame it decodes is processed, and the capture thread does
-        # not spin holding the GIL. Paced and live sources are read continuously, newest wins.
-        pull = not self.source.live and self.source._fps() is None
+        # is read one frame ahead of inference: every frame it decodes is processed, and the
+        # capture thread does not spin holding the GIL. Paced and live sources are read
+        # continuously, and the newest frame wins.
+        ahead_only = not self.source.live and self.source._fps() is None
         while not self._stop.is_set():
-            if pull and not self.slot.wait_wanted(0.25):
+            if ahead_only and not self.slot.wait_free(0.25):
                 continue
             try:
                 frame = self.source.read()
