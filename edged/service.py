@@ -47,6 +47,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(414, {"error": "request line too long"})
         elif path == "/metrics":
             self._send(200, service.metrics.exposition(), CONTENT_TYPE_LATEST)
+        elif path == "/api/v1/status":
+            self._json(200, service.status())
         elif path == "/healthz":
             ok, detail = service.health()
             self._json(200 if ok else 503, {"status": "ok" if ok else "failing", **detail})

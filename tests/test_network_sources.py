@@ -61,6 +61,10 @@ class Daemon:
     def value(self, name: str, **labels: str) -> float:
         return self.metrics().get((name, tuple(sorted(labels.items()))), -1.0)
 
+    def status(self) -> dict:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/api/v1/status", timeout=3) as r:
+            return json.loads(r.read())
+
     def healthz(self) -> int:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=3) as r:
             return r.status
@@ -116,6 +120,9 @@ def test_camera_lost_and_back(kind: str, fault: str, tmp_path, models_dir, serve
         server.kill() if fault == "kill" else server.pause()
         wait_for(lambda: d.value("edged_source_up", stream="cam") == 0, 10, "the source to be marked down")
         assert d.healthz() == 200  # the daemon itself is fine
+        status = d.status()["streams"][0]
+        assert status["source_state"] == "connecting" and status["source_error"], status
+        assert "***@127.0.0.1" in status["source"] + status["source_error"] and PASSWORD not in json.dumps(status)
         stalled = processed()
         time.sleep(1.0)
         assert processed() <= stalled + 1  # nothing processed while the camera is gone
