@@ -6,39 +6,31 @@ again with backoff (see :mod:`edged.pipeline`).
 
 from __future__ import annotations
 
-import logging
 import sys
-import threading
 from typing import Any
 
 import cv2
-import numpy as np
 
 from ..errors import SourceError
-from .base import Source
-
-log = logging.getLogger(__name__)
+from .capture import CaptureSource
 
 
-class CameraSource(Source):
+class CameraSource(CaptureSource):
     kind = "camera"
-    live = True
 
     def __init__(self, cfg: Any, name: str = "") -> None:
         super().__init__(name)
         self.cfg = cfg
-        self.cap: cv2.VideoCapture | None = None
-        # read() and release() never overlap; a V4L2 read can block, so release() frees the
-        # camera only when no read is under way, and otherwise the reader does it afterwards
-        self._lock = threading.Lock()
-        self._release_pending = False
 
     def describe(self) -> str:
         c = self.cfg
         size = f" {c.width}x{c.height}" if c.width and c.height else ""
         return f"camera {c.device}{size}"
 
-    def open(self) -> None:
+    def _lost(self) -> str:
+        return f"camera {self.cfg.device} stopped delivering frames"
+
+    def _open_capture(self) -> cv2.VideoCapture:
         c = self.cfg
         device: int | str = c.device
         if isinstance(device, str) and device.isdigit():
@@ -59,37 +51,4 @@ class CameraSource(Source):
             cap.set(cv2.CAP_PROP_FRAME_HEIGHT, c.height)
         if c.fps:
             cap.set(cv2.CAP_PROP_FPS, c.fps)
-        with self._lock:
-            self.cap = cap
-            self._release_pending = False
-
-    def _grab(self) -> tuple[np.ndarray, str | None, Any] | None:
-        with self._lock:
-            if self.closed:
-                self._release_locked()
-                return None
-            if self.cap is None:
-                raise SourceError(f"camera {self.cfg.device} is not open")
-            ok, image = self.cap.read()
-            if self._release_pending:
-                self._release_locked()
-        if not ok or image is None:
-            raise SourceError(f"camera {self.cfg.device} stopped delivering frames")
-        if image.ndim == 2:
-            image = cv2.cvtColor(image, cv2.COLOR_GRAY2BGR)
-        return image, None, None
-
-    def _release_locked(self) -> None:
-        if self.cap is not None:
-            self.cap.release()
-            self.cap = None
-        self._release_pending = False
-
-    def release(self) -> None:
-        if self._lock.acquire(blocking=False):  # no read under way: release now
-            try:
-                self._release_locked()
-            finally:
-                self._lock.release()
-        else:  # the reading thread releases the camera when its read returns
-            self._release_pending = True
+        return cap

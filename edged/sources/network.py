@@ -18,6 +18,7 @@ import numpy as np
 
 from ..errors import SourceError
 from .base import Source, redact
+from .capture import CaptureSource
 
 log = logging.getLogger(__name__)
 _ENV_LOCK = threading.Lock()  # OPENCV_FFMPEG_CAPTURE_OPTIONS is process-wide: set it, open, restore
@@ -31,21 +32,20 @@ def ffmpeg_options(url: str, transport: str) -> str:
     return "|".join(opts)
 
 
-class NetworkSource(Source):
+class NetworkSource(CaptureSource):
     kind = "url"
-    live = True
 
     def __init__(self, cfg: Any, name: str = "") -> None:
         super().__init__(name)
         self.cfg = cfg
-        self.cap: cv2.VideoCapture | None = None
-        self._lock = threading.Lock()
-        self._release_pending = False
 
     def describe(self) -> str:
-        return f"{redact(self.cfg.url)}"
+        return redact(self.cfg.url)
 
-    def open(self) -> None:
+    def _lost(self) -> str:
+        return f"no frame from {redact(self.cfg.url)} (connection lost or timed out)"
+
+    def _open_capture(self) -> cv2.VideoCapture:
         c = self.cfg
         params = [
             cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(c.open_timeout_seconds * 1000),
@@ -64,38 +64,7 @@ class NetworkSource(Source):
         if not cap.isOpened():
             cap.release()
             raise SourceError(f"cannot open {redact(c.url)}: no answer, refused, or not a video stream")
-        with self._lock:
-            self.cap = cap
-            self._release_pending = False
-
-    def _grab(self) -> tuple[np.ndarray, str | None, Any] | None:
-        with self._lock:
-            if self.closed:
-                self._release_locked()
-                return None
-            if self.cap is None:
-                raise SourceError(f"{redact(self.cfg.url)} is not open")
-            ok, image = self.cap.read()
-            if self._release_pending:
-                self._release_locked()
-        if not ok or image is None:
-            raise SourceError(f"no frame from {redact(self.cfg.url)} (connection lost or timed out)")
-        return image, None, None
-
-    def _release_locked(self) -> None:
-        if self.cap is not None:
-            self.cap.release()
-            self.cap = None
-        self._release_pending = False
-
-    def release(self) -> None:
-        if self._lock.acquire(blocking=False):
-            try:
-                self._release_locked()
-            finally:
-                self._lock.release()
-        else:
-            self._release_pending = True
+        return cap
 
 
 def opencv_has_gstreamer() -> bool:
@@ -105,16 +74,23 @@ def opencv_has_gstreamer() -> bool:
     return False
 
 
-class GStreamerSource(NetworkSource):
+class GStreamerSource(CaptureSource):
     """A GStreamer pipeline ending in ``appsink`` (e.g. libcamera on Raspberry Pi), where
     OpenCV was built with GStreamer (Debian's / Raspberry Pi OS's python3-opencv)."""
 
     kind = "gstreamer"
 
+    def __init__(self, cfg: Any, name: str = "") -> None:
+        super().__init__(name)
+        self.cfg = cfg
+
     def describe(self) -> str:
         return f"gstreamer {redact(self.cfg.pipeline)[:80]}"
 
-    def open(self) -> None:
+    def _lost(self) -> str:
+        return "the GStreamer pipeline stopped delivering frames"
+
+    def _open_capture(self) -> cv2.VideoCapture:
         if not opencv_has_gstreamer():
             raise SourceError(
                 "this OpenCV has no GStreamer support (the PyPI opencv-python wheels do not); use Debian's "
@@ -124,15 +100,7 @@ class GStreamerSource(NetworkSource):
         if not cap.isOpened():
             cap.release()
             raise SourceError(f"cannot start GStreamer pipeline {redact(self.cfg.pipeline)[:120]}")
-        with self._lock:
-            self.cap = cap
-            self._release_pending = False
-
-    def _grab(self) -> tuple[np.ndarray, str | None, Any] | None:
-        try:
-            return super()._grab()
-        except SourceError:
-            raise SourceError("the GStreamer pipeline stopped delivering frames") from None
+        return cap
 
 
 class Picamera2Source(Source):
