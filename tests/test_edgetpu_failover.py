@@ -19,15 +19,14 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
+from helpers import Collect, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 from edged.config import config_from_dict
-from edged.result import Result
 from edged.service import Service
-from edged.sinks.base import Sink
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "mobilenet_v1_0.25_128_quant.tflite"
@@ -62,29 +61,6 @@ def fake_libs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     subprocess.run([cc, "-shared", "-fPIC", "-Wall", "-Werror", "-o", libs["load"], src], check=True)
     subprocess.run([cc, "-shared", "-fPIC", "-Wall", "-Werror", "-DFAKE_REFUSE", "-o", libs["refuse"], src], check=True)
     return libs
-
-
-class Collect(Sink):
-    name = "collect"
-
-    def __init__(self) -> None:
-        self.results: list[Result] = []
-
-    def publish(self, result: Result) -> None:
-        self.results.append(result)
-
-    def since(self, t: float) -> list[Result]:
-        return [r for r in list(self.results) if r.timestamp >= t]
-
-
-def wait_for(pred: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def scrape(port: int) -> dict[tuple[str, tuple], float]:

@@ -15,24 +15,19 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
+from helpers import wait_for as _wait_for
 from prometheus_client.parser import text_string_to_metric_families
 from servers import MjpegServer, RtspServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-PASSWORD = "s3cret-Pa55"
 
 
 def wait_for(pred: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = pred()
-        if got:
-            return got
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+    return _wait_for(pred, timeout, what, interval=0.1)  # each poll is a scrape of the daemon
+PASSWORD = "s3cret-Pa55"
 
 
 class Daemon:

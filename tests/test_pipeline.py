@@ -7,13 +7,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+from helpers import Collect
 from prometheus_client.parser import text_string_to_metric_families
 
 from edged.config import config_from_dict
 from edged.metrics import Metrics
 from edged.pipeline import LatestSlot, Stream
-from edged.result import Result
-from edged.sinks.base import Sink
 from edged.sources.base import Frame
 
 
@@ -41,16 +40,6 @@ def test_latest_slot_take_wakes_on_put() -> None:
     t0 = time.monotonic()
     got = slot.take(2.0)
     assert got is not None and got.seq == 7 and time.monotonic() - t0 < 1.0
-
-
-class Collect(Sink):
-    name = "collect"
-
-    def __init__(self) -> None:
-        self.results: list[Result] = []
-
-    def publish(self, result: Result) -> None:
-        self.results.append(result)
 
 
 def _samples(metrics: Metrics) -> dict[tuple[str, tuple], float]:
