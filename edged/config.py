@@ -132,7 +132,37 @@ class JsonlSink(_Strict):
     path: str = Field(description="file to append to; its directory is created")
 
 
-SinkConfig = Annotated[Union[LogSink, JsonlSink], Field(discriminator="type")]
+class MqttSink(_Strict):
+    """Publish every result to an MQTT broker; QoS 1 results wait in an on-disk queue while it is away."""
+
+    type: Literal["mqtt"] = "mqtt"
+    host: str = Field("127.0.0.1", min_length=1, description="broker host name or address")
+    port: int = Field(1883, ge=1, le=65535, description="broker port (8883 is the usual TLS port)")
+    client_id: Optional[str] = Field(None, description="MQTT client id (default: edged-<device>-<stream>)")
+    username: Optional[str] = Field(None, description="user name for the broker")
+    password: Optional[str] = Field(None, description="password (prefer password_env)")
+    password_env: Optional[str] = Field(None, description="name of an environment variable holding the password")
+    tls: bool = Field(False, description="connect with TLS")
+    ca_file: Optional[str] = Field(None, description="CA certificates to verify the broker (default: the system's)")
+    qos: Literal[0, 1] = Field(
+        1, description="1: at least once, queued on disk while the broker is away; 0: at most once, never queued"
+    )
+    topic_prefix: str = Field("edged", min_length=1, description="results go to <prefix>/<device>/<stream>/result")
+    device: Optional[str] = Field(None, description="device name in the topics (default: the host name)")
+    queue_path: Optional[str] = Field(
+        None, description="SQLite queue file (default: $STATE_DIRECTORY or ~/.local/state/edged, <stream>.mqtt.sqlite)"
+    )
+    queue_max: int = Field(10000, ge=1, description="results kept while the broker is away; then the oldest go")
+
+    @field_validator("topic_prefix", "device")
+    @classmethod
+    def _topic_level(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and any(c in v for c in "+#\0"):
+            raise ValueError("must not contain +, # or NUL")
+        return v
+
+
+SinkConfig = Annotated[Union[LogSink, JsonlSink, MqttSink], Field(discriminator="type")]
 
 
 # --------------------------------------------------------------------------- model and stream
@@ -279,7 +309,7 @@ def parse_listen(value: str) -> tuple[str, int]:
 # --------------------------------------------------------------------------- loading
 
 
-_UNION_TAGS = ("synthetic", "video", "images", "camera", "url", "gstreamer", "picamera2", "log", "jsonl")
+_UNION_TAGS = ("synthetic", "video", "images", "camera", "url", "gstreamer", "picamera2", "log", "jsonl", "mqtt")
 
 
 def format_validation_errors(exc: ValidationError, prefix: str = "") -> str:
@@ -326,7 +356,8 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
                     fix(s[section], k)
         for sink in s.get("sinks") or []:
             if isinstance(sink, dict):
-                fix(sink, "path")
+                for k in ("path", "ca_file", "queue_path"):
+                    fix(sink, k)
 
 
 def config_from_dict(raw: Any, origin: str = "<config>", base: Path | None = None) -> Config:

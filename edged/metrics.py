@@ -112,6 +112,19 @@ class Metrics:
             ["stream"],
             registry=r,
         )
+        self.publish_total = Counter(
+            "edged_publish_total",
+            "Results handed to a publishing sink (sink=mqtt:<stream>), by outcome: sent (acknowledged by "
+            "the broker at QoS 1), dropped (queue full, or not connected at QoS 0) or failed",
+            ["sink", "outcome"],
+            registry=r,
+        )
+        self.publish_queue_depth = Gauge(
+            "edged_publish_queue_depth",
+            "Results waiting in a publishing sink's on-disk queue (in flight included)",
+            ["sink"],
+            registry=r,
+        )
 
         # Edge TPU
         self.accelerator_up = Gauge(

@@ -101,7 +101,7 @@ class Stream:
         self.metrics = metrics
         self.engine = engine or Engine(cfg.model.path, engine_options(cfg.model))
         self.source: Source = make_source(cfg.source, self.id)
-        self.sinks: list[Sink] = [make_sink(s, self.id) for s in cfg.sinks]
+        self.sinks: list[Sink] = [make_sink(s, self.id, metrics) for s in cfg.sinks]
         self.slot = LatestSlot()
         # The capture thread preprocesses each frame into one of three reused input buffers:
         # one being filled, one waiting in the slot, one being copied into the model's input.

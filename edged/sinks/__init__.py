@@ -7,7 +7,7 @@ from typing import Any
 from .base import Sink
 
 
-def make_sink(cfg: Any, stream: str) -> Sink:
+def make_sink(cfg: Any, stream: str, metrics: Any = None) -> Sink:
     if cfg.type == "log":
         from .log import LogSink
 
@@ -16,6 +16,10 @@ def make_sink(cfg: Any, stream: str) -> Sink:
         from .jsonl import JsonlSink
 
         return JsonlSink(cfg, stream)
+    if cfg.type == "mqtt":
+        from .mqtt import MqttSink
+
+        return MqttSink(cfg, stream, metrics)
     raise ValueError(f"unknown sink type {cfg.type!r}")
 
 
