@@ -148,7 +148,9 @@ class MqttSink(_Strict):
         1, description="1: at least once, queued on disk while the broker is away; 0: at most once, never queued"
     )
     topic_prefix: str = Field("edged", min_length=1, description="results go to <prefix>/<device>/<stream>/result")
-    device: Optional[str] = Field(None, description="device name in the topics (default: the host name)")
+    device: Optional[str] = Field(
+        None, description="device name in the topics (default: the top-level device:, else the host name)"
+    )
     queue_path: Optional[str] = Field(
         None, description="SQLite queue file (default: $STATE_DIRECTORY or ~/.local/state/edged, <stream>.mqtt.sqlite)"
     )
@@ -272,8 +274,17 @@ class Config(_Strict):
         if not isinstance(data, dict) or not isinstance(data.get("streams"), list):
             return data
         models = data.get("models") or {}
+        device = data.get("device")
         streams = []
         for i, s in enumerate(data["streams"]):
+            if device and isinstance(s, dict) and isinstance(s.get("sinks"), list):
+                # an mqtt sink names the device in its topics: the top-level device by default
+                sinks = [
+                    {**k, "device": device} if isinstance(k, dict) and k.get("type") == "mqtt" and not k.get("device")
+                    else k
+                    for k in s["sinks"]
+                ]  # fmt: skip
+                s = {**s, "sinks": sinks}
             if isinstance(s, dict) and isinstance(s.get("model"), str):
                 name = s["model"]
                 if not isinstance(models, dict) or name not in models:

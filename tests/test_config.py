@@ -83,3 +83,9 @@ def test_default_config_points_at_bundled_model_and_round_trips(tmp_path: Path) 
     (tmp_path / "d.yaml").write_text(dump_config(cfg))
     again = load_config(tmp_path / "d.yaml")
     assert isinstance(again, Config) and again.streams[0].model.path == str(model)
+
+
+def test_mqtt_sinks_take_the_top_level_device() -> None:
+    sinks = [{"type": "mqtt"}, {"type": "mqtt", "device": "own"}, {"type": "log"}]
+    cfg = config_from_dict({"device": "shelf-pi", "streams": [_stream(sinks=sinks)]})
+    assert [getattr(k, "device", None) for k in cfg.streams[0].sinks] == ["shelf-pi", "own", None]
