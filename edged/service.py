@@ -114,6 +114,12 @@ class Service:
         except BaseException:
             self._close_workers()
             raise
+        # sinks that report on the whole device (the MQTT status) get the device summary
+        for s in self.streams:
+            for sink in s.sinks:
+                bind = getattr(sink, "bind_summary", None)
+                if bind is not None:
+                    bind(self.summary)
         try:
             self.http = _Server((host, port), self)
         except OSError as exc:
@@ -203,6 +209,23 @@ class Service:
     def health(self) -> tuple[bool, dict[str, Any]]:
         failed = {s.id: s.last_error for s in self.streams if s.state == "failed"}
         return not failed, {"streams": {s.id: s.state for s in self.streams}, **({"failed": failed} if failed else {})}
+
+    def summary(self) -> dict[str, Any]:
+        """The device in brief (the MQTT status): streams with model, accelerator, fps, state."""
+        return {
+            "device": self.config.device,
+            "version": __version__,
+            "streams": [
+                {
+                    "id": s.id,
+                    "state": s.state,
+                    "model": s.engine.info.name,
+                    "accelerator": s.engine.accelerator,
+                    "fps": round(s.fps(), 2),
+                }
+                for s in self.streams
+            ],
+        }
 
     def status(self) -> dict[str, Any]:
         return {"device": self.config.device, "version": __version__, "streams": [s.status() for s in self.streams]}
