@@ -132,13 +132,40 @@ class JsonlSink(_Strict):
     path: str = Field(description="file to append to; its directory is created")
 
 
+class MqttThin(_Strict):
+    """Publish fewer results of a stream: on a change of its labels and/or at most N a second per label."""
+
+    on_change: bool = Field(
+        False,
+        description="publish a result only when its labels differ from the last published one's "
+        "(classification: the set of labels; detection: each label with its count)",
+    )
+    max_per_second: Optional[float] = Field(
+        None, gt=0, le=1000, description="at most this many results a second with any one label"
+    )
+    min_score: Optional[float] = Field(
+        None, ge=0, le=1, description="labels scoring below this do not count (default: every label in the result)"
+    )
+    heartbeat_seconds: float = Field(
+        60.0, ge=0, description="publish a result anyway when none was published for this long (0: never)"
+    )
+
+    @model_validator(mode="after")
+    def _a_rule(self) -> MqttThin:
+        if not self.on_change and self.max_per_second is None:
+            raise ValueError("set on_change: true and/or max_per_second (or leave thin: out)")
+        return self
+
+
 class MqttSink(_Strict):
     """Publish every result to an MQTT broker; QoS 1 results wait in an on-disk queue while it is away."""
 
     type: Literal["mqtt"] = "mqtt"
     host: str = Field("127.0.0.1", min_length=1, description="broker host name or address")
     port: int = Field(1883, ge=1, le=65535, description="broker port (8883 is the usual TLS port)")
-    client_id: Optional[str] = Field(None, description="MQTT client id (default: edged-<device>-<stream>)")
+    client_id: Optional[str] = Field(
+        None, min_length=1, description="MQTT client id (default: edged-<device>, shared by the sinks of one broker)"
+    )
     username: Optional[str] = Field(None, description="user name for the broker")
     password: Optional[str] = Field(None, description="password (prefer password_env)")
     password_env: Optional[str] = Field(None, description="name of an environment variable holding the password")
@@ -155,6 +182,10 @@ class MqttSink(_Strict):
         None, description="SQLite queue file (default: $STATE_DIRECTORY or ~/.local/state/edged, <stream>.mqtt.sqlite)"
     )
     queue_max: int = Field(10000, ge=1, description="results kept while the broker is away; then the oldest go")
+    status_interval: float = Field(
+        30.0, ge=1, le=3600, description="seconds between two publications of the retained device status"
+    )
+    thin: Optional[MqttThin] = Field(None, description="publish fewer results (default: every result)")
 
     @field_validator("topic_prefix", "device")
     @classmethod
