@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -29,8 +30,8 @@ from servers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 MOSQUITTO = shutil.which("mosquitto") or next((p for p in ("/usr/sbin/mosquitto",) if os.path.exists(p)), None)
-OUTAGE_SECONDS = 8.0  # how long the broker is away in the outage test
-LOAD_SECONDS = 20.0  # the load test's duration
+OUTAGE_SECONDS = 30.0  # how long the broker is away in the outage test
+LOAD_SECONDS = 60.0  # the load test's duration
 LOAD_FPS = 200  # results per second in the load test
 DEVICE = "testdev"
 SID = "cam"
@@ -46,18 +47,21 @@ def wait_for(pred: Callable[[], Any], timeout: float, what: str) -> Any:
 class Broker:
     """mosquitto in the foreground on 127.0.0.1:port; its sessions persist across stop/start."""
 
-    def __init__(self, tmp_path: Path, port: int) -> None:
+    def __init__(self, tmp_path: Path, port: int, extra: list[str] | None = None) -> None:
+        """``extra``: more configuration lines (more listeners: then ``per_listener_settings true`` first)."""
         self.port = port
         self.dir = tmp_path / "broker"
         self.dir.mkdir(exist_ok=True)
         self.conf = self.dir / "mosquitto.conf"
         lines = [
-            f"listener {port} 127.0.0.1",
-            "allow_anonymous true",
+            *(["per_listener_settings true"] if extra else []),
             "persistence true",
             f"persistence_location {self.dir}/",
             "max_queued_messages 100000",
             "log_dest stderr",
+            f"listener {port} 127.0.0.1",
+            "allow_anonymous true",
+            *(extra or []),
         ]
         if os.geteuid() == 0:
             lines.append("user root")  # stay root: the persistence directory is the test's
@@ -79,6 +83,9 @@ class Broker:
                 return False
 
         wait_for(accepting, 10, "mosquitto to listen")
+
+    def log(self) -> str:
+        return (self.dir / "log").read_text(errors="replace")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -117,9 +124,9 @@ class Subscriber:
         with self._lock:
             self.messages.append((msg.topic, json.loads(msg.payload), bool(msg.retain)))
 
-    def results(self) -> list[dict]:
+    def results(self, stream: str = SID) -> list[dict]:
         with self._lock:
-            return [p for t, p, _ in self.messages if t == f"edged/{DEVICE}/{SID}/result"]
+            return [p for t, p, _ in self.messages if t == f"edged/{DEVICE}/{stream}/result"]
 
     def statuses(self) -> list[tuple[dict, bool]]:
         with self._lock:
@@ -131,26 +138,29 @@ class Subscriber:
 
 
 class Daemon:
-    def __init__(self, cfg: Path, port: int, log: Path) -> None:
+    def __init__(self, cfg: Path, port: int, log: Path, env: dict[str, str] | None = None) -> None:
         self.port = port
         self.log = log
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "edged", "run", "--config", str(cfg)],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log.open("a"),
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log.open("a"), env={**os.environ, **(env or {})},
         )  # fmt: skip
 
-    def value(self, name: str, **labels: str) -> float:
+    def values(self) -> dict[tuple[str, tuple], float]:
+        """Every sample of one scrape of /metrics, by (name, sorted labels); empty if it does not answer."""
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=3) as r:
                 text = r.read().decode()
         except OSError:
-            return -1.0
-        want = tuple(sorted(labels.items()))
-        for fam in text_string_to_metric_families(text):
-            for s in fam.samples:
-                if s.name == name and tuple(sorted(s.labels.items())) == want:
-                    return s.value
-        return -1.0
+            return {}
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text)
+            for s in fam.samples
+        }
+
+    def value(self, name: str, **labels: str) -> float:
+        return self.values().get((name, tuple(sorted(labels.items()))), -1.0)
 
     def stop(self, sig: int = signal.SIGTERM) -> str:
         if self.proc.poll() is None:
@@ -163,59 +173,84 @@ class Daemon:
         return self.log.read_text()
 
 
-def write_config(tmp_path: Path, broker_port: int, source: dict, model: str, **mqtt: Any) -> tuple[Path, int]:
-    port = free_port()
-    cfg = tmp_path / "edged.yaml"
+def stream_config(tmp_path: Path, sid: str, broker_port: int, source: dict, model: str, **mqtt: Any) -> dict:
+    """A stream with an mqtt sink, a jsonl sink (``<sid>.jsonl``: what was produced) and a log sink."""
     sink = {
         "type": "mqtt",
         "port": broker_port,
         "device": DEVICE,
-        "queue_path": str(tmp_path / "queue.sqlite"),
+        "queue_path": str(tmp_path / ("queue.sqlite" if sid == SID else f"{sid}.queue.sqlite")),
         **mqtt,
     }
-    stream = {
-        "id": SID,
+    return {
+        "id": sid,
         "source": source,
         "model": {"path": model, "threads": 1},
-        "sinks": [sink, {"type": "jsonl", "path": str(tmp_path / "results.jsonl")}, {"type": "log", "interval": 10}],
+        "sinks": [sink, {"type": "jsonl", "path": str(results_path(tmp_path, sid))}, {"type": "log", "interval": 10}],
     }
-    cfg.write_text(json.dumps({"listen": f"127.0.0.1:{port}", "streams": [stream]}))
+
+
+def results_path(tmp_path: Path, sid: str = SID) -> Path:
+    return tmp_path / ("results.jsonl" if sid == SID else f"{sid}.jsonl")
+
+
+def write_streams(tmp_path: Path, streams: list[dict]) -> tuple[Path, int]:
+    port = free_port()
+    cfg = tmp_path / "edged.yaml"
+    cfg.write_text(json.dumps({"listen": f"127.0.0.1:{port}", "streams": streams}))
     return cfg, port
 
 
+def write_config(tmp_path: Path, broker_port: int, source: dict, model: str, **mqtt: Any) -> tuple[Path, int]:
+    return write_streams(tmp_path, [stream_config(tmp_path, SID, broker_port, source, model, **mqtt)])
+
+
+IMAGES_SOURCE_FPS = 20
+
+
+def images_stream(tmp_path: Path, sid: str, broker_port: int, models_dir: Path, images_dir: Path, **mqtt: Any):
+    source = {"type": "images", "path": str(images_dir), "fps": IMAGES_SOURCE_FPS, "loop": True}
+    model = str(models_dir / "mobilenet_v1_0.25_128_quant.tflite")
+    return stream_config(tmp_path, sid, broker_port, source, model, **mqtt)
+
+
 def images_config(tmp_path: Path, broker_port: int, models_dir: Path, images_dir: Path, **mqtt: Any):
-    source = {"type": "images", "path": str(images_dir), "fps": 20, "loop": True}
-    return write_config(tmp_path, broker_port, source, str(models_dir / "mobilenet_v1_0.25_128_quant.tflite"), **mqtt)
+    return write_streams(tmp_path, [images_stream(tmp_path, SID, broker_port, models_dir, images_dir, **mqtt)])
 
 
-def produced(tmp_path: Path) -> list[tuple[int, float]]:
-    path = tmp_path / "results.jsonl"
+def produced_results(tmp_path: Path, sid: str = SID) -> list[dict]:
+    path = results_path(tmp_path, sid)
     if not path.exists():
         return []
-    return [(r["seq"], r["timestamp"]) for r in map(json.loads, path.read_text().splitlines())]
+    return [json.loads(line) for line in path.read_text().splitlines() if line.endswith("}")]
 
 
-def first_arrivals(sub: Subscriber) -> tuple[list[tuple[int, float]], int]:
+def produced(tmp_path: Path, sid: str = SID) -> list[tuple[int, float]]:
+    return [(r["seq"], r["timestamp"]) for r in produced_results(tmp_path, sid)]
+
+
+def first_arrivals(sub: Subscriber, sid: str = SID) -> tuple[list[tuple[int, float]], int]:
     """The results received, each once in the order it first arrived, and the number of duplicates."""
     seen: set = set()
     order = []
-    for r in sub.results():
+    results = sub.results(sid)
+    for r in results:
         key = (r["seq"], r["timestamp"])
         if key not in seen:
             seen.add(key)
             order.append(key)
-    return order, len(sub.results()) - len(order)
+    return order, len(results) - len(order)
 
 
-def assert_all_delivered(tmp_path: Path, sub: Subscriber, skip: int = 0, timeout: float = 20) -> int:
+def assert_all_delivered(tmp_path: Path, sub: Subscriber, skip: int = 0, timeout: float = 20, sid: str = SID) -> int:
     """Every produced result (but the first ``skip``) arrived, in order, nothing else; returns the duplicates."""
-    want = produced(tmp_path)[skip:]
+    want = produced(tmp_path, sid)[skip:]
     assert want, "nothing was produced"
     try:
-        wait_for(lambda: set(want) <= set(first_arrivals(sub)[0]), timeout, f"all {len(want)} results over MQTT")
+        wait_for(lambda: set(want) <= set(first_arrivals(sub, sid)[0]), timeout, f"all {len(want)} results over MQTT")
     except AssertionError:
         pass  # said below, with what is missing
-    got, dups = first_arrivals(sub)
+    got, dups = first_arrivals(sub, sid)
     missing = sorted(set(want) - set(got))
     assert not missing, f"{len(missing)} of {len(want)} results lost, e.g. {missing[:5]}; received {got[:3]}..."
     if got != want:
@@ -277,15 +312,19 @@ def test_broker_outage_loses_nothing(tmp_path, models_dir, images_dir, env) -> N
     broker, sub, d = start_images_daemon(tmp_path, models_dir, images_dir, env)
     wait_for(lambda: len(sub.results()) >= 10, 60, "results over MQTT")
     broker.stop()
+    before = len(produced(tmp_path))
     time.sleep(OUTAGE_SECONDS)
+    during = len(produced(tmp_path)) - before
     depth = d.value("edged_publish_queue_depth", sink=f"mqtt:{SID}")
-    assert depth >= OUTAGE_SECONDS * 20 * 0.5, depth  # queued on disk meanwhile
+    assert during >= OUTAGE_SECONDS * IMAGES_SOURCE_FPS * 0.8, during  # produced meanwhile
+    assert depth >= during, (depth, during)  # and queued on disk, every one
     broker.start()
-    wait_for(lambda: d.value("edged_publish_queue_depth", sink=f"mqtt:{SID}") < 20, 30, "the queue to drain")
+    wait_for(lambda: d.value("edged_publish_queue_depth", sink=f"mqtt:{SID}") < 20, 40, "the queue to drain")
+    assert d.value("edged_publish_total", sink=f"mqtt:{SID}", outcome="dropped") == 0
     log = d.stop()
     assert d.proc.returncode == 0, log
     dups = assert_all_delivered(tmp_path, sub)
-    print(f"outage of {OUTAGE_SECONDS} s: {dups} duplicates")
+    print(f"outage of {OUTAGE_SECONDS:.0f} s: {during} results produced meanwhile (depth {depth:.0f}), {dups} dups")
     assert log.count("connection to broker") == 1 and log.count("is back after") == 1, log
     assert "Traceback" not in log, log
 
@@ -351,7 +390,11 @@ def test_status_online_and_last_will(tmp_path, models_dir, images_dir, env) -> N
         wait_for(late.statuses, 10, "the retained status")
         status, retained = late.statuses()[0]
         assert retained and status["state"] == "online", status
-        assert status["device"] == DEVICE and status["streams"] == [SID] and status["version"], status
+        assert status["device"] == DEVICE and status["version"], status
+        assert [s["id"] for s in status["streams"]] == [SID], status
+        stream = status["streams"][0]
+        assert stream["model"] == "mobilenet_v1_0.25_128_quant.tflite" and stream["accelerator"] == "cpu", status
+        assert stream["state"] in ("created", "running") and stream["fps"] >= 0, status
     finally:
         late.close()
     d.stop(signal.SIGKILL)
@@ -361,8 +404,45 @@ def test_status_online_and_last_will(tmp_path, models_dir, images_dir, env) -> N
         wait_for(late.statuses, 10, "the retained status")
         status, retained = late.statuses()[-1]
         assert retained and status["state"] == "offline", status
+        # the Last Will was composed at connection time: the streams, their state unknown
+        assert [(s["id"], s["state"], s["fps"]) for s in status["streams"]] == [(SID, "unknown", 0.0)], status
     finally:
         late.close()
+
+
+def test_status_is_device_wide_over_one_connection(tmp_path, models_dir, images_dir, env) -> None:
+    """Two streams, one broker: one connection, one retained status naming both, refreshed every interval."""
+    broker, sub = env["broker"], env["sub"]
+    streams = [
+        images_stream(tmp_path, sid, broker.port, models_dir, images_dir, status_interval=2) for sid in (SID, "door")
+    ]
+    cfg, port = write_streams(tmp_path, streams)
+    d = Daemon(cfg, port, tmp_path / "edged.log")
+    env["daemons"] = [d]
+    wait_for(lambda: len(sub.results()) >= 3 and len(sub.results("door")) >= 3, 60, "results of both streams")
+
+    def running() -> Any:
+        online = [p for p, _ in sub.statuses() if p["state"] == "online"]
+        if online and all(s["state"] == "running" and s["fps"] > 0 for s in online[-1]["streams"]):
+            return online[-1]
+        return None
+
+    status = wait_for(running, 15, "a status with both streams running")
+    assert [s["id"] for s in status["streams"]] == [SID, "door"], status
+    for s in status["streams"]:
+        assert s["model"] == "mobilenet_v1_0.25_128_quant.tflite" and s["accelerator"] == "cpu", status
+        assert 0.5 * IMAGES_SOURCE_FPS < s["fps"] < 1.5 * IMAGES_SOURCE_FPS, status
+    # republished every status_interval (2 s) with nothing changing: 2 or 3 in 5 s, not more
+    n = len(sub.statuses())
+    time.sleep(5.0)
+    assert 2 <= len(sub.statuses()) - n <= 3, sub.statuses()[n:]
+    # one connection: the broker saw the daemon connect once
+    connects = [line for line in broker.log().splitlines() if "New client connected" in line and " as edged-" in line]
+    assert len(connects) == 1 and f" as edged-{DEVICE} " in connects[0], connects
+    d.stop(signal.SIGKILL)
+    wait_for(lambda: sub.statuses()[-1][0]["state"] == "offline", 10, "the Last Will")
+    status = sub.statuses()[-1][0]
+    assert [(s["id"], s["state"]) for s in status["streams"]] == [(SID, "unknown"), ("door", "unknown")], status
 
 
 def _rss_mb(pid: int) -> float:
@@ -374,6 +454,7 @@ def _rss_mb(pid: int) -> float:
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs /proc")
 def test_load_flat_memory(tmp_path, env) -> None:
+    """LOAD_FPS results a second for LOAD_SECONDS: every one arrives; memory and queue stay flat throughout."""
     broker, sub = env["broker"], env["sub"]
     source = {"type": "synthetic", "fps": LOAD_FPS, "width": 160, "height": 120}
     cfg, port = write_config(tmp_path, broker.port, source, str(ROOT / "models" / "digits_int8.tflite"))
@@ -382,17 +463,268 @@ def test_load_flat_memory(tmp_path, env) -> None:
     label = f"mqtt:{SID}"
     wait_for(lambda: len(sub.results()) >= 10, 60, "results over MQTT")
     t0 = time.monotonic()
-    time.sleep(5)
-    rss5 = _rss_mb(d.proc.pid)
-    time.sleep(max(0.0, LOAD_SECONDS - (time.monotonic() - t0)))
-    rss_end = _rss_mb(d.proc.pid)
+    samples: list[tuple[float, float, float]] = []  # (seconds, RSS MB, queue depth), once a second
+    while (t := time.monotonic() - t0) < LOAD_SECONDS:
+        samples.append((t, _rss_mb(d.proc.pid), d.value("edged_publish_queue_depth", sink=label)))
+        time.sleep(max(0.0, len(samples) - (time.monotonic() - t0)))
     processed = d.value("edged_frames_total", stream=SID, outcome="processed")
-    depth = d.value("edged_publish_queue_depth", sink=label)
     sent = d.value("edged_publish_total", sink=label, outcome="sent")
-    print(f"load: {processed:.0f} results, {sent:.0f} sent, depth {depth:.0f}, RSS {rss5:.1f} -> {rss_end:.1f} MB")
-    assert processed >= LOAD_FPS * LOAD_SECONDS * 0.5, processed  # the load was there
-    assert depth <= 50, depth  # kept up: nothing piles up
-    assert rss_end - rss5 < 20, (rss5, rss_end)
+
+    def median(xs: list[float]) -> float:
+        return sorted(xs)[len(xs) // 2]
+
+    # memory: the median of the second sixth (after warming up) against that of the last sixth
+    sixth = LOAD_SECONDS / 6
+    early = median([r for t, r, _ in samples if sixth <= t < 2 * sixth])
+    late = median([r for t, r, _ in samples if t >= LOAD_SECONDS - sixth])
+    depths = [q for _, _, q in samples]
+    print(
+        f"load: {processed:.0f} results in {LOAD_SECONDS:.0f} s, {sent:.0f} sent; RSS {samples[0][1]:.1f} -> "
+        f"{early:.1f} -> {late:.1f} MB (max {max(r for _, r, _ in samples):.1f}); queue depth max {max(depths):.0f}"
+    )
+    assert processed >= LOAD_FPS * LOAD_SECONDS * 0.8, processed  # the load was there
+    assert min(depths) >= 0, depths  # every scrape answered
+    assert max(depths) <= 2 * 20 + 10, depths  # kept up all along: at most what is in flight and a little more
+    # a leak of one result's JSON (~0.4 kB) per result would add LOAD_FPS * 2/3 LOAD_SECONDS * 0.4 kB between
+    # the two (3 MB at 200/s over 60 s), several times that in Python objects; measured: ~0.1 MB
+    assert late - early < 2.0, (early, late, samples)
     log = d.stop()
     assert d.proc.returncode == 0, log
-    assert_all_delivered(tmp_path, sub, timeout=30)
+    dups = assert_all_delivered(tmp_path, sub, timeout=30)
+    print(f"load: {len(produced(tmp_path))} results produced, all arrived, {dups} duplicates")
+
+
+# ---------------------------------------------------------------------- TLS and passwords
+
+MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd")
+PASSWORD = "s3cret pass"
+
+
+def make_certs(directory: Path) -> dict[str, Path]:
+    """A CA with a server certificate for 127.0.0.1 and localhost, and a second CA that signed nothing."""
+    import datetime
+    import ipaddress
+
+    x509 = pytest.importorskip("cryptography.x509")
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    directory.mkdir(exist_ok=True)
+
+    def key_pem(key: Any) -> bytes:
+        return key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+        )
+
+    def ca(name: str) -> tuple[Any, Any]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
+            )  # key_cert_sign, crl_sign
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .sign(key, hashes.SHA256())
+        )
+        return key, cert
+
+    ca_key, ca_cert = ca("edged test CA")
+    _, other_cert = ca("edged untrusted CA")
+    key = ec.generate_private_key(ec.SECP256R1())
+    server = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = {name: directory / f"{name}.pem" for name in ("ca", "other_ca", "server", "server_key")}
+    paths["ca"].write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    paths["other_ca"].write_bytes(other_cert.public_bytes(serialization.Encoding.PEM))
+    paths["server"].write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    paths["server_key"].write_bytes(key_pem(key))
+    paths["server_key"].chmod(0o600)
+    return paths
+
+
+@pytest.fixture
+def tls_env(tmp_path):
+    """A broker with a plain anonymous listener (the subscriber's) and a TLS listener that wants a password."""
+    if MOSQUITTO_PASSWD is None:
+        pytest.skip("mosquitto_passwd not installed (Debian's mosquitto package has it)")
+    certs = make_certs(tmp_path / "certs")
+    passwords = tmp_path / "certs" / "passwd"
+    subprocess.run([MOSQUITTO_PASSWD, "-c", "-b", str(passwords), "edged", PASSWORD], check=True, capture_output=True)
+    passwords.chmod(0o600)
+    tls_port = free_port()
+    broker = Broker(
+        tmp_path,
+        free_port(),
+        extra=[
+            f"listener {tls_port} 127.0.0.1",
+            f"cafile {certs['ca']}",
+            f"certfile {certs['server']}",
+            f"keyfile {certs['server_key']}",
+            f"password_file {passwords}",
+            "allow_anonymous false",
+        ],
+    )
+    broker.start()
+    made: dict[str, Any] = {"broker": broker, "tls_port": tls_port, "certs": certs}
+    made["sub"] = Subscriber(broker.port)
+    yield made
+    for d in made.get("daemons", []):
+        d.stop(signal.SIGKILL)
+    made["sub"].close()
+    broker.stop()
+
+
+def test_tls_and_password(tmp_path, models_dir, images_dir, tls_env) -> None:
+    """Right password and CA: results arrive. Wrong password, untrusted CA: one clear line each, the daemon runs on."""
+    broker, sub, certs = tls_env["broker"], tls_env["sub"], tls_env["certs"]
+    common = {"port": tls_env["tls_port"], "tls": True, "username": "edged"}
+    streams = [
+        images_stream(
+            tmp_path, "good", 0, models_dir, images_dir, **common, ca_file=str(certs["ca"]), password_env="MQTT_PW"
+        ),
+        images_stream(
+            tmp_path, "badpass", 0, models_dir, images_dir, **common, ca_file=str(certs["ca"]), password="wrong"
+        ),
+        images_stream(
+            tmp_path, "badca", 0, models_dir, images_dir, **common, ca_file=str(certs["other_ca"]), password=PASSWORD
+        ),
+    ]
+    cfg, port = write_streams(tmp_path, streams)
+    d = Daemon(cfg, port, tmp_path / "edged.log", env={"MQTT_PW": PASSWORD})
+    tls_env["daemons"] = [d]
+    wait_for(lambda: len(sub.results("good")) >= 20, 60, "results over TLS with a password")
+    # the broker turned the wrong password away at least twice: the daemon retried (and said it once)
+    wait_for(lambda: broker.log().count("disconnected, not authorised") >= 2, 20, "two refused connections")
+    wait_for(lambda: broker.log().count("OpenSSL Error") >= 2, 20, "two failed TLS handshakes")
+    log = d.log.read_text()
+    refused = [line for line in log.splitlines() if "refused the connection" in line]
+    assert len(refused) == 1 and "Not authorized (check username and password)" in refused[0], refused
+    assert "badpass" in refused[0], refused
+    untrusted = [line for line in log.splitlines() if "certificate is not trusted" in line]
+    assert len(untrusted) == 1 and "check ca_file" in untrusted[0] and "badca" in untrusted[0], untrusted
+    assert "Traceback" not in log, log
+    # the daemon runs on: every stream produces, the unsent results wait in their queues
+    assert d.proc.poll() is None
+    for sid in ("badpass", "badca"):
+        assert d.value("edged_publish_queue_depth", sink=f"mqtt:{sid}") >= 20, sid
+        assert d.value("edged_publish_total", sink=f"mqtt:{sid}", outcome="sent") == 0
+    # the status (written by the one connection that got in) names every stream of the device
+    online = [p for p, _ in sub.statuses() if p["state"] == "online"]
+    assert online and [s["id"] for s in online[-1]["streams"]] == ["good", "badpass", "badca"], online
+    log = d.stop()
+    assert d.proc.returncode == 0, log
+    assert_all_delivered(tmp_path, sub, sid="good")
+    assert "Traceback" not in log, log
+
+
+# ---------------------------------------------------------------------- QoS 0 and thinning
+
+QOS0_OUTAGE_SECONDS = 4.0
+
+
+def test_qos0_drops_while_broker_down(tmp_path, models_dir, images_dir, env) -> None:
+    """QoS 0: results arrive while connected; while the broker is away they are dropped and counted, never queued."""
+    broker, sub = env["broker"], env["sub"]
+    cfg, port = images_config(tmp_path, broker.port, models_dir, images_dir, qos=0)
+    d = Daemon(cfg, port, tmp_path / "edged.log")
+    env["daemons"] = [d]
+    label = f"mqtt:{SID}"
+    wait_for(lambda: len(sub.results()) >= 10, 60, "results over MQTT")
+    assert d.value("edged_publish_queue_depth", sink=label) == 0
+    broker.stop()
+    down_at = time.time()
+    time.sleep(QOS0_OUTAGE_SECONDS)
+    dropped = d.value("edged_publish_total", sink=label, outcome="dropped")
+    assert dropped >= QOS0_OUTAGE_SECONDS * IMAGES_SOURCE_FPS * 0.5, dropped
+    assert d.value("edged_publish_queue_depth", sink=label) == 0
+    broker.start()
+    up_at = time.time()
+    n = len(sub.results())
+    wait_for(lambda: len(sub.results()) >= n + 20, 30, "results again after the outage")
+    m = d.values()
+    processed = m[("edged_frames_total", (("outcome", "processed"), ("stream", SID)))]
+    sent = m[("edged_publish_total", (("outcome", "sent"), ("sink", label)))]
+    dropped = m[("edged_publish_total", (("outcome", "dropped"), ("sink", label)))]
+    assert abs(processed - (sent + dropped)) <= 1, (processed, sent, dropped)  # each result once
+    log = d.stop()
+    assert d.proc.returncode == 0, log
+    assert "Traceback" not in log, log
+    assert not (tmp_path / "queue.sqlite").exists()  # no queue at QoS 0
+    # nothing produced during the outage arrived later: dropped means gone
+    got, dups = first_arrivals(sub)
+    assert dups == 0
+    stamps = [t for _, t in got]
+    assert stamps == sorted(stamps)
+    during = [t for t in stamps if down_at + 1.0 < t < up_at - 1.0]
+    assert not during, f"{len(during)} results of the outage arrived"
+    missing = set(produced(tmp_path)) - set(got)
+    assert len(missing) >= dropped, (len(missing), dropped)
+    assert set(got) <= set(produced(tmp_path))
+
+
+def test_thinning_end_to_end(tmp_path, env) -> None:
+    """On change + at most 2 a second per label + a 3 s heartbeat: thinned results counted, the rest arrive."""
+    broker, sub = env["broker"], env["sub"]
+    source = {"type": "synthetic", "fps": 20, "width": 160, "height": 120, "hold_frames": 100}
+    thin = {"on_change": True, "max_per_second": 2, "min_score": 0.5, "heartbeat_seconds": 3}
+    cfg, port = write_config(tmp_path, broker.port, source, str(ROOT / "models" / "digits_int8.tflite"), thin=thin)
+    d = Daemon(cfg, port, tmp_path / "edged.log")
+    env["daemons"] = [d]
+    label = f"mqtt:{SID}"
+    wait_for(lambda: len(produced(tmp_path)) >= 300, 60, "15 s of results")
+    assert d.value("edged_publish_total", sink=label, outcome="thinned") > 0
+    log = d.stop()
+    assert d.proc.returncode == 0, log
+    line = next((x for x in log.splitlines() if f"mqtt {SID}: closed:" in x), "")
+    m = re.search(r"(\d+) results sent, (\d+) thinned, (\d+) dropped, (\d+) failed, (\d+) left", line)
+    assert m, log
+    sent, thinned, dropped, failed, left = map(int, m.groups())
+    want = produced_results(tmp_path)
+    assert (sent + thinned, dropped, failed, left) == (len(want), 0, 0, 0), (line, len(want))
+    assert sent <= len(want) / 4, (sent, len(want))  # thinned a lot: a digit stays 5 s
+    wait_for(lambda: len(first_arrivals(sub)[0]) >= sent, 20, f"the {sent} results sent")
+    got, _ = first_arrivals(sub)
+    by_key = {(r["seq"], r["timestamp"]): r for r in want}
+    assert len(got) == sent and all(k in by_key for k in got), (len(got), sent)
+    received = [by_key[k] for k in got]
+    assert [r["seq"] for r in received] == sorted(r["seq"] for r in received)
+
+    # the rules held (times are capture times: a little slack for the time from capture to publish)
+    def labels(r: dict) -> frozenset:
+        return frozenset(c["label"] for c in r["classes"] if c["score"] >= 0.5)
+
+    slack = 0.15
+    last_with: dict[str, float] = {}
+    for prev, cur in zip(received, received[1:]):
+        gap = cur["timestamp"] - prev["timestamp"]
+        assert gap <= 3 + slack, (prev, cur)  # the heartbeat: never more than 3 s without one
+        heartbeat = gap >= 3 - slack
+        assert heartbeat or labels(cur) != labels(prev), (prev, cur)  # on change
+        for lab in labels(cur) or {""}:
+            if lab in last_with and not heartbeat:
+                assert cur["timestamp"] - last_with[lab] >= 0.5 - slack, (lab, cur)  # 2 a second per label
+            last_with[lab] = cur["timestamp"]
