@@ -115,7 +115,8 @@ class Metrics:
         self.publish_total = Counter(
             "edged_publish_total",
             "Results handed to a publishing sink (sink=mqtt:<stream>), by outcome: sent (acknowledged by "
-            "the broker at QoS 1), dropped (queue full, or not connected at QoS 0) or failed",
+            "the broker at QoS 1), dropped (queue full, or not connected at QoS 0), failed, or thinned (left "
+            "out by the sink's thinning rules)",
             ["sink", "outcome"],
             registry=r,
         )
