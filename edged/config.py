@@ -288,9 +288,25 @@ class LogConfig(_Strict):
     format: Literal["human", "json"] = "human"
 
 
+class HttpConfig(_Strict):
+    """The HTTP listener's access rules (the listener itself is ``listen:``)."""
+
+    token: Optional[str] = Field(
+        None, min_length=16, description="bearer token the API requires (prefer token_env); at least 16 characters"
+    )
+    token_env: str = Field(
+        "EDGED_API_TOKEN", min_length=1, description="environment variable that holds the token when token is unset"
+    )
+    open: List[Literal["/healthz", "/readyz", "/metrics"]] = Field(
+        default_factory=list, description="paths answered without the token (health checks, a scraper without one)"
+    )
+    max_event_clients: int = Field(8, ge=1, le=256, description="Server-Sent Events connections at once, at most")
+
+
 class Config(_Strict):
     device: str = Field(default_factory=socket.gethostname, description="this device's name")
     listen: str = Field("127.0.0.1:9110", description="HOST:PORT of the HTTP listener (/metrics, /healthz)")
+    http: HttpConfig = Field(default_factory=HttpConfig)
     log: LogConfig = Field(default_factory=LogConfig)
     edgetpu: EdgeTpuConfig = Field(default_factory=EdgeTpuConfig)
     models: Dict[str, ModelConfig] = Field(

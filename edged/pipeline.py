@@ -119,6 +119,7 @@ class Stream:
         self.dropped = 0
         self._times: collections.deque[float] = collections.deque(maxlen=256)
         self.latest: Result | None = None
+        self.latest_frame: tuple[Result, np.ndarray] | None = None  # the result and the frame it is of
         self.source_state = "created"  # up, connecting
         self.source_error: str | None = None
         self.reconnects = 0
@@ -374,6 +375,7 @@ class Stream:
             self.processed += 1
             self._times.append(done)
             self.latest = result
+            self.latest_frame = (result, frame.image)
             self.first_result.set()
         if self.state == "running":
             self.state = "ended" if not self._stop.is_set() else "stopped"

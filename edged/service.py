@@ -1,82 +1,24 @@
-"""The daemon: streams, the HTTP listener (/metrics, /healthz), signals and shutdown."""
+"""The daemon: streams, the HTTP listener (edged.api), signals and shutdown."""
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Optional
 
 from . import __version__
+from .api import ApiServer, access_rules
 from .config import Config, parse_listen
 from .errors import EdgedError
-from .metrics import CONTENT_TYPE_LATEST, Metrics
+from .events import EventHub, HubSink
+from .metrics import Metrics
+from .model import EDGETPU_CUSTOM_OP
 from .pipeline import Stream
 
 log = logging.getLogger(__name__)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    server: _Server
-    server_version = f"edged/{__version__}"
-    sys_version = ""
-
-    def log_message(self, fmt: str, *args: Any) -> None:  # access log at DEBUG, never per scrape at INFO
-        log.debug("http %s %s", self.address_string(), fmt % args)
-
-    def _send(self, code: int, body: bytes, ctype: str = "application/json") -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    def _json(self, code: int, obj: Any) -> None:
-        self._send(code, (json.dumps(obj) + "\n").encode())
-
-    def do_GET(self) -> None:  # noqa: N802
-        path = self.path.split("?", 1)[0]
-        service = self.server.service
-        if len(self.path) > 2048:
-            self._json(414, {"error": "request line too long"})
-        elif path == "/metrics":
-            self._send(200, service.metrics.exposition(), CONTENT_TYPE_LATEST)
-        elif path == "/api/v1/status":
-            self._json(200, service.status())
-        elif path == "/healthz":
-            ok, detail = service.health()
-            self._json(200 if ok else 503, {"status": "ok" if ok else "failing", **detail})
-        else:
-            self._json(404, {"error": f"no such path: {path[:200]}"})
-
-    do_HEAD = do_GET
-
-    def _not_allowed(self) -> None:
-        self.send_response(405)
-        self.send_header("Allow", "GET, HEAD")
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-    do_POST = do_PUT = do_DELETE = do_PATCH = _not_allowed
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
-    def __init__(self, addr: tuple[str, int], service: Service) -> None:
-        import socket
-
-        if ":" in addr[0]:
-            self.address_family = socket.AF_INET6
-        self.service = service
-        super().__init__(addr, _Handler)
 
 
 class Service:
@@ -89,7 +31,10 @@ class Service:
         self.streams: list[Stream] = []
         self.workers: list[Any] = []
         self.stop_event = threading.Event()
-        self.http: _Server | None = None
+        self.http: Optional[ApiServer] = None
+        self.events = EventHub(config.http.max_event_clients)
+        self.tpus: list[Any] = []
+        self.started = time.time()
         self._http_thread: threading.Thread | None = None
 
     # ---------------------------------------------------------------- lifecycle
@@ -101,12 +46,13 @@ class Service:
             host, port = parse_listen(self.listen)
         except ValueError as exc:
             raise EdgedError(str(exc)) from None
+        token, open_paths = access_rules(self.config.http, host)
         # load every model (and start the Edge TPU workers) first: a bad model is reported
         # before anything starts
         from .edgetpu import list_edge_tpus
         from .failover import build_engines
 
-        tpus = list_edge_tpus()
+        self.tpus = tpus = list_edge_tpus()
         self.metrics.watch_temperatures(tpus)
         engines, self.workers = build_engines(self.config, self.metrics, tpus)
         try:
@@ -114,6 +60,8 @@ class Service:
         except BaseException:
             self._close_workers()
             raise
+        for s in self.streams:
+            s.sinks.append(HubSink(self.events))  # results to Server-Sent Events clients
         # sinks that report on the whole device (the MQTT status) get the device summary
         for s in self.streams:
             for sink in s.sinks:
@@ -121,7 +69,7 @@ class Service:
                 if bind is not None:
                     bind(self.summary)
         try:
-            self.http = _Server((host, port), self)
+            self.http = ApiServer((host, port), self, token, open_paths)
         except OSError as exc:
             self._close_workers()
             raise EdgedError(
@@ -143,7 +91,13 @@ class Service:
         # answered from here on, once every stream has started
         self._http_thread = threading.Thread(target=self.http.serve_forever, name="http", daemon=True)
         self._http_thread.start()
-        log.info("edged %s on %s: metrics at http://%s/metrics", __version__, self.config.device, self.address)
+        log.info(
+            "edged %s on %s: live page at http://%s/, metrics at /metrics%s",
+            __version__,
+            self.config.device,
+            self.address,
+            " (bearer token required)" if token else "",
+        )
 
     @property
     def address(self) -> str:
@@ -193,6 +147,7 @@ class Service:
         self.workers = []
 
     def _close_http(self) -> None:
+        self.events.close()  # event streams end
         if self.http is not None:
             self.http.shutdown()
             self.http.server_close()
@@ -209,6 +164,24 @@ class Service:
     def health(self) -> tuple[bool, dict[str, Any]]:
         failed = {s.id: s.last_error for s in self.streams if s.state == "failed"}
         return not failed, {"streams": {s.id: s.state for s in self.streams}, **({"failed": failed} if failed else {})}
+
+    def stream(self, sid: str) -> Optional[Stream]:
+        return next((s for s in self.streams if s.id == sid), None)
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Ready: every stream has its model loaded (it exists) and has produced a result."""
+        streams = {}
+        for s in self.streams:
+            if s.state == "failed":
+                streams[s.id] = f"failed: {s.last_error}"
+            elif s.first_result.is_set():
+                streams[s.id] = "ready"
+            elif s.source_state == "connecting":
+                streams[s.id] = f"waiting for its source: {s.source_error}"
+            else:
+                streams[s.id] = "waiting for its first result"
+        ok = bool(streams) and all(v == "ready" for v in streams.values())
+        return ok, {"streams": streams}
 
     def summary(self) -> dict[str, Any]:
         """The device in brief (the MQTT status): streams with model, accelerator, fps, state."""
@@ -228,4 +201,46 @@ class Service:
         }
 
     def status(self) -> dict[str, Any]:
-        return {"device": self.config.device, "version": __version__, "streams": [s.status() for s in self.streams]}
+        models: dict[str, dict[str, Any]] = {}
+        for s in self.streams:
+            info = s.engine.info
+            m = models.setdefault(
+                info.name,
+                {
+                    "name": info.name,
+                    "task": info.task,
+                    "runtime": info.runtime,
+                    "edgetpu_compiled": EDGETPU_CUSTOM_OP in info.custom_ops,
+                    "input": list(info.input.shape),
+                    "streams": [],
+                },
+            )
+            m["streams"].append(s.id)
+
+        def on(s: Stream) -> str:  # where the stream's model runs now: "cpu" or the TPU's label
+            if s.engine.accelerator != "edgetpu":
+                return "cpu"
+            return (s.engine.status().get("device") if hasattr(s.engine, "status") else None) or "edgetpu"
+
+        used = {getattr(w, "label", None) for w in self.workers}
+        accelerators = [{"type": "cpu", "name": "cpu", "streams": [s.id for s in self.streams if on(s) == "cpu"]}]
+        for t in self.tpus:
+            name = f"{t.type}:{t.index}"
+            accelerators.append(
+                {
+                    "type": "edgetpu",
+                    "name": name,
+                    "path": t.path,
+                    "in_use": name in used,
+                    "streams": [s.id for s in self.streams if on(s) == name],
+                }
+            )
+        return {
+            "device": self.config.device,
+            "version": __version__,
+            "uptime_seconds": round(time.time() - self.started, 1),
+            "streams": [s.status() for s in self.streams],
+            "models": list(models.values()),
+            "accelerators": accelerators,
+            "event_clients": self.events.clients,
+        }
