@@ -1,0 +1,169 @@
+"""The live page at / in a real browser: Debian's Chromium, headless, driven by Playwright.
+
+The daemon runs as ``python -m edged run`` with a classification and a detection stream;
+the page must show both streams, their results as they arrive over Server-Sent Events,
+the snapshot with boxes, and the latency chart, and load nothing from anywhere else.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from servers import free_port
+from test_api import ROOT, TOKEN, Daemon, non_loopback_address, wait_ready
+
+CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
+# as the machine's own probe starts it: no sandbox (root), no GPU, no calls home
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+sync_api = pytest.importorskip("playwright.sync_api")
+if CHROMIUM is None:
+    if os.environ.get("EDGED_REQUIRE_TOOLS") == "1":
+        raise RuntimeError("chromium is not installed (apt-get install chromium) and EDGED_REQUIRE_TOOLS=1")
+    pytest.skip("chromium not installed (apt-get install chromium)", allow_module_level=True)
+
+
+def streams_config(testdata: Path, listen: str) -> dict:
+    return {
+        "device": "pagetest",
+        "listen": listen,
+        "streams": [
+            {
+                "id": "demo",
+                "source": {"type": "synthetic", "fps": 15},
+                "model": {
+                    "path": str(ROOT / "models/digits_int8.tflite"),
+                    "labels": str(ROOT / "models/digits_labels.txt"),
+                },
+                "sinks": [],
+            },
+            {
+                "id": "det",
+                "source": {"type": "images", "path": str(testdata / "images/kite_and_cold.jpg"), "fps": 4},
+                "model": {
+                    "path": str(testdata / "models/ssd_mobilenet_v1_coco_quant_postprocess.tflite"),
+                    "labels": str(testdata / "models/coco_labels.txt"),
+                },
+                "sinks": [],
+            },
+        ],
+    }
+
+
+@pytest.fixture
+def browser():
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def watch(page) -> dict[str, list[str]]:
+    seen: dict[str, list[str]] = {"requests": [], "errors": []}
+    page.on("request", lambda r: seen["requests"].append(r.url))
+    page.on("pageerror", lambda e: seen["errors"].append(str(e)))
+    page.on("console", lambda m: m.type == "error" and seen["errors"].append(m.text))
+    return seen
+
+
+def test_live_page_shows_streams_results_snapshot_and_chart(tmp_path, testdata, browser) -> None:
+    port = free_port()
+    d = Daemon(tmp_path, streams_config(testdata, f"127.0.0.1:{port}"))
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(base, d)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        seen = watch(page)
+        page.goto(base + "/")
+        # a result of each stream appears: a digit for the demo, the kite for the detector
+        page.wait_for_function(
+            "() => /^[0-9]$/.test(document.querySelector('#stream-demo .results li.result span')?.textContent || '')",
+            timeout=15000,
+        )
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('#stream-det .results li.result span')]"
+            ".some(s => s.textContent === 'kite')",
+            timeout=15000,
+        )
+        # results keep arriving (SSE, not one fetch)
+        first = int(page.get_attribute("#stream-demo", "data-seq"))
+        page.wait_for_function(
+            f"() => +document.querySelector('#stream-demo').dataset.seq > {first + 10}", timeout=10000
+        )
+        # the snapshot is the frame (1352 wide), loaded; the chart has points of both streams
+        page.wait_for_function(
+            "() => document.querySelector('#stream-det img.snap').naturalWidth === 1352", timeout=10000
+        )
+        page.wait_for_function(
+            "() => streams.get('demo').points.length > 10 && streams.get('det').points.length > 1", timeout=10000
+        )
+        assert page.inner_text("#conn") == "live"
+        assert page.inner_text("#device") == "pagetest"
+        assert page.inner_text("#stream-demo .fps") not in ("", "-")
+        page.wait_for_timeout(700)  # one more chart frame
+        png = page.screenshot(full_page=True)
+        (tmp_path / "page.png").write_bytes(png)
+        shot = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
+        # not blank: many colours and contrast (the snapshots, text, the chart)
+        assert shot.std() > 20, shot.std()
+        assert len(np.unique(shot.reshape(-1, 3), axis=0)) > 2000
+        # the chart drew the demo's line (its colour #3e9bff, in BGR)
+        chart = page.locator("#chart").screenshot()
+        chart_img = cv2.imdecode(np.frombuffer(chart, np.uint8), cv2.IMREAD_COLOR)
+        blue = np.all(np.abs(chart_img.astype(int) - (255, 155, 62)) < 40, axis=2)
+        assert blue.sum() > 50, blue.sum()
+        # nothing loaded from anywhere but the device; no script errors
+        # (blob: URLs are the snapshots the page fetched, handed to <img>)
+        outside = [u for u in seen["requests"] if not u.startswith((base + "/", f"blob:{base}/"))]
+        assert seen["requests"] and not outside, outside
+        assert not seen["errors"], seen["errors"]
+    finally:
+        d.stop()
+
+
+def test_live_page_asks_for_the_token_off_loopback(tmp_path, testdata, browser) -> None:
+    host = non_loopback_address()
+    port = free_port()
+    d = Daemon(tmp_path, streams_config(testdata, f"{host}:{port}"), env={"EDGED_API_TOKEN": TOKEN})
+    base = f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}"
+    try:
+        wait_ready(base, d, TOKEN)
+        page = browser.new_page()
+        seen = watch(page)
+        page.goto(base + "/")
+        page.wait_for_selector("#login", state="visible", timeout=10000)
+        assert not page.is_visible("#stream-demo")
+        page.fill("#token", "not-the-token-0123456789")
+        page.click("#loginform button")
+        page.wait_for_function(
+            "() => document.querySelector('#loginerr').textContent.includes('not accepted')", timeout=10000
+        )
+        page.fill("#token", TOKEN)
+        page.click("#loginform button")
+        page.wait_for_function(
+            "() => /^[0-9]$/.test(document.querySelector('#stream-demo .results li.result span')?.textContent || '')",
+            timeout=15000,
+        )
+        page.wait_for_function(
+            "() => document.querySelector('#stream-det img.snap').naturalWidth === 1352", timeout=10000
+        )
+        assert page.inner_text("#conn") == "live"
+        # the 401s of the wrong token are the browser's console errors; nothing else went wrong
+        assert all("401" in e for e in seen["errors"]), seen["errors"]
+    finally:
+        d.stop()
