@@ -347,4 +347,11 @@ class Handler(BaseHTTPRequestHandler):
 
 
 # the page loads nothing from anywhere but this device
-_CSP = "default-src 'self'; img-src 'self' blob: data:; style-src 'self' 'unsafe-inline'; script-src 'self' 'unsafe-inline'"
+_CSP = "; ".join(
+    (
+        "default-src 'self'",
+        "img-src 'self' blob: data:",
+        "style-src 'self' 'unsafe-inline'",
+        "script-src 'self' 'unsafe-inline'",
+    )
+)

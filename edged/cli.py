@@ -80,7 +80,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config) if args.config else default_config()
     setup_logging(args.log_level or ("debug" if args.debug else cfg.log.level), args.log_format or cfg.log.format)
-    service = Service(cfg, listen=args.listen)
+    service = Service(cfg, listen=args.listen, config_path=args.config)
     service.install_signal_handlers()
     service.start()
     try:

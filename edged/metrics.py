@@ -193,12 +193,23 @@ class Metrics:
         self.source_up.labels(stream).set(0)
         self.source_reconnects.labels(stream)
 
-    def remove_stream(self, stream: str) -> None:
-        for metric in (self.stream_up, self.last_result):
-            try:
-                metric.remove(stream)
-            except KeyError:
-                pass
+    def remove_stream(self, stream: str, keep_counters: bool = False) -> None:
+        """Drop every series of a stream (a reload removed it or changed its model).
+
+        With ``keep_counters`` the counters and histograms stay (the stream comes back under the
+        same id and they go on counting, so rates stay right); gauges such as the model info go.
+        """
+        for metric in vars(self).values():
+            names = getattr(metric, "_labelnames", ())
+            if "stream" not in names or (keep_counters and not isinstance(metric, Gauge)):
+                continue
+            at = names.index("stream")
+            for key in list(getattr(metric, "_metrics", {})):
+                if key[at] == stream:
+                    try:
+                        metric.remove(*key)
+                    except KeyError:
+                        pass
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -125,6 +125,7 @@ class Stream:
         self.reconnects = 0
         self._source_down_since: float | None = None
         self.first_result = threading.Event()
+        self.heartbeat = time.monotonic()  # the inference loop's last turn (the systemd watchdog reads it)
         self._error_logged: dict[str, float] = {}
         m = metrics
         sid = self.id
@@ -159,6 +160,7 @@ class Stream:
         for sink in self.sinks:
             sink.start()
         self.state = "running"
+        self.heartbeat = time.monotonic()
         for target, role in ((self._capture_loop, "capture"), (self._inference_loop, "infer")):
             t = threading.Thread(target=self._guard, args=(target, role), name=f"{self.id}-{role}", daemon=True)
             t.start()
@@ -317,6 +319,7 @@ class Stream:
         engine = self.engine
         task = engine.info.task
         while not self._stop.is_set():
+            self.heartbeat = time.monotonic()
             frame = self.slot.take(0.25)
             if frame is None:
                 if self.slot.ended:

@@ -1,4 +1,4 @@
-"""The daemon: streams, the HTTP listener (edged.api), signals and shutdown."""
+"""The daemon: streams, the HTTP listener (edged.api), systemd notification, reload, shutdown."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from .events import EventHub, HubSink
 from .metrics import Metrics
 from .model import EDGETPU_CUSTOM_OP
 from .pipeline import Stream
+from .sdnotify import Notifier
 
 log = logging.getLogger(__name__)
 
@@ -24,9 +25,23 @@ log = logging.getLogger(__name__)
 class Service:
     """Everything ``edged run`` starts. ``start()``, ``wait()``, ``close()``."""
 
-    def __init__(self, config: Config, listen: str | None = None) -> None:
+    STATUS_EVERY = 5.0  # seconds between two STATUS= lines to systemd
+
+    def __init__(
+        self,
+        config: Config,
+        listen: str | None = None,
+        config_path: Optional[str] = None,
+        notifier: Optional[Notifier] = None,
+    ) -> None:
         self.config = config
+        self.config_path = config_path  # re-read on SIGHUP; None: nothing to re-read (the demo)
+        self.notifier = notifier or Notifier()
         self.listen = listen or config.listen
+        self._listen_from_cli = listen is not None
+        self.reload_event = threading.Event()
+        self.ready = threading.Event()  # READY=1 sent (or would have been, outside systemd)
+        self._lock = threading.RLock()  # reload against close
         self.metrics = Metrics()
         self.streams: list[Stream] = []
         self.workers: list[Any] = []
@@ -61,13 +76,7 @@ class Service:
             self._close_workers()
             raise
         for s in self.streams:
-            s.sinks.append(HubSink(self.events))  # results to Server-Sent Events clients
-        # sinks that report on the whole device (the MQTT status) get the device summary
-        for s in self.streams:
-            for sink in s.sinks:
-                bind = getattr(sink, "bind_summary", None)
-                if bind is not None:
-                    bind(self.summary)
+            self._wire(s)
         try:
             self.http = ApiServer((host, port), self, token, open_paths)
         except OSError as exc:
@@ -91,6 +100,8 @@ class Service:
         # answered from here on, once every stream has started
         self._http_thread = threading.Thread(target=self.http.serve_forever, name="http", daemon=True)
         self._http_thread.start()
+        self._supervisor = threading.Thread(target=self._supervise, name="supervisor", daemon=True)
+        self._supervisor.start()
         log.info(
             "edged %s on %s: live page at http://%s/, metrics at /metrics%s",
             __version__,
@@ -98,6 +109,14 @@ class Service:
             self.address,
             " (bearer token required)" if token else "",
         )
+
+    def _wire(self, stream: Stream) -> None:
+        stream.sinks.append(HubSink(self.events))  # results to Server-Sent Events clients
+        # sinks that report on the whole device (the MQTT status) get the device summary
+        for sink in stream.sinks:
+            bind = getattr(sink, "bind_summary", None)
+            if bind is not None:
+                bind(self.summary)
 
     @property
     def address(self) -> str:
@@ -110,6 +129,10 @@ class Service:
         """Block until stopped (signal or ``stop()``), or until every stream has finished."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self.stop_event.is_set():
+            if self.reload_event.is_set():
+                self.reload_event.clear()
+                self.reload()
+                continue
             if self.streams and all(s.finished for s in self.streams):
                 log.info("every stream has finished")
                 return
@@ -124,6 +147,11 @@ class Service:
     def install_signal_handlers(self) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda signum, _frame: self._on_signal(signum))
+        # SIGHUP (systemctl reload): re-read the configuration, in wait()'s thread
+        signal.signal(signal.SIGHUP, lambda signum, _frame: self._on_hangup())
+
+    def _on_hangup(self) -> None:
+        self.reload_event.set()  # wait() picks it up within half a second
 
     def _on_signal(self, signum: int) -> None:
         if self.stop_event.is_set():
@@ -132,6 +160,8 @@ class Service:
         self.stop_event.set()
 
     def close(self) -> None:
+        self.notifier.notify(stopping=1, status="stopping")
+        self.stop_event.set()  # the supervisor stops too
         for s in self.streams:  # all streams stop together: shutdown stays within ~1 s
             s.request_stop()
         deadline = time.monotonic() + 1.0
@@ -159,6 +189,222 @@ class Service:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    # ---------------------------------------------------------------- systemd
+    def _started_up(self) -> bool:
+        """Every stream has produced a result, ended, or is waiting for a source that is down.
+
+        A camera that is off at boot does not hold the unit in "activating" until systemd
+        gives up and kills everything: the stream keeps reconnecting and says so in STATUS=.
+        """
+        return all(
+            s.first_result.is_set() or s.state != "running" or s.source_state == "connecting" for s in self.streams
+        )
+
+    def status_line(self) -> str:
+        parts = []
+        for s in self.streams:
+            if s.state == "failed":
+                parts.append(f"{s.id} failed")
+            elif s.state in ("ended", "stopped"):
+                parts.append(f"{s.id} {s.state}")
+            elif s.source_state == "connecting":
+                parts.append(f"{s.id} waiting for its source")
+            elif not s.first_result.is_set():
+                parts.append(f"{s.id} starting")
+            else:
+                parts.append(f"{s.id} {s.fps():.1f} fps on {s.engine.accelerator}")
+        line = "; ".join(parts)
+        return line if len(line) <= 400 else line[:397] + "..."
+
+    def _stuck(self, limit: float) -> list[str]:
+        """Running streams whose inference loop has not turned for ``limit`` seconds."""
+        now = time.monotonic()
+        return [s.id for s in self.streams if s.state == "running" and now - s.heartbeat > limit]
+
+    def _supervise(self) -> None:
+        """READY=1 once started up, STATUS= every few seconds, WATCHDOG=1 while no stream is stuck.
+
+        The watchdog is fed only while every running stream's inference loop turns (it turns
+        at least every 0.25 s, with or without frames): a wedged inference or a crashed
+        inference thread stops the pings and systemd restarts the daemon.
+        """
+        n = self.notifier
+        wd = n.watchdog_seconds
+        next_status = 0.0
+        next_ping = 0.0
+        stuck_said: set[str] = set()
+        while not self.stop_event.wait(0.25):
+            now = time.monotonic()
+            with self._lock:
+                if not self.ready.is_set() and self._started_up():
+                    self.ready.set()
+                    line = self.status_line()
+                    n.notify(ready=1, status=line)
+                    log.info("ready: %s", line)
+                    next_status = now + self.STATUS_EVERY
+                elif now >= next_status:
+                    n.notify(status=self.status_line())
+                    next_status = now + self.STATUS_EVERY
+                if wd is None or now < next_ping:
+                    continue
+                stuck = self._stuck(wd / 2)
+                failed = [s.id for s in self.streams if s.state == "failed"]
+            if not stuck and not failed:
+                n.notify(watchdog=1)
+                stuck_said.clear()
+                next_ping = now + wd / 4
+            elif set(stuck + failed) - stuck_said:
+                stuck_said |= set(stuck + failed)
+                what = ", ".join(
+                    [f"{sid} stuck for over {wd / 2:.0f} s" for sid in stuck] + [f"{sid} failed" for sid in failed]
+                )
+                log.error("not feeding the systemd watchdog (%s): systemd will restart edged", what)
+
+    # ---------------------------------------------------------------- reload
+    # keys a reload cannot change in a running daemon (the listener, the TPU set-up, logging)
+    RESTART_KEYS = ("device", "listen", "http", "log", "edgetpu")
+
+    def reload(self) -> bool:
+        """Re-read the configuration file: restart the streams that changed, keep the rest.
+
+        An invalid configuration (unreadable, invalid, a model that does not load, a sink that
+        cannot start) is refused: the reason is logged and the running configuration kept.
+        The HTTP listener and the metrics stay up throughout.
+        """
+        from .config import load_config
+
+        if self.config_path is None:
+            log.warning("reload: no configuration file to re-read (edged runs the embedded demo)")
+            return False
+        self.notifier.notify(reloading=1, monotonic_usec=int(time.monotonic() * 1e6), status="reloading")
+        try:
+            with self._lock:
+                try:
+                    new = load_config(self.config_path)
+                    return self._apply(new)
+                except EdgedError as exc:
+                    log.error("reload refused, the running configuration is kept: %s", exc)
+                    return False
+        finally:
+            self.notifier.notify(ready=1, status=self.status_line())
+
+    def _apply(self, new: Config) -> bool:
+        from .edgetpu import model_pair
+        from .failover import build_engines
+
+        old = self.config
+        fixed = [k for k in self.RESTART_KEYS if getattr(new, k) != getattr(old, k)]
+        if self._listen_from_cli and "listen" in fixed:
+            fixed.remove("listen")
+        if fixed:
+            log.warning("reload: %s changed; that takes effect at the next restart", ", ".join(fixed))
+            new = new.model_copy(update={k: getattr(old, k) for k in self.RESTART_KEYS})
+        old_by = {s.id: s for s in old.streams}
+        new_by = {s.id: s for s in new.streams}
+        changed = {sid for sid, sc in new_by.items() if old_by.get(sid) != sc}
+        removed = set(old_by) - set(new_by)
+        # streams that share an engine with a changed one are rebuilt with it
+        shared = {c.shared_model for c in [*(old_by[s] for s in changed | removed if s in old_by),
+                                            *(new_by[s] for s in changed)] if c.shared_model}  # fmt: skip
+        changed |= {sid for sid, sc in new_by.items() if sc.shared_model in shared}
+        removed |= {sid for sid, sc in old_by.items() if sc.shared_model in shared and sid not in new_by}
+        if not changed and not removed:
+            log.info("reload: no stream changed")
+            self.config = new
+            return True
+
+        def wants_tpu(sc: Any) -> bool:
+            m = sc.model
+            return m.accelerator == "edgetpu" or (
+                m.accelerator == "auto" and model_pair(m.path, m.cpu_model)[0] is not None
+            )
+
+        running = {s.id: s for s in self.streams}
+        # One worker process owns each Edge TPU: when a stream on a TPU changes, every stream
+        # is rebuilt, so the workers can be closed and started again with the new set.
+        tpu = any(wants_tpu(new_by[s]) for s in changed) or any(
+            hasattr(running[s].engine, "worker") for s in changed | removed if s in running
+        )
+        if tpu:
+            changed, removed = set(new_by), set(old_by)
+        affected_old = [running[s] for s in (changed | removed) if s in running]
+        order = [sc.id for sc in new.streams if sc.id in changed]
+        sub = new.model_copy(update={"streams": [new_by[s] for s in order]})
+        if tpu:  # the workers must let go of the TPUs before new ones open them
+            self._stop_streams(affected_old)
+            self._close_workers()
+        try:
+            engines, workers = build_engines(sub, self.metrics, self.tpus)
+            try:
+                fresh = [Stream(new_by[s], self.metrics, engines[s]) for s in order]
+            except BaseException:
+                for w in workers:
+                    w.close()
+                raise
+        except EdgedError:
+            if tpu:
+                self._restore(old)
+            raise
+        plan = [
+            ("restarting", [s for s in order if s in old_by]),
+            ("starting", [s for s in order if s not in old_by]),
+            ("stopping", sorted(removed - changed)),
+        ]
+        log.info("reload: %s", "; ".join(f"{verb} {', '.join(ids)}" for verb, ids in plan if ids))
+        if not tpu:
+            self._stop_streams(affected_old)
+        for sid in removed | changed:
+            self.metrics.remove_stream(sid, keep_counters=sid in changed)
+        started: list[Stream] = []
+        try:
+            for st in fresh:
+                self._wire(st)
+                st.start()
+                started.append(st)
+        except EdgedError:
+            for st in started:
+                st.close()
+            for w in workers:
+                w.close()
+            # put back what was running
+            if tpu:
+                self._restore(old)
+            else:
+                back = [Stream(old_by[s.id], self.metrics, s.engine) for s in affected_old]
+                for st in back:
+                    self._wire(st)
+                    st.start()
+                keep = [s for s in self.streams if s not in affected_old]
+                by_id = {s.id: s for s in keep + back}
+                self.streams = [by_id[sc.id] for sc in old.streams if sc.id in by_id]
+            raise
+        kept = {s.id: s for s in self.streams if s not in affected_old}
+        by_id = {**kept, **{s.id: s for s in fresh}}
+        self.streams = [by_id[sc.id] for sc in new.streams]
+        self.workers = self.workers + workers if not tpu else workers
+        self.config = new
+        log.info("reload: done; %d streams running", len(self.streams))
+        return True
+
+    def _stop_streams(self, streams: list[Stream]) -> None:
+        for s in streams:
+            s.request_stop()
+        deadline = time.monotonic() + 1.0
+        for s in streams:
+            s.close(timeout=max(0.0, deadline - time.monotonic()))
+
+    def _restore(self, old: Config) -> None:
+        """Start the old configuration again after a refused reload that had to stop everything."""
+        from .failover import build_engines
+
+        self._stop_streams(self.streams)
+        self._close_workers()
+        engines, self.workers = build_engines(old, self.metrics, self.tpus)
+        self.streams = [Stream(sc, self.metrics, engines[sc.id]) for sc in old.streams]
+        for s in self.streams:
+            self._wire(s)
+            s.start()
 
     # ---------------------------------------------------------------- status
     def health(self) -> tuple[bool, dict[str, Any]]:
