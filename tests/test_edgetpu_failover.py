@@ -343,3 +343,46 @@ def test_streams_spread_over_the_tpus_found_and_temperature(
         assert m[("edged_first_inference_seconds", (("device", "pci:0"), ("stream", "a")))] > 0
     finally:
         svc.close()
+
+
+def test_reload_rebuilds_the_tpu_workers_and_restores_them_when_refused(
+    fake_libs, plain_models, images_dir, free_port, tmp_path, caplog
+) -> None:
+    """SIGHUP's reload with a stream on the Edge TPU: the worker is closed and started anew
+    (one process owns a TPU); a refused configuration puts the old streams and worker back."""
+    import yaml
+
+    caplog.set_level("INFO")
+    raw = make_config(plain_models, images_dir, fake_libs["load"], free_port).model_dump(mode="json")
+    path = tmp_path / "edged.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    svc = Service(config_from_dict(raw), config_path=str(path))
+    svc.start()
+
+    def on_tpu() -> bool:
+        s = svc.stream("cam")
+        return s is not None and s.latest is not None and s.latest.accelerator == "edgetpu"
+
+    try:
+        wait_for(on_tpu, 10, "results on the Edge TPU")
+        old_pid = svc.workers[0].pid
+        raw["streams"][0]["model"]["threshold"] = 0.3
+        path.write_text(yaml.safe_dump(raw))
+        assert svc.reload()
+        assert len(svc.workers) == 1 and svc.workers[0].pid not in (None, old_pid)
+        with pytest.raises(ProcessLookupError):
+            os.kill(old_pid, 0)  # the old worker is gone
+        assert svc.stream("cam").cfg.model.threshold == 0.3
+        wait_for(on_tpu, 10, "results on the Edge TPU after the reload")
+        # refused: a model that does not exist; the old streams and a worker come back
+        pid = svc.workers[0].pid
+        raw["streams"][0]["model"]["path"] = str(tmp_path / "missing_edgetpu.tflite")
+        path.write_text(yaml.safe_dump(raw))
+        assert not svc.reload()
+        assert any(
+            "reload refused" in r.getMessage() and "missing_edgetpu.tflite" in r.getMessage() for r in caplog.records
+        )
+        assert svc.stream("cam").cfg.model.threshold == 0.3 and svc.workers[0].pid != pid
+        wait_for(on_tpu, 10, "results on the Edge TPU after the refused reload")
+    finally:
+        svc.close()
