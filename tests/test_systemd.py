@@ -293,10 +293,12 @@ def test_sighup_reload_restarts_changed_streams_keeps_the_rest(tmp_path, notify_
 
         # 2. an invalid configuration is refused; everything keeps running
         missing_model = {**stream("b", tmp_path), "model": {"path": "nope.tflite"}}
+        missing_file = {**stream("c", tmp_path), "source": {"type": "video", "path": str(tmp_path / "gone.mp4")}}
         for bad, why in (
             ("streams: [\n", "YAML syntax error"),
             (yaml.safe_dump({**cfg, "streams": [stream("a", tmp_path), missing_model]}), "nope.tflite"),
             (yaml.safe_dump({**cfg, "streams": [{**stream("a", tmp_path), "fps": 3}]}), "fps"),
+            (yaml.safe_dump({**cfg, "streams": [*cfg["streams"][:2], missing_file]}), "gone.mp4"),
         ):
             d.cfg.write_text(bad)
             n = d.stderr.count("reload refused")
