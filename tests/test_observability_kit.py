@@ -1,0 +1,388 @@
+"""The observability kit in deploy/: Prometheus scrape configuration, alert rules, Grafana dashboard.
+
+Checked with Debian's promtool (package prometheus): the configuration and the rules are valid,
+the rules' unit tests (deploy/prometheus/edged-alerts.test.yml) pass and can fail, every alert has
+a firing and a quiet case. Every PromQL expression of the dashboard and the rules names only
+metrics a real :class:`edged.metrics.Metrics` registers. Without promtool these tests skip; with
+EDGED_REQUIRE_TOOLS=1 (set by .ci/run) they fail instead.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any, Iterable
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+KIT = ROOT / "deploy" / "prometheus"
+SCRAPE = KIT / "prometheus.yml"
+RULES = KIT / "edged-alerts.yml"
+RULE_TESTS = KIT / "edged-alerts.test.yml"
+TARGETS_EXAMPLE = KIT / "edged-targets" / "boards.yml.example"
+DASHBOARD = ROOT / "deploy" / "grafana" / "edged-dashboard.json"
+
+# Prometheus's own series the kit may use besides edged's
+PROMETHEUS_SERIES = {"up"}
+
+
+def find_tool(name: str) -> str | None:
+    return shutil.which(name) or (f"/usr/bin/{name}" if os.path.exists(f"/usr/bin/{name}") else None)
+
+
+def require_tool(name: str) -> str:
+    """The path of a program of Debian's prometheus package; skip without it, fail with EDGED_REQUIRE_TOOLS=1."""
+    path = find_tool(name)
+    if path is None:
+        if os.environ.get("EDGED_REQUIRE_TOOLS") == "1":
+            pytest.fail(f"{name} is not installed (apt-get install prometheus) and EDGED_REQUIRE_TOOLS=1")
+        pytest.skip(f"{name} not installed (apt-get install prometheus)")
+    return path
+
+
+@pytest.fixture(scope="module")
+def promtool() -> str:
+    return require_tool("promtool")
+
+
+def run(*args: str, cwd: Path = KIT) -> subprocess.CompletedProcess:
+    return subprocess.run(list(args), cwd=cwd, capture_output=True, text=True, timeout=60)
+
+
+# ---------------------------------------------------------------------------- PromQL helpers
+
+
+def alert_rules(path: Path = RULES) -> list[dict[str, Any]]:
+    return [r for g in yaml.safe_load(path.read_text())["groups"] for r in g["rules"] if "alert" in r]
+
+
+def dashboard_exprs(dash: dict[str, Any]) -> list[str]:
+    """Every PromQL expression of a dashboard: panel targets and templating queries."""
+    out = []
+
+    def panels(ps: list[dict[str, Any]]) -> Iterable[dict[str, Any]]:
+        for p in ps:
+            yield p
+            yield from panels(p.get("panels", []))
+
+    for p in panels(dash["panels"]):
+        out += [t["expr"] for t in p.get("targets", [])]
+    for v in dash["templating"]["list"]:
+        if v["type"] == "query":
+            q = v["query"]["query"] if isinstance(v["query"], dict) else v["query"]
+            m = re.fullmatch(r"\s*label_values\((.*),\s*\w+\)\s*", q)
+            assert m, f"variable {v['name']}: not a label_values(<selector>, <label>) query: {q}"
+            out.append(m.group(1))
+    return out
+
+
+def grafana_to_promql(expr: str) -> str:
+    """A dashboard expression as Prometheus gets it: interval variables as 1m, the others as `.*`."""
+    expr = re.sub(r"\$__(rate_interval|interval|range)\b", "1m", expr)
+    return re.sub(r"\$\{?\w+\}?", ".*", expr)
+
+
+_KEYWORDS = {"and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring", "group_left", "group_right"}
+_KEYWORDS |= {"inf", "nan", "start", "end"}
+
+
+def metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression selects (bare names and ``{__name__="..."}``)."""
+    expr = grafana_to_promql(expr)
+    names = set(re.findall(r'__name__\s*=\s*"([^"]*)"', expr))
+    expr = re.sub(r'"(?:\\.|[^"\\])*"|\'(?:\\.|[^\'\\])*\'|`[^`]*`', '""', expr)  # strings
+    expr = re.sub(r"\{[^}]*\}", " ", expr)  # label matchers
+    expr = re.sub(r"\[[^\]]*\]", " ", expr)  # ranges and subqueries
+    expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", expr)  # label lists
+    for m in re.finditer(r"(?<![\w.:])([A-Za-z_:][\w:]*)(\s*\()?", expr):
+        word, call = m.group(1), m.group(2)
+        if not call and word.lower() not in _KEYWORDS:
+            names.add(word)
+    return names
+
+
+def exported_metrics() -> set[str]:
+    """The series names the daemon exports, from a real Metrics registry (counters with _total,
+    histograms as their _bucket, _sum and _count series)."""
+    from edged.metrics import Metrics
+
+    names = set()
+    for fam in Metrics().registry.collect():
+        if fam.type == "counter":
+            names.add(fam.name + "_total")
+        elif fam.type == "histogram":
+            names |= {fam.name + s for s in ("_bucket", "_sum", "_count")}
+        else:
+            names.add(fam.name)
+    return names
+
+
+def unknown_metrics(exprs: Iterable[str], known: set[str]) -> dict[str, set[str]]:
+    return {e: bad for e in exprs if (bad := metric_names(e) - known)}
+
+
+# ---------------------------------------------------------------------------- scrape configuration
+
+
+def test_scrape_config_is_valid_with_its_token_and_targets(promtool, tmp_path) -> None:
+    kit = tmp_path / "prometheus"
+    shutil.copytree(KIT, kit)
+    (kit / "edged-targets" / "boards.yml").write_text(TARGETS_EXAMPLE.read_text())
+    (kit / "edged.token").write_text("s3cret-token-for-the-tests-0123\n")
+    proc = run(promtool, "check", "config", "prometheus.yml", cwd=kit)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout + proc.stderr
+    assert f"SUCCESS: {len(alert_rules())} rules found" in out, out
+    assert "WARNING" not in out, out
+
+    # the token file and the file_sd targets are read by the check: without them it fails
+    (kit / "edged.token").unlink()
+    proc = run(promtool, "check", "config", "prometheus.yml", cwd=kit)
+    assert proc.returncode != 0 and "edged.token" in proc.stdout + proc.stderr
+    (kit / "edged.token").write_text("s3cret-token-for-the-tests-0123\n")
+    (kit / "edged-targets" / "broken.yml").write_text("- targets: [door-pi.lan:9110\n")
+    proc = run(promtool, "check", "config", "prometheus.yml", cwd=kit)
+    assert proc.returncode != 0 and "checking SD file" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+
+
+def test_scrape_config_labels_boards_and_sends_the_token_off_loopback() -> None:
+    cfg = yaml.safe_load(SCRAPE.read_text())
+    assert cfg["global"]["scrape_interval"] == "15s"
+    assert cfg["rule_files"] == ["edged-alerts.yml"]
+    jobs = {j["job_name"]: j for j in cfg["scrape_configs"]}
+    assert set(jobs) == {"edged", "edged-fleet"}
+    local, fleet = jobs["edged"], jobs["edged-fleet"]
+    # one board: loopback, no token needed
+    assert all(t.startswith("127.0.0.1:") for g in local["static_configs"] for t in g["targets"])
+    assert all(g["labels"].get("device") for g in local["static_configs"])
+    assert "authorization" not in local
+    # the fleet: bearer token from a file, targets from file_sd, each group naming its board
+    assert fleet["authorization"] == {"type": "Bearer", "credentials_file": "edged.token"}
+    assert fleet["file_sd_configs"][0]["files"] == ["edged-targets/*.yml"]
+    groups = yaml.safe_load(TARGETS_EXAMPLE.read_text())
+    assert groups and all(g["labels"].get("device") and len(g["targets"]) == 1 for g in groups)
+    # edged's own `device` label (the Edge TPU) comes out as `tpu` in both jobs
+    for job in (local, fleet):
+        relabel = job["metric_relabel_configs"]
+        assert {"source_labels": ["exported_device"], "regex": "(.+)", "target_label": "tpu"} in relabel
+        assert {"regex": "exported_device", "action": "labeldrop"} in relabel
+
+
+# ---------------------------------------------------------------------------- alert rules
+
+ALERTS = [
+    "EdgedDown",
+    "EdgedNoResults",
+    "EdgedSourceDown",
+    "EdgedFellBackToCPU",
+    "EdgedFrameRateLow",
+    "EdgedFrameLatencyHigh",
+    "EdgedPublishQueueGrowing",
+    "EdgedTPUHot",
+]
+
+
+def test_rules_are_valid(promtool, tmp_path) -> None:
+    proc = run(promtool, "check", "rules", "--lint=all", "--lint-fatal", "edged-alerts.yml")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"SUCCESS: {len(ALERTS)} rules found" in proc.stdout, proc.stdout
+    # promtool is not a rubber stamp: a broken expression is refused
+    broken = RULES.read_text().replace("histogram_quantile(0.99, rate(", "histogram_quantile(0.99, rate((", 1)
+    assert broken != RULES.read_text()
+    (tmp_path / "broken.yml").write_text(broken)
+    proc = run(promtool, "check", "rules", "broken.yml", cwd=tmp_path)
+    assert proc.returncode != 0 and "parse error" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+
+
+def test_every_alert_has_severity_summary_and_description() -> None:
+    rules = alert_rules()
+    assert [r["alert"] for r in rules] == ALERTS
+    for r in rules:
+        assert r["labels"]["severity"] in ("critical", "warning"), r["alert"]
+        assert r.get("for"), r["alert"]
+        assert set(r["annotations"]) == {"summary", "description"}, r["alert"]
+        assert len(r["annotations"]["description"]) > 150, r["alert"]  # says what it means and what to do
+
+
+def test_rule_unit_tests_pass(promtool) -> None:
+    proc = run(promtool, "test", "rules", "edged-alerts.test.yml")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "SUCCESS" in proc.stdout
+
+
+def test_every_alert_has_a_firing_and_a_quiet_case() -> None:
+    tests = yaml.safe_load(RULE_TESTS.read_text())
+    assert tests["rule_files"] == ["edged-alerts.yml"]
+    firing, quiet = set(), set()
+    for t in tests["tests"]:
+        for case in t["alert_rule_test"]:
+            (firing if case["exp_alerts"] else quiet).add(case["alertname"])
+            for a in case["exp_alerts"]:
+                assert set(a["exp_annotations"]) == {"summary", "description"}, case["alertname"]
+    assert firing == set(ALERTS), set(ALERTS) - firing
+    assert quiet == set(ALERTS), set(ALERTS) - quiet
+
+
+# Each alert's condition changed a little: its unit tests must notice.
+MUTATIONS = {
+    "EdgedDown": ('up{job=~"edged.*"} == 0', "up == 0"),
+    "EdgedNoResults": ("edged_last_result_timestamp_seconds > 60)", "edged_last_result_timestamp_seconds > 200)"),
+    "EdgedSourceDown": ("expr: edged_source_up == 0\n        for: 2m", "expr: edged_source_up == 0\n        for: 1m"),
+    "EdgedFellBackToCPU": ('{accelerator="cpu"} == 1\n        for: 5m', '{accelerator="cpu"} == 1\n        for: 1m'),
+    "EdgedFrameRateLow": ("and on (job, instance, stream) edged_source_up == 1", ""),
+    "EdgedFrameLatencyHigh": ("[5m])) > 0.5", "[5m])) > 1"),
+    "EdgedPublishQueueGrowing": (" and edged_publish_queue_depth > 0", ""),
+    "EdgedTPUHot": ("edged_edgetpu_temperature_celsius > 80", "edged_edgetpu_temperature_celsius > 90"),
+}
+
+
+@pytest.mark.parametrize("alert", ALERTS)
+def test_rule_unit_tests_catch_a_changed_condition(promtool, tmp_path, alert) -> None:
+    old, new = MUTATIONS[alert]
+    text = RULES.read_text()
+    assert text.count(old) == 1, old
+    (tmp_path / "edged-alerts.yml").write_text(text.replace(old, new))
+    shutil.copy(RULE_TESTS, tmp_path)
+    proc = run(promtool, "check", "rules", "edged-alerts.yml", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr  # still valid, only wrong
+    proc = run(promtool, "test", "rules", "edged-alerts.test.yml", cwd=tmp_path)
+    assert proc.returncode != 0, proc.stdout
+    assert f"alertname: {alert}," in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+
+
+# ---------------------------------------------------------------------------- metric names
+
+
+def test_metric_names_finds_every_selector_and_nothing_else() -> None:
+    assert metric_names(
+        'histogram_quantile(0.99, sum by (le, stream) (rate(edged_frame_latency_seconds_bucket{stream=~"$stream"}'
+        "[$__rate_interval])))"
+    ) == {"edged_frame_latency_seconds_bucket"}
+    assert metric_names(
+        'rate(edged_frames_total{outcome="dropped"}[5m]) / ignoring(outcome) sum without(outcome) '
+        "(rate(edged_frames_total[5m] offset 1h))"
+    ) == {"edged_frames_total"}
+    assert metric_names(
+        "(time() - edged_last_result_timestamp_seconds > 60) or (edged_stream_up == 0 unless on (job, instance, "
+        'stream) edged_last_result_timestamp_seconds) or count(x{a="b}"} == bool 1) or vector(0) or '
+        '{__name__="up", job="edged"} * 1e3'
+    ) == {"edged_last_result_timestamp_seconds", "edged_stream_up", "x", "up"}
+    mini = {
+        "panels": [{"type": "row", "panels": [{"targets": [{"expr": "a"}]}]}, {"targets": [{"expr": "b"}]}],
+        "templating": {
+            "list": [
+                {"type": "datasource", "name": "datasource", "query": "prometheus"},
+                {"type": "query", "name": "s", "query": {"query": 'label_values(edged_frames_total{d=~"$d"}, stream)'}},
+            ]
+        },
+    }
+    assert dashboard_exprs(mini) == ["a", "b", 'edged_frames_total{d=~"$d"}']
+    assert metric_names(dashboard_exprs(mini)[-1]) == {"edged_frames_total"}
+
+
+def test_exported_metrics_come_from_the_registry() -> None:
+    names = exported_metrics()
+    assert {"edged_frames_total", "edged_frame_latency_seconds_bucket", "edged_edgetpu_temperature_celsius"} <= names
+    assert "edged_frame_latency_seconds" not in names and "edged_frames" not in names
+
+
+def test_dashboard_and_rules_use_only_metrics_the_daemon_exports() -> None:
+    known = exported_metrics() | PROMETHEUS_SERIES
+    dash = json.loads(DASHBOARD.read_text())
+    exprs = dashboard_exprs(dash) + [r["expr"] for r in alert_rules()]
+    assert unknown_metrics(exprs, known) == {}
+    used = set().union(*(metric_names(e) for e in exprs))
+    assert len(used) >= 15, used
+
+    # the check catches a wrong name: a dashboard with one misspelt metric fails it
+    bad = copy.deepcopy(dash)
+    target = next(t for p in bad["panels"] for t in p.get("targets", []) if "edged_frames_total" in t["expr"])
+    target["expr"] = target["expr"].replace("edged_frames_total", "edged_frame_total")
+    assert unknown_metrics(dashboard_exprs(bad), known) == {target["expr"]: {"edged_frame_total"}}
+    # and a histogram's base name is not a series
+    assert unknown_metrics(["rate(edged_stage_duration_seconds[5m])"], known)
+
+
+# ---------------------------------------------------------------------------- dashboard
+
+
+def test_dashboard_is_a_grafana_model_with_device_and_stream_variables() -> None:
+    dash = json.loads(DASHBOARD.read_text())
+    assert dash["uid"] and dash["title"] and dash["schemaVersion"] >= 36
+    variables = {v["name"]: v for v in dash["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    for name in ("device", "stream"):
+        v = variables[name]
+        assert (
+            v["type"] == "query"
+            and v["definition"].startswith("label_values(")
+            and v["definition"].endswith(f", {name})")
+        )
+        assert v["query"]["query"] == v["definition"] and v["multi"] and v["includeAll"]
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids))
+    cells: set[tuple[int, int]] = set()
+    for p in dash["panels"]:
+        g = p["gridPos"]
+        assert g["x"] + g["w"] <= 24, p["title"]
+        mine = {(x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])}
+        assert not cells & mine, f"panel {p['title']} overlaps another"
+        cells |= mine
+        if p["type"] == "row":
+            continue
+        assert p["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, p["title"]
+        refs = [t["refId"] for t in p["targets"]]
+        assert p["targets"] and len(refs) == len(set(refs)), p["title"]
+        for t in p["targets"]:
+            assert t["datasource"] == p["datasource"], p["title"]
+            assert 'device=~"$device"' in t["expr"], f"panel {p['title']}: {t['expr']} ignores the device variable"
+
+
+# what the dashboard must show: (panel type, a metric its queries use, something else in the query)
+REQUIRED_PANELS = [
+    ("heatmap", "edged_frame_latency_seconds_bucket", "sum by (le)"),
+    ("timeseries", "edged_stage_duration_seconds_bucket", "histogram_quantile(0.5,"),
+    ("timeseries", "edged_stage_duration_seconds_bucket", "histogram_quantile(0.99,"),
+    ("timeseries", "edged_frames_total", 'outcome="processed"'),
+    ("timeseries", "edged_frames_total", 'outcome="dropped"'),
+    ("state-timeline", "edged_accelerator_active", 'accelerator="edgetpu"'),
+    ("timeseries", "edged_inferences_total", "accelerator"),
+    ("timeseries", "edged_edgetpu_temperature_celsius", ""),
+    ("timeseries", "edged_fallbacks_total", "reason"),
+    ("timeseries", "edged_publish_total", "outcome"),
+    ("timeseries", "edged_publish_queue_depth", ""),
+    ("state-timeline", "edged_source_up", ""),
+]
+
+
+@pytest.mark.parametrize(("kind", "metric", "detail"), REQUIRED_PANELS)
+def test_dashboard_has_the_panel(kind, metric, detail) -> None:
+    dash = json.loads(DASHBOARD.read_text())
+    exprs = [t for p in dash["panels"] if p["type"] == kind for t in p.get("targets", [])]
+    assert any(metric in metric_names(t["expr"]) and detail in t["expr"] for t in exprs), (kind, metric, detail)
+    if kind == "heatmap":
+        t = next(t for t in exprs if metric in t["expr"])
+        assert t["format"] == "heatmap" and t["legendFormat"] == "{{le}}"
+
+
+def test_dashboard_queries_parse(promtool, tmp_path) -> None:
+    """promtool parses each dashboard query, given to it as a recording rule."""
+    exprs = dashboard_exprs(json.loads(DASHBOARD.read_text()))
+
+    def check(exprs: list[str]) -> subprocess.CompletedProcess:
+        rules = [{"record": f"dashboard:query_{i}", "expr": grafana_to_promql(e)} for i, e in enumerate(exprs)]
+        path = tmp_path / "dashboard-queries.yml"
+        path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+        return run(promtool, "check", "rules", str(path), cwd=tmp_path)
+
+    proc = check(exprs)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"SUCCESS: {len(exprs)} rules found" in proc.stdout
+    assert check([*exprs, "sum by (le (rate(edged_frames_total[1m]))"]).returncode != 0
