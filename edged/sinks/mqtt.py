@@ -281,7 +281,8 @@ class Connection:
                 with self._status_lock:
                     sent_at, shape = self._status_sent_at, self._status_shape
                 summary = self.summary()
-                due = sent_at is None or time.monotonic() - sent_at >= self.status_interval
+                # (half a poll early rather than a whole poll late)
+                due = sent_at is None or time.monotonic() - sent_at >= self.status_interval - STATUS_POLL / 2
                 if due or self._shape(summary) != shape:
                     self.publish_status()
             except Exception as exc:  # pragma: no cover - never let the status thread die

@@ -1,0 +1,94 @@
+"""The mqtt sink's shared connections and status payloads, without a broker (nothing here connects)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from edged.config import MqttSink as MqttConfig
+from edged.metrics import Metrics
+from edged.result import Result
+
+mqtt = pytest.importorskip("edged.sinks.mqtt")
+
+
+def cfg(tmp_path: Path, sid: str, **over) -> MqttConfig:
+    return MqttConfig(device="dev", port=1, queue_path=str(tmp_path / f"{sid}.sqlite"), **over)
+
+
+def test_same_settings_share_one_connection(tmp_path) -> None:
+    a = mqtt.MqttSink(cfg(tmp_path, "a", status_interval=20), "a")
+    b = mqtt.MqttSink(cfg(tmp_path, "b", status_interval=5), "b")
+    other = mqtt.MqttSink(cfg(tmp_path, "c", username="u", password="p"), "c")
+    try:
+        assert a.conn is b.conn and other.conn is not a.conn
+        assert a.conn.client_id == "edged-dev" and other.conn.client_id == "edged-dev-c"  # unique on the broker
+        assert a.conn.status_interval == 5  # the shortest
+        assert a.topic == "edged/dev/a/result" and a.status_topic == "edged/dev/status"
+        # nothing bound: the status names the streams of this connection
+        status = json.loads(a.conn._payload("online"))
+        assert status == {
+            "state": "online",
+            "device": "dev",
+            "version": status["version"],
+            "streams": [{"id": "a"}, {"id": "b"}],
+        }
+    finally:
+        a.close()
+        assert b.conn.key in mqtt._registry  # b still uses it
+        b.close()
+        other.close()
+    assert not mqtt._registry
+
+
+def test_status_payloads_from_the_device_summary(tmp_path) -> None:
+    a = mqtt.MqttSink(cfg(tmp_path, "a"), "a")
+    summary = {
+        "device": "dev",
+        "version": "9.9",
+        "streams": [
+            {"id": "a", "state": "running", "model": "m.tflite", "accelerator": "edgetpu", "fps": 14.9},
+            {"id": "b", "state": "failed", "model": "n.tflite", "accelerator": "cpu", "fps": 0.0},
+        ],
+    }
+    a.bind_summary(lambda: summary)
+    try:
+        online = json.loads(a.conn._payload("online"))
+        assert online == {"state": "online", **summary}
+        goodbye = json.loads(a.conn._payload("offline"))
+        assert [(s["state"], s["fps"]) for s in goodbye["streams"]] == [("stopped", 0.0), ("failed", 0.0)]
+        will = json.loads(a.conn._payload("offline", will=True))
+        assert will["state"] == "offline" and {s["state"] for s in will["streams"]} == {"unknown"}
+        assert summary["streams"][0]["fps"] == 14.9  # the summary itself is left alone
+        # only what matters makes a status worth sending at once: fps only to or from zero
+        shape = a.conn._shape(summary)
+        summary["streams"][0]["fps"] = 12.0
+        assert a.conn._shape(summary) == shape
+        summary["streams"][0]["accelerator"] = "cpu"
+        assert a.conn._shape(summary) != shape
+
+        def broken() -> dict:
+            raise RuntimeError("boom")
+
+        a.bind_summary(broken)  # a failing summary: the streams of the connection instead, no exception
+        assert [s["id"] for s in json.loads(a.conn._payload("online"))["streams"]] == ["a"]
+    finally:
+        a.close()
+
+
+def test_thinned_and_dropped_are_counted(tmp_path) -> None:
+    metrics = Metrics()
+    sink = mqtt.MqttSink(cfg(tmp_path, "a", qos=0, thin={"on_change": True}), "a", metrics)
+    result = Result("a", 0, 0.0, "m", "cpu", "classification", 8, 8, classes=[{"id": 1, "label": "cat", "score": 0.9}])
+    try:
+        for _ in range(3):
+            sink.publish(result)  # the first passes the thinning, and is dropped: not connected (QoS 0)
+    finally:
+        sink.close()
+    assert (sink.sent, sink.dropped, sink.thinned) == (0, 1, 2)
+    value = metrics.registry.get_sample_value
+    assert value("edged_publish_total", {"sink": "mqtt:a", "outcome": "thinned"}) == 2
+    assert value("edged_publish_total", {"sink": "mqtt:a", "outcome": "dropped"}) == 1
+    assert not (tmp_path / "a.sqlite").exists()  # QoS 0: no queue
