@@ -47,6 +47,15 @@ def require_tool(name: str) -> str:
     return path
 
 
+def test_a_missing_tool_skips_here_and_fails_in_ci(monkeypatch) -> None:
+    monkeypatch.delenv("EDGED_REQUIRE_TOOLS", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="apt-get install prometheus"):
+        require_tool("promtool-not-installed")
+    monkeypatch.setenv("EDGED_REQUIRE_TOOLS", "1")
+    with pytest.raises(pytest.fail.Exception, match="EDGED_REQUIRE_TOOLS=1"):
+        require_tool("promtool-not-installed")
+
+
 @pytest.fixture(scope="module")
 def promtool() -> str:
     return require_tool("promtool")
