@@ -1,0 +1,226 @@
+"""A real Prometheus (Debian's) scrapes a running edged on loopback, with the kit's configuration.
+
+The daemon runs as ``python -m edged run`` with one synthetic 10 fps stream on the bundled digits
+model, and a PCIe Edge TPU that exists only as a sysfs temperature file (EDGED_SYSFS_ROOT), so its
+temperature is exported too. Prometheus runs with deploy/prometheus/prometheus.yml (its local job,
+scraping every second) and the alert rules. Through Prometheus's HTTP API: the p99 frame latency
+(histogram_quantile) and the stream's frame rate, every dashboard query, the rules' health, the
+TPU's `tpu` label, and alerts going pending from the daemon's real series.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+from helpers import wait_for
+from prometheus_client.parser import text_string_to_metric_families
+from servers import free_port
+from test_api import ROOT, Daemon, wait_ready
+from test_observability_kit import (
+    ALERTS,
+    DASHBOARD,
+    RULES,
+    SCRAPE,
+    dashboard_exprs,
+    grafana_to_promql,
+    metric_names,
+    require_tool,
+)
+
+FPS = 10
+DEVICE = "promtest"
+
+
+class Prometheus:
+    def __init__(self, binary: str, tmp: Path, config: dict[str, Any]) -> None:
+        tmp.mkdir()
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        cfg = tmp / "prometheus.yml"
+        cfg.write_text(yaml.safe_dump(config))
+        self.log = tmp / "prometheus.log"
+        self.proc = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={cfg}",
+                f"--storage.tsdb.path={tmp / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--log.level=warn",
+            ],
+            cwd=tmp,
+            stdout=subprocess.DEVNULL,
+            stderr=self.log.open("w"),
+        )
+
+    def api(self, path: str, **params: str) -> Any:
+        url = f"{self.base}{path}?{urllib.parse.urlencode(params)}" if params else self.base + path
+        with urllib.request.urlopen(url, timeout=5) as r:
+            body = json.loads(r.read())
+        assert body["status"] == "success", body
+        return body["data"]
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        data = self.api("/api/v1/query", query=expr)
+        assert data["resultType"] == "vector", (expr, data)
+        return data["result"]
+
+    def value(self, expr: str) -> float:
+        result = self.query(expr)
+        assert len(result) == 1, (expr, result)
+        return float(result[0]["value"][1])
+
+    def alerts(self) -> list[dict[str, Any]]:
+        return self.api("/api/v1/alerts")["alerts"]
+
+    def ready(self) -> bool:
+        assert self.proc.poll() is None, self.log.read_text()
+        try:
+            with urllib.request.urlopen(self.base + "/-/ready", timeout=1) as r:
+                return r.status == 200
+        except (OSError, urllib.error.HTTPError):
+            return False
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def kit_config(edged_port: int) -> dict[str, Any]:
+    """The kit's prometheus.yml, its one-board job pointed at the test's daemon, every second."""
+    cfg = yaml.safe_load(SCRAPE.read_text())
+    cfg["global"].update(scrape_interval="1s", scrape_timeout="1s", evaluation_interval="1s")
+    cfg["rule_files"] = [str(RULES)]
+    job = next(j for j in cfg["scrape_configs"] if j["job_name"] == "edged")
+    job["static_configs"] = [{"targets": [f"127.0.0.1:{edged_port}"], "labels": {"device": DEVICE}}]
+    cfg["scrape_configs"] = [job]  # the fleet job needs a token file and boards
+    return cfg
+
+
+def exported_now(port: int) -> set[str]:
+    """The series names the running daemon serves at /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    return {s.name for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
+def active(prom: Prometheus, name: str) -> list[dict[str, Any]]:
+    return [a for a in prom.alerts() if a["labels"]["alertname"] == name]
+
+
+def test_prometheus_scrapes_edged_and_answers_latency_and_frame_rate(tmp_path) -> None:
+    binary = require_tool("prometheus")
+    # a PCIe Edge TPU known only by its temperature (85.5 °C): discovered, not used by the CPU stream
+    apex = tmp_path / "sys" / "class" / "apex" / "apex_0"
+    apex.mkdir(parents=True)
+    (apex / "temp").write_text("85500\n")
+    (tmp_path / "dev").mkdir()
+    (tmp_path / "edged").mkdir()
+    port = free_port()
+    config = {
+        "device": DEVICE,
+        "listen": f"127.0.0.1:{port}",
+        "streams": [
+            {
+                "id": "demo",
+                "source": {"type": "synthetic", "fps": FPS},
+                "model": {"path": str(ROOT / "models/digits_int8.tflite")},
+                "sinks": [],
+            }
+        ],
+    }
+    env = {"EDGED_SYSFS_ROOT": str(tmp_path / "sys"), "EDGED_DEV_ROOT": str(tmp_path / "dev")}
+    d = Daemon(tmp_path / "edged", config, env=env)
+    prom = None
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", d)
+        prom = Prometheus(binary, tmp_path / "prometheus", kit_config(port))
+        wait_for(prom.ready, 20, "Prometheus to be ready", interval=0.1)
+
+        def target_up() -> bool:
+            targets = prom.api("/api/v1/targets")["activeTargets"]
+            return len(targets) == 1 and targets[0]["health"] == "up"
+
+        wait_for(target_up, 15, "the edged target to be up", interval=0.2)
+        target = prom.api("/api/v1/targets")["activeTargets"][0]
+        assert target["labels"] == {"device": DEVICE, "instance": f"127.0.0.1:{port}", "job": "edged"}, target
+
+        # the alert rules loaded and evaluate without error
+        def rules_ok() -> list[dict[str, Any]]:
+            rules = [r for g in prom.api("/api/v1/rules")["groups"] for r in g["rules"]]
+            return rules if rules and all(r["health"] == "ok" for r in rules) else []
+
+        rules = wait_for(rules_ok, 15, "the alert rules to be evaluated", interval=0.2)
+        assert [r["name"] for r in rules] == ALERTS and all(r["type"] == "alerting" for r in rules)
+
+        # 12 scrapes, a second apart, before measuring over the last 10 s
+        wait_for(lambda: prom.query('count_over_time(up{job="edged"}[15s]) >= 12'), 30, "12 scrapes", interval=0.25)
+        sel = f'job="edged", device="{DEVICE}", stream="demo"'
+        p99 = prom.value(
+            f"histogram_quantile(0.99, sum by (le) (rate(edged_frame_latency_seconds_bucket{{{sel}}}[10s])))"
+        )
+        fps = prom.value(f'rate(edged_frames_total{{{sel}, outcome="processed"}}[10s])')
+        print(f"Prometheus: p99 frame latency {p99 * 1000:.1f} ms, frame rate {fps:.2f} fps (configured {FPS})")
+        assert math.isfinite(p99) and 0 < p99 < 1.0, p99
+        assert abs(fps - FPS) <= 0.3 * FPS, fps
+        inference_p99 = prom.value(
+            "histogram_quantile(0.99, sum by (le) "
+            f'(rate(edged_stage_duration_seconds_bucket{{{sel}, stage="inference"}}[10s])))'
+        )
+        assert 0 < inference_p99 <= p99, (inference_p99, p99)
+
+        # the TPU's own `device` label comes out as `tpu`, the board's as `device`
+        temps = prom.query("edged_edgetpu_temperature_celsius")
+        assert [t["metric"] for t in temps] == [
+            {
+                "__name__": "edged_edgetpu_temperature_celsius",
+                "device": DEVICE,
+                "instance": f"127.0.0.1:{port}",
+                "job": "edged",
+                "tpu": "pci:0",
+            }
+        ]
+        assert float(temps[0]["value"][1]) == 85.5
+
+        # every dashboard query runs; those whose metrics the daemon serves return series
+        served = exported_now(port) | {"up"}
+        for expr in dashboard_exprs(json.loads(DASHBOARD.read_text())):
+            result = prom.query(grafana_to_promql(expr))
+            if metric_names(expr) <= served:
+                assert result, f"no data for {expr}"
+
+        # the alert rules on the daemon's real series: the hot TPU pending, the healthy stream quiet
+        hot = wait_for(lambda: active(prom, "EdgedTPUHot"), 10, "EdgedTPUHot to be pending", interval=0.2)
+        assert hot[0]["state"] == "pending" and hot[0]["labels"]["tpu"] == "pci:0", hot
+        assert hot[0]["annotations"]["summary"] == f"Edge TPU pci:0 on {DEVICE} is at 85.5 °C", hot
+        names = {a["labels"]["alertname"] for a in prom.alerts()}
+        # (EdgedFrameRateLow waits for 5 minutes of frames: rate() over [5m] on less data reads low)
+        assert names == {"EdgedTPUHot"}, prom.alerts()
+
+        # the daemon stops: its target goes down and EdgedDown pends for the board
+        assert d.stop() == 0
+        down = wait_for(lambda: active(prom, "EdgedDown"), 10, "EdgedDown to be pending", interval=0.2)
+        assert down[0]["state"] == "pending", down
+        assert {k: down[0]["labels"][k] for k in ("device", "job", "severity")} == {
+            "device": DEVICE,
+            "job": "edged",
+            "severity": "critical",
+        }
+    finally:
+        d.stop()
+        if prom is not None:
+            prom.stop()
+            assert "level=error" not in prom.log.read_text(), prom.log.read_text()
+    assert "Traceback" not in d.stderr, d.stderr
