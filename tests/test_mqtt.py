@@ -728,3 +728,30 @@ def test_thinning_end_to_end(tmp_path, env) -> None:
             if lab in last_with and not heartbeat:
                 assert cur["timestamp"] - last_with[lab] >= 0.5 - slack, (lab, cur)  # 2 a second per label
             last_with[lab] = cur["timestamp"]
+
+
+def test_reload_keeps_the_connection_and_every_result(tmp_path, env) -> None:
+    """SIGHUP with the stream's mqtt sink changed: the stream restarts on the same connection, nothing is lost.
+
+    (A CPU model: a reload that touches an Edge TPU stream rebuilds every stream, and the connection with them.)
+    """
+    broker, sub = env["broker"], env["sub"]
+    source = {"type": "synthetic", "fps": 20, "width": 160, "height": 120}
+    cfg, port = write_config(tmp_path, broker.port, source, str(ROOT / "models" / "digits_int8.tflite"))
+    d = Daemon(cfg, port, tmp_path / "edged.log")
+    env["daemons"] = [d]
+    wait_for(lambda: len(sub.results()) >= 10, 60, "results over MQTT")
+    raw = json.loads(cfg.read_text())
+    raw["streams"][0]["sinks"][0]["status_interval"] = 5  # a change of the sink: the stream is restarted
+    cfg.write_text(json.dumps(raw))
+    d.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: "reload: restarting cam" in d.log.read_text(), 20, "the reload")
+    n = len(produced(tmp_path))
+    wait_for(lambda: len(produced(tmp_path)) >= n + 20, 30, "results after the reload")
+    log = d.stop()
+    assert d.proc.returncode == 0, log
+    assert "Traceback" not in log and "separate connections" not in log, log
+    assert log.count("mqtt cam: closed:") == 2, log  # the old sink and the new one
+    assert_all_delivered(tmp_path, sub)  # across the hand-over of the queue, in order
+    connects = [line for line in broker.log().splitlines() if "New client connected" in line and " as edged-" in line]
+    assert len(connects) == 1, connects  # the connection stayed up

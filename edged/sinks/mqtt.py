@@ -168,6 +168,9 @@ class Connection:
             except (OSError, ValueError) as exc:
                 raise ConfigError(f"stream {stream}: mqtt sink: TLS setup failed: {exc}") from None
         self.client.reconnect_delay_set(min_delay=RECONNECT_MIN, max_delay=RECONNECT_MAX)
+        # no limit of paho's own: each stream keeps at most WINDOW in flight, the status a few (and
+        # paho refuses a change of the limit once connected, when sinks come and go in a reload)
+        self.client.max_inflight_messages_set(0)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_connect_fail = self._on_connect_fail
@@ -176,8 +179,6 @@ class Connection:
     def attach(self, sink: MqttSink) -> None:
         self.sinks = (*self.sinks, sink)
         self.status_interval = min(self.status_interval, float(sink.cfg.status_interval))
-        # room for every stream's window and the status messages
-        self.client.max_inflight_messages_set(WINDOW * len(self.sinks) + 5)
 
     def stream_ids(self) -> list[str]:
         return [s.stream for s in self.sinks]
