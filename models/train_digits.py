@@ -46,16 +46,15 @@ import numpy as np  # noqa: E402
 
 SEED = 0
 INPUT_SIZE = 32
-N_TRAIN = 40000      # training renders
-N_VAL = 4000         # validation renders (training digits, unseen scene seeds)
-N_TEST = 2000        # held-out renders (held-out digits, unseen scene seeds)
+N_TRAIN = 40000  # training renders
+N_VAL = 4000  # validation renders (training digits, unseen scene seeds)
+N_TEST = 2000  # held-out renders (held-out digits, unseen scene seeds)
 N_REPRESENTATIVE = 300
 EPOCHS = 15
 BATCH = 128
 RENDERS_PER_SCENE = 100
 # Mostly the demo's default 640x480; a few other sizes/aspects for robustness.
-SCENE_SIZES = [((640, 480), 0.80), ((320, 240), 0.05), ((800, 600), 0.05),
-               ((1280, 720), 0.05), ((480, 480), 0.05)]
+SCENE_SIZES = [((640, 480), 0.80), ((320, 240), 0.05), ((800, 600), 0.05), ((1280, 720), 0.05), ((480, 480), 0.05)]
 LABELS = [str(i) for i in range(10)]
 
 
@@ -64,6 +63,7 @@ def import_scene():
     sys.path.insert(0, str(REPO))
     try:
         from edged import scene  # type: ignore
+
         return scene
     except Exception as exc:  # e.g. edged/__init__ importing things not in this venv
         print(f"note: 'import edged.scene' failed ({exc!r}); loading edged/scene.py directly")
@@ -80,8 +80,7 @@ def split_digits():
     d = load_digits()
     images = np.clip(np.rint(d.images), 0, 16).astype(np.uint8)
     labels = d.target.astype(np.int64)
-    xtr, xte, ytr, yte = train_test_split(
-        images, labels, test_size=0.25, random_state=0, stratify=labels)
+    xtr, xte, ytr, yte = train_test_split(images, labels, test_size=0.25, random_state=0, stratify=labels)
     return (xtr, ytr), (xte, yte)
 
 
@@ -116,9 +115,9 @@ def render_set(scene_mod, images, labels, n, seed_base, rng):
     i, k = 0, 0
     while i < n:
         w, h = sizes[rng.choice(len(sizes), p=probs)]
-        sc = scene_mod.DigitScene(width=w, height=h, seed=seed_base + k,
-                                  hold_frames=int(rng.integers(10, 60)),
-                                  images=images, labels=labels)
+        sc = scene_mod.DigitScene(
+            width=w, height=h, seed=seed_base + k, hold_frames=int(rng.integers(10, 60)), images=images, labels=labels
+        )
         k += 1
         buf = np.empty((h, w, 3), np.uint8)
         for idx in rng.integers(0, 1_000_000, size=min(RENDERS_PER_SCENE, n - i)):
@@ -132,17 +131,20 @@ def render_set(scene_mod, images, labels, n, seed_base, rng):
 def build_model(tf):
     keras = tf.keras
     layers = keras.layers
-    return keras.Sequential([
-        keras.Input(shape=(INPUT_SIZE, INPUT_SIZE, 3), name="image"),
-        layers.Conv2D(32, 3, activation="relu"),
-        layers.MaxPooling2D(),
-        layers.Conv2D(32, 3, activation="relu"),
-        layers.MaxPooling2D(),
-        layers.Flatten(),
-        layers.Dropout(0.25),          # training only; no op in the TFLite graph
-        layers.Dense(128, activation="relu"),
-        layers.Dense(10, activation="softmax"),
-    ], name="digits")
+    return keras.Sequential(
+        [
+            keras.Input(shape=(INPUT_SIZE, INPUT_SIZE, 3), name="image"),
+            layers.Conv2D(32, 3, activation="relu"),
+            layers.MaxPooling2D(),
+            layers.Conv2D(32, 3, activation="relu"),
+            layers.MaxPooling2D(),
+            layers.Flatten(),
+            layers.Dropout(0.25),  # training only; no op in the TFLite graph
+            layers.Dense(128, activation="relu"),
+            layers.Dense(10, activation="softmax"),
+        ],
+        name="digits",
+    )
 
 
 def tflite_eval(path: Path, x_u8: np.ndarray, y: np.ndarray):
@@ -151,10 +153,14 @@ def tflite_eval(path: Path, x_u8: np.ndarray, y: np.ndarray):
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
     except ImportError:
         import tensorflow as tf
+
         Interpreter, OpResolverType = tf.lite.Interpreter, tf.lite.experimental.OpResolverType
     # Plain builtin kernels (no XNNPACK delegate), so the op list is the model's own.
-    it = Interpreter(model_path=str(path), num_threads=2,
-                     experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+    it = Interpreter(
+        model_path=str(path),
+        num_threads=2,
+        experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
+    )
     it.allocate_tensors()
     inp = it.get_input_details()[0]
     out = it.get_output_details()[0]
@@ -184,14 +190,22 @@ def tflite_eval(path: Path, x_u8: np.ndarray, y: np.ndarray):
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--build-dir", type=Path,
-                    default=Path(tempfile.gettempdir()) / "edged_digits_build",
-                    help="where the float32 .tflite and other by-products go (not committed)")
+    ap.add_argument(
+        "--build-dir",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "edged_digits_build",
+        help="where the float32 .tflite and other by-products go (not committed)",
+    )
     ap.add_argument("--epochs", type=int, default=EPOCHS)
     ap.add_argument("--train-renders", type=int, default=N_TRAIN)
-    ap.add_argument("--test-variants", type=Path, default=None, metavar="DIR",
-                    help="also write DIR/digits_int8io.tflite (int8 in/out) and DIR/digits_float32.tflite "
-                         "from the same training run, for the end-to-end tests")
+    ap.add_argument(
+        "--test-variants",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also write DIR/digits_int8io.tflite (int8 in/out) and DIR/digits_float32.tflite "
+        "from the same training run, for the end-to-end tests",
+    )
     args = ap.parse_args()
 
     t_start = time.perf_counter()
@@ -208,8 +222,7 @@ def main() -> int:
     (xtr_d, ytr_d), (xte_d, yte_d) = split_digits()
     npz = REPO / "edged" / "data" / "digits_heldout.npz"
     write_npz(npz, images=xte_d, labels=yte_d)
-    print(f"digits: {len(ytr_d)} train / {len(yte_d)} held-out -> {npz.relative_to(REPO)} "
-          f"({npz.stat().st_size} bytes)")
+    print(f"digits: {len(ytr_d)} train / {len(yte_d)} held-out -> {npz.relative_to(REPO)} ({npz.stat().st_size} bytes)")
     labels_txt = REPO / "models" / "digits_labels.txt"
     labels_txt.write_text("\n".join(LABELS) + "\n")
 
@@ -220,18 +233,28 @@ def main() -> int:
     x_val, y_val = render_set(scene, xtr_d, ytr_d, N_VAL, 500_000, rng)
     x_test, y_test = render_set(scene, xte_d, yte_d, N_TEST, 900_000, rng)
     t_render = time.perf_counter() - t0
-    print(f"rendered {len(y_train)}+{len(y_val)}+{len(y_test)} frames in {t_render:.1f}s; "
-          f"train label counts {np.bincount(y_train, minlength=10).tolist()}")
+    print(
+        f"rendered {len(y_train)}+{len(y_val)}+{len(y_test)} frames in {t_render:.1f}s; "
+        f"train label counts {np.bincount(y_train, minlength=10).tolist()}"
+    )
 
     # ---- float training
     model = build_model(tf)
     model.summary(print_fn=lambda s, **_: print(s))
-    model.compile(optimizer=tf.keras.optimizers.Adam(1e-3),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.compile(
+        optimizer=tf.keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"]
+    )
     f32 = lambda a: a.astype(np.float32) / 255.0  # noqa: E731
     t0 = time.perf_counter()
-    model.fit(f32(x_train), y_train, batch_size=BATCH, epochs=args.epochs,
-              validation_data=(f32(x_val), y_val), shuffle=True, verbose=2)
+    model.fit(
+        f32(x_train),
+        y_train,
+        batch_size=BATCH,
+        epochs=args.epochs,
+        validation_data=(f32(x_val), y_val),
+        shuffle=True,
+        verbose=2,
+    )
     t_train = time.perf_counter() - t0
     keras_acc = float(np.mean(np.argmax(model.predict(f32(x_test), batch_size=512, verbose=0), 1) == y_test))
     print(f"keras float accuracy on {len(y_test)} held-out renders: {keras_acc:.4f} (fit {t_train:.1f}s)")
@@ -241,8 +264,12 @@ def main() -> int:
     # / from_concrete_functions cleanly: resource variables break calibration).
     args.build_dir.mkdir(parents=True, exist_ok=True)
     saved = args.build_dir / "saved_model"
-    model.export(str(saved), format="tf_saved_model", verbose=False,
-                 input_signature=[tf.TensorSpec([1, INPUT_SIZE, INPUT_SIZE, 3], tf.float32, name="image")])
+    model.export(
+        str(saved),
+        format="tf_saved_model",
+        verbose=False,
+        input_signature=[tf.TensorSpec([1, INPUT_SIZE, INPUT_SIZE, 3], tf.float32, name="image")],
+    )
 
     conv = tf.lite.TFLiteConverter.from_saved_model(str(saved))
     float_path = args.build_dir / "digits_float32.tflite"
@@ -271,8 +298,12 @@ def main() -> int:
     acc_q, inp, out, ops_q, types_q = tflite_eval(int8_path, x_test, y_test)
     i_scale, i_zp = inp["quantization"]
     o_scale, o_zp = out["quantization"]
-    ok_input = (inp["dtype"] == np.uint8 and inp["shape"].tolist() == [1, 32, 32, 3]
-                and abs(i_scale - 1 / 255) < 1e-7 and i_zp == 0)
+    ok_input = (
+        inp["dtype"] == np.uint8
+        and inp["shape"].tolist() == [1, 32, 32, 3]
+        and abs(i_scale - 1 / 255) < 1e-7
+        and i_zp == 0
+    )
     ok_output = out["dtype"] == np.uint8 and out["shape"].tolist() == [1, 10]
     allowed = {"CONV_2D", "MAX_POOL_2D", "RESHAPE", "FULLY_CONNECTED", "SOFTMAX", "QUANTIZE"}
     ok_ops = set(ops_q) <= allowed and "float32" not in types_q
@@ -282,10 +313,14 @@ def main() -> int:
     print(f"float32 tflite: {float_path} {float_path.stat().st_size} bytes, ops {ops_f}")
     print(f"int8    tflite: {int8_path.relative_to(REPO)} {int8_path.stat().st_size} bytes, ops {ops_q}")
     print(f"int8 tensor dtypes: {types_q}")
-    print(f"input : {inp['name']} {np.dtype(inp['dtype']).name} {inp['shape'].tolist()} "
-          f"scale={i_scale:.9f} (1/255={1 / 255:.9f}) zero_point={i_zp}")
-    print(f"output: {out['name']} {np.dtype(out['dtype']).name} {out['shape'].tolist()} "
-          f"scale={o_scale:.9f} zero_point={o_zp}")
+    print(
+        f"input : {inp['name']} {np.dtype(inp['dtype']).name} {inp['shape'].tolist()} "
+        f"scale={i_scale:.9f} (1/255={1 / 255:.9f}) zero_point={i_zp}"
+    )
+    print(
+        f"output: {out['name']} {np.dtype(out['dtype']).name} {out['shape'].tolist()} "
+        f"scale={o_scale:.9f} zero_point={o_zp}"
+    )
     print(f"held-out renders: {len(y_test)} ({len(yte_d)} held-out digits)")
     print(f"accuracy keras float : {keras_acc:.4f}")
     print(f"accuracy tflite float: {acc_f:.4f}")
@@ -295,13 +330,13 @@ def main() -> int:
         print(f"CHECK FAILED: input_ok={ok_input} output_ok={ok_output} ops_ok={ok_ops}")
         return 1
     if args.test_variants is not None:
-        return write_test_variants(tf, args.test_variants, saved, representative_dataset, float_path,
-                                   x_test, y_test)
+        return write_test_variants(tf, args.test_variants, saved, representative_dataset, float_path, x_test, y_test)
     return 0
 
 
-def write_test_variants(tf, out_dir: Path, saved: Path, representative_dataset, float_path: Path,
-                        x_test: np.ndarray, y_test: np.ndarray) -> int:
+def write_test_variants(
+    tf, out_dir: Path, saved: Path, representative_dataset, float_path: Path, x_test: np.ndarray, y_test: np.ndarray
+) -> int:
     """The test models: the same SavedModel as int8-in/out full-integer PTQ, and plain float32.
 
     Runs after models/digits_int8.tflite is written, with its own converter, so that file
@@ -323,18 +358,28 @@ def write_test_variants(tf, out_dir: Path, saved: Path, representative_dataset, 
     acc_f, inp_f, out_f, _, _ = tflite_eval(f32_path, x_test, y_test)
     i_scale, i_zp = inp["quantization"]
     o_scale, o_zp = out["quantization"]
-    ok_io = (inp["dtype"] == np.int8 and inp["shape"].tolist() == [1, INPUT_SIZE, INPUT_SIZE, 3]
-             and abs(i_scale - 1 / 255) < 1e-7 and i_zp == -128
-             and out["dtype"] == np.int8 and out["shape"].tolist() == [1, 10] and "float32" not in types_io)
+    ok_io = (
+        inp["dtype"] == np.int8
+        and inp["shape"].tolist() == [1, INPUT_SIZE, INPUT_SIZE, 3]
+        and abs(i_scale - 1 / 255) < 1e-7
+        and i_zp == -128
+        and out["dtype"] == np.int8
+        and out["shape"].tolist() == [1, 10]
+        and "float32" not in types_io
+    )
     ok_f = inp_f["dtype"] == np.float32 and out_f["dtype"] == np.float32
     print("\n==== test variants ====")
     for p in (int8io_path, f32_path):
         print(f"{p} {p.stat().st_size} bytes")
     print(f"int8io ops {ops_io}, tensor dtypes {types_io}")
-    print(f"int8io input : {inp['name']} {np.dtype(inp['dtype']).name} {inp['shape'].tolist()} "
-          f"scale={i_scale:.9f} (1/255={1 / 255:.9f}) zero_point={i_zp}")
-    print(f"int8io output: {out['name']} {np.dtype(out['dtype']).name} {out['shape'].tolist()} "
-          f"scale={o_scale:.9f} zero_point={o_zp}")
+    print(
+        f"int8io input : {inp['name']} {np.dtype(inp['dtype']).name} {inp['shape'].tolist()} "
+        f"scale={i_scale:.9f} (1/255={1 / 255:.9f}) zero_point={i_zp}"
+    )
+    print(
+        f"int8io output: {out['name']} {np.dtype(out['dtype']).name} {out['shape'].tolist()} "
+        f"scale={o_scale:.9f} zero_point={o_zp}"
+    )
     print(f"float32 input : {inp_f['name']} {np.dtype(inp_f['dtype']).name} {inp_f['shape'].tolist()}")
     print(f"float32 output: {out_f['name']} {np.dtype(out_f['dtype']).name} {out_f['shape'].tolist()}")
     print(f"accuracy tflite int8io : {acc_io:.4f}")

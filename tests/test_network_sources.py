@@ -27,6 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def wait_for(pred: Callable[[], Any], timeout: float, what: str) -> Any:
     return _wait_for(pred, timeout, what, interval=0.1)  # each poll is a scrape of the daemon
+
+
 PASSWORD = "s3cret-Pa55"
 
 
