@@ -1,0 +1,244 @@
+"""deploy/: the install and uninstall scripts, the udev rules and the Ansible role.
+
+The scripts run with ``--root`` into a temporary directory, so nothing on the machine changes;
+most use ``--skip-venv --python <this interpreter>`` to stay fast, one builds the real venv.
+shellcheck is needed: without it that test skips, or fails with EDGED_REQUIRE_TOOLS=1 (CI).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+INSTALL = DEPLOY / "install.sh"
+UNINSTALL = DEPLOY / "uninstall.sh"
+
+BOOKWORM = 'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nID=debian\nVERSION_ID="12"\nVERSION_CODENAME=bookworm\n'
+
+
+def os_release(pretty: str, id_: str, codename: str) -> str:
+    return f'PRETTY_NAME="{pretty}"\nID={id_}\nVERSION_CODENAME={codename}\n'
+
+
+def tool(name: str) -> str:
+    """A program beside this interpreter (the test venv's) or on PATH; skip or fail without it."""
+    beside = Path(sys.executable).parent / name
+    found = str(beside) if beside.exists() else shutil.which(name)
+    if found:
+        return found
+    hint = {"shellcheck": "apt-get install shellcheck", "ansible-playbook": "pip install ansible-core"}.get(name, "")
+    if os.environ.get("EDGED_REQUIRE_TOOLS") == "1":
+        pytest.fail(f"{name} is not installed ({hint}) and EDGED_REQUIRE_TOOLS=1")
+    pytest.skip(f"{name} is not installed ({hint})")
+
+
+def run(cmd: list, env: dict | None = None, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(c) for c in cmd], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}, **kw
+    )
+
+
+def install(root: Path, *args: str, release: str = BOOKWORM, arch: str = "amd64", venv: bool = False, tmp: Path):
+    osr = tmp / f"os-release-{hashlib.sha1(release.encode()).hexdigest()[:8]}"
+    osr.write_text(release)
+    extra = [] if venv else ["--skip-venv", "--python", sys.executable]
+    return run(
+        ["bash", INSTALL, "--root", root, *extra, *args],
+        env={"EDGED_OS_RELEASE": str(osr), "EDGED_DPKG_ARCH": arch},
+        timeout=600,
+    )
+
+
+def ok(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    return proc.stdout
+
+
+def tree(root: Path, skip: tuple[str, ...] = ()) -> dict[str, str]:
+    """Every file and symlink under root with its mode and content hash (or link target)."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = str(p.relative_to(root))
+        if rel in skip:
+            continue
+        if p.is_symlink():
+            out[rel] = "-> " + os.readlink(p)
+        elif p.is_file():
+            out[rel] = f"{oct(p.stat().st_mode & 0o7777)} {hashlib.sha256(p.read_bytes()).hexdigest()}"
+        else:
+            out[rel] = f"{oct(p.stat().st_mode & 0o7777)} dir"
+    return out
+
+
+# --------------------------------------------------------------------------- shell scripts
+
+
+def test_scripts_are_shellcheck_clean() -> None:
+    shellcheck = tool("shellcheck")
+    scripts = sorted(DEPLOY.rglob("*.sh"))
+    assert INSTALL in scripts and UNINSTALL in scripts
+    proc = run([shellcheck, "--severity=style", *scripts])
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_install_tree(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    out = ok(install(root, "--device", "shelf-pi", tmp=tmp_path))
+    assert "platform: Debian bookworm amd64" in out
+
+    # the unit, as in the repository, naming what the script installs
+    unit = root / "etc/systemd/system/edged.service"
+    assert unit.read_bytes() == (ROOT / "systemd/edged.service").read_bytes()
+    text = unit.read_text()
+    assert re.search(r"^ExecStart=/opt/edged/venv/bin/edged run --config /etc/edged/edged.yaml\s*$", text, re.M), (
+        "the unit's ExecStart no longer runs the venv and configuration install.sh makes"
+    )
+    assert re.search(r"^User=edged\s*$", text, re.M), "the unit's User= is not the user install.sh creates"
+    if shutil.which("systemctl"):
+        link = root / "etc/systemd/system/multi-user.target.wants/edged.service"
+        assert os.readlink(link) == "/etc/systemd/system/edged.service", "not enabled"
+    else:
+        assert "systemctl not found" in out
+
+    # udev: both USB ids of the accelerator and the PCIe apex devices, group-accessible
+    rules = (root / "etc/udev/rules.d/60-edged-coral.rules").read_text()
+    active = [line for line in rules.splitlines() if line.strip() and not line.startswith("#")]
+    for vendor, product in (("1a6e", "089a"), ("18d1", "9302")):
+        (line,) = [r for r in active if f'ATTRS{{idVendor}}=="{vendor}"' in r]
+        assert f'ATTRS{{idProduct}}=="{product}"' in line and 'GROUP="plugdev"' in line and 'MODE="0660"' in line
+        assert 'SUBSYSTEM=="usb"' in line
+    (apex,) = [r for r in active if 'SUBSYSTEM=="apex"' in r]
+    assert 'GROUP="apex"' in apex and 'MODE="0660"' in apex and 'KERNEL=="apex_*"' in apex
+
+    # the configuration: the default one with this device's name, private to root and edged
+    config = root / "etc/edged/edged.yaml"
+    check = run([sys.executable, "-m", "edged", "config", "check", config])
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "OK (1 stream)" in check.stdout
+    data = yaml.safe_load(config.read_text())
+    assert data["device"] == "shelf-pi"
+    assert data["streams"][0]["source"]["type"] == "synthetic"
+    assert config.stat().st_mode & 0o777 == 0o640
+    assert (root / "etc/edged").stat().st_mode & 0o777 == 0o750
+    env = root / "etc/edged/edged.env"
+    assert env.stat().st_mode & 0o777 == 0o640
+    assert re.findall(r"^#?(EDGED_\w+)=", env.read_text(), re.M) == ["EDGED_API_TOKEN", "EDGED_MQTT_PASSWORD"]
+    assert (root / "var/lib/edged").is_dir() and (root / "var/lib/edged").stat().st_mode & 0o777 == 0o750
+    assert not (root / "opt/edged/venv").exists(), "--skip-venv made a venv"
+
+
+def test_install_twice_keeps_the_configuration(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    ok(install(root, tmp=tmp_path))
+    config = root / "etc/edged/edged.yaml"
+    edited = config.read_text().replace("hold_frames: 30", "hold_frames: 7") + "# edited by hand\n"
+    config.write_text(edited)
+    before = tree(root, skip=("etc/edged/edged.yaml",))
+
+    out = ok(install(root, "--device", "another-name", tmp=tmp_path))
+    assert f"kept {config}" in out
+    assert config.read_text() == edited, "install.sh overwrote an existing configuration"
+    assert tree(root, skip=("etc/edged/edged.yaml",)) == before
+
+
+def test_uninstall_then_purge(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    ok(install(root, tmp=tmp_path))
+    (root / "opt/edged/venv/bin").mkdir(parents=True)  # stands in for the venv --skip-venv left out
+    (root / "var/lib/edged/door.mqtt.sqlite").write_text("queued")
+
+    out = ok(run(["bash", UNINSTALL, "--root", root]))
+    assert not (root / "etc/systemd/system/edged.service").exists()
+    assert not (root / "etc/systemd/system/multi-user.target.wants/edged.service").is_symlink()
+    assert not (root / "etc/udev/rules.d/60-edged-coral.rules").exists()
+    assert not (root / "opt/edged").exists()
+    assert (root / "etc/edged/edged.yaml").is_file() and (root / "var/lib/edged/door.mqtt.sqlite").is_file()
+    assert "--purge removes them" in out
+
+    out = ok(run(["bash", UNINSTALL, "--root", root]))  # again: nothing left to remove, no error
+    assert "no unit to remove" in out
+
+    ok(run(["bash", UNINSTALL, "--root", root, "--purge"]))
+    assert not (root / "etc/edged").exists() and not (root / "var/lib/edged").exists()
+    leftovers = [p for p in root.rglob("*") if not p.is_dir()]
+    assert leftovers == [], f"left behind: {leftovers}"
+
+
+@pytest.mark.parametrize(
+    ("release", "arch", "message"),
+    [
+        (os_release("Ubuntu 24.04 LTS", "ubuntu", "noble"), "amd64", "Ubuntu 24.04 LTS is not supported"),
+        (os_release("Raspbian GNU/Linux 12 (bookworm)", "raspbian", "bookworm"), "armhf", "32-bit Raspberry Pi OS"),
+        (os_release("Debian GNU/Linux 11 (bullseye)", "debian", "bullseye"), "amd64", "Debian bullseye is not supp"),
+        (BOOKWORM, "armhf", "32-bit Debian (armhf) is not supported"),
+        (BOOKWORM, "i386", "architecture i386 is not supported"),
+    ],
+)
+def test_install_refuses_an_unsupported_platform(tmp_path: Path, release: str, arch: str, message: str) -> None:
+    root = tmp_path / "root"
+    proc = install(root, release=release, arch=arch, tmp=tmp_path)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("install.sh: error: "), proc.stderr
+    assert message in lines[0] and "--force" in lines[0]
+    assert list(root.iterdir()) == [], "install.sh wrote files before refusing"
+
+
+@pytest.mark.parametrize(("codename", "arch"), [("trixie", "arm64"), ("bookworm", "arm64"), ("trixie", "amd64")])
+def test_install_accepts_the_supported_platforms(tmp_path: Path, codename: str, arch: str) -> None:
+    release = os_release(f"Debian GNU/Linux ({codename})", "debian", codename)
+    out = ok(install(tmp_path / "root", release=release, arch=arch, tmp=tmp_path))
+    assert f"platform: Debian {codename} {arch}" in out
+
+
+def test_install_force_goes_on_with_a_warning(tmp_path: Path) -> None:
+    release = os_release("Ubuntu 24.04 LTS", "ubuntu", "noble")
+    proc = install(tmp_path / "root", "--force", release=release, tmp=tmp_path)
+    ok(proc)
+    assert "warning: Ubuntu 24.04 LTS is not supported" in proc.stderr and "--force" in proc.stderr
+    assert (tmp_path / "root/etc/edged/edged.yaml").is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--device", "door/pi"], "device name 'door/pi' is not usable"),
+        (["--bogus"], "unknown option: --bogus"),
+        (["--tflite", "--root"], "--root needs a directory"),
+    ],
+)
+def test_install_usage_errors_are_one_line(tmp_path: Path, args: list[str], message: str) -> None:
+    proc = install(tmp_path / "root", *args, tmp=tmp_path)
+    assert proc.returncode == 1
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("install.sh: error: "), proc.stderr
+    assert message in proc.stderr, proc.stderr
+    assert not (tmp_path / "root/etc").exists()
+
+
+def test_install_with_the_real_venv(tmp_path: Path) -> None:
+    """pip installs the checkout (from a copy) into <root>/opt/edged/venv; the config points into it."""
+    root = tmp_path / "root"
+    out = ok(install(root, "--python", sys.executable, venv=True, tmp=tmp_path))
+    venv = root / "opt/edged/venv"
+    version = run([venv / "bin/edged", "--version"])
+    assert version.returncode == 0 and version.stdout.split()[-1] == __import__("edged").__version__
+    config = root / "etc/edged/edged.yaml"
+    model = yaml.safe_load(config.read_text())["streams"][0]["model"]["path"]
+    assert model.startswith(str(venv)), f"the demo model is not the venv's: {model}"
+    check = run([venv / "bin/edged", "config", "check", config])
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "installed edged" in out
+
+    # again: the venv is kept and updated, the configuration kept
+    out = ok(install(root, "--python", sys.executable, venv=True, tmp=tmp_path))
+    assert "created the virtual environment" not in out and f"kept {config}" in out
