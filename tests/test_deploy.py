@@ -2,12 +2,14 @@
 
 The scripts run with ``--root`` into a temporary directory, so nothing on the machine changes;
 most use ``--skip-venv --python <this interpreter>`` to stay fast, one builds the real venv.
-shellcheck is needed: without it that test skips, or fails with EDGED_REQUIRE_TOOLS=1 (CI).
+shellcheck and ansible-playbook are needed: without them these tests skip, or fail with
+EDGED_REQUIRE_TOOLS=1 (CI). ansible-lint is used where it is installed.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -22,6 +24,9 @@ ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 INSTALL = DEPLOY / "install.sh"
 UNINSTALL = DEPLOY / "uninstall.sh"
+ANSIBLE = DEPLOY / "ansible"
+ROLE = ANSIBLE / "roles" / "edged"
+INVENTORY = ANSIBLE / "inventory.example"
 
 BOOKWORM = 'PRETTY_NAME="Debian GNU/Linux 12 (bookworm)"\nID=debian\nVERSION_ID="12"\nVERSION_CODENAME=bookworm\n'
 
@@ -242,3 +247,102 @@ def test_install_with_the_real_venv(tmp_path: Path) -> None:
     # again: the venv is kept and updated, the configuration kept
     out = ok(install(root, "--python", sys.executable, venv=True, tmp=tmp_path))
     assert "created the virtual environment" not in out and f"kept {config}" in out
+
+
+# --------------------------------------------------------------------------- Ansible
+
+
+def ansible_env(tmp_path: Path) -> dict[str, str]:
+    return {
+        "ANSIBLE_HOME": str(tmp_path / "ansible-home"),
+        "ANSIBLE_LOCAL_TEMP": str(tmp_path / "ansible-tmp"),
+        "ANSIBLE_NOCOLOR": "1",
+        "ANSIBLE_FORCE_COLOR": "0",
+        "ANSIBLE_DEPRECATION_WARNINGS": "0",
+        "ANSIBLE_PYTHON_INTERPRETER": sys.executable,
+    }
+
+
+def test_ansible_playbook_syntax(tmp_path: Path) -> None:
+    playbook = tool("ansible-playbook")
+    proc = run([playbook, "--syntax-check", ANSIBLE / "site.yml", "-i", INVENTORY], env=ansible_env(tmp_path))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "playbook: " in proc.stdout
+
+
+def render(tmp_path: Path, host: str, template: Path) -> str:
+    """Render one of the role's templates for a host of the example inventory, as the role would:
+    the role's defaults, overridden by the inventory's group and host variables."""
+    tool("ansible-playbook")
+    ansible_inventory, ansible = tool("ansible-inventory"), tool("ansible")
+    env = ansible_env(tmp_path)
+    proc = run([ansible_inventory, "-i", INVENTORY, "--host", host], env=env)
+    assert proc.returncode == 0, proc.stderr
+    hostvars = json.loads(proc.stdout)
+    defaults = yaml.safe_load((ROLE / "defaults/main.yml").read_text())
+    extra = {k: v for k, v in defaults.items() if k not in hostvars}
+    from edged.config import builtin_model_dir
+
+    extra.update(
+        vault_edged_api_token="fleet-token-0123456789",
+        vault_edged_mqtt_password="door-password",
+        edged_builtin_models=str(builtin_model_dir()),  # the role asks the venv for it
+    )
+    extra_file = tmp_path / f"extra-{host}.json"
+    extra_file.write_text(json.dumps(extra))
+    dest = tmp_path / f"{host}-{template.name.removesuffix('.j2')}"
+    proc = run(
+        [ansible, host, "-i", INVENTORY, "-c", "local", "-m", "ansible.builtin.template"]
+        + ["-a", f"src={template} dest={dest}", "-e", f"@{extra_file}"],
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return dest.read_text()
+
+
+def test_ansible_config_template_makes_a_valid_configuration(tmp_path: Path) -> None:
+    # a board with the group's settings and the demo stream: the full check, models loaded
+    text = render(tmp_path, "door-pi", ROLE / "templates/edged.yaml.j2")
+    path = tmp_path / "door-pi.yaml"
+    path.write_text(text)
+    check = run([sys.executable, "-m", "edged", "config", "check", path])
+    assert check.returncode == 0, check.stdout + check.stderr + text
+    cfg = yaml.safe_load(text)
+    assert cfg["device"] == "door-pi" and cfg["listen"] == "0.0.0.0:9110"
+    (stream,) = cfg["streams"]
+    assert [s["type"] for s in stream["sinks"]] == ["log", "mqtt"]
+    mqtt = stream["sinks"][1]
+    assert mqtt["client_id"] == "edged-door-pi" and mqtt["username"] == "door-pi"
+    assert mqtt["password_env"] == "EDGED_MQTT_PASSWORD" and mqtt["tls"] is True and mqtt["port"] == 8883
+    assert "door-password" not in text and "fleet-token" not in text, "a secret went into edged.yaml"
+
+    env = render(tmp_path, "door-pi", ROLE / "templates/edged.env.j2")
+    assert "EDGED_API_TOKEN=fleet-token-0123456789\n" in env and "EDGED_MQTT_PASSWORD=door-password\n" in env
+
+    # a board with its own stream (host_vars): structure only, its models are not here
+    text = render(tmp_path, "gate-1", ROLE / "templates/edged.yaml.j2")
+    path = tmp_path / "gate-1.yaml"
+    path.write_text(text)
+    check = run([sys.executable, "-m", "edged", "config", "check", "--no-models", path])
+    assert check.returncode == 0, check.stdout + check.stderr + text
+    (stream,) = yaml.safe_load(text)["streams"]
+    assert stream["id"] == "gate" and stream["model"]["device"] == "usb:0"
+    assert stream["sinks"][1]["client_id"] == "edged-gate-1"
+
+
+def test_ansible_prometheus_targets_template(tmp_path: Path) -> None:
+    targets = yaml.safe_load(render(tmp_path, "door-pi", ANSIBLE / "templates/edged-targets.yml.j2"))
+    assert targets == [
+        {"targets": ["dock-pi.lan:9110"], "labels": {"device": "dock-pi", "site": "warehouse"}},
+        {"targets": ["door-pi.lan:9110"], "labels": {"device": "door-pi", "site": "warehouse"}},
+        {"targets": ["192.0.2.21:9110"], "labels": {"device": "gate-1", "site": "gate"}},
+    ]
+
+
+def test_ansible_lint(tmp_path: Path) -> None:
+    lint = Path(sys.executable).parent / "ansible-lint"
+    lint = str(lint) if lint.exists() else shutil.which("ansible-lint")
+    if not lint:
+        pytest.skip("ansible-lint is not installed (pip install ansible-lint); CI runs the syntax check only")
+    proc = run([lint, "--offline", "--nocolor"], env=ansible_env(tmp_path), cwd=ANSIBLE, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
