@@ -18,10 +18,20 @@ def cfg(tmp_path: Path, sid: str, **over) -> MqttConfig:
     return MqttConfig(device="dev", port=1, queue_path=str(tmp_path / f"{sid}.sqlite"), **over)
 
 
-def test_same_settings_share_one_connection(tmp_path) -> None:
+def test_a_reload_with_new_credentials_is_no_second_connection_to_warn_about(tmp_path, caplog) -> None:
+    old = mqtt.MqttSink(cfg(tmp_path, "a"), "a")
+    new = mqtt.MqttSink(cfg(tmp_path, "a", username="u", password="p"), "a")  # for a moment, both
+    old.close()
+    new.close()
+    assert new.conn is not old.conn and "separate connections" not in caplog.text
+    assert not mqtt._registry
+
+
+def test_same_settings_share_one_connection(tmp_path, caplog) -> None:
     a = mqtt.MqttSink(cfg(tmp_path, "a", status_interval=20), "a")
     b = mqtt.MqttSink(cfg(tmp_path, "b", status_interval=5), "b")
     other = mqtt.MqttSink(cfg(tmp_path, "c", username="u", password="p"), "c")
+    assert caplog.text.count("separate connections") == 1  # c and a, b would write one status topic
     try:
         assert a.conn is b.conn and other.conn is not a.conn
         assert a.conn.client_id == "edged-dev" and other.conn.client_id == "edged-dev-c"  # unique on the broker

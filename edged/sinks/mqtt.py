@@ -96,7 +96,8 @@ def _acquire(sink: MqttSink, password: Optional[str]) -> Connection:
                     n += 1
             conn = Connection(key, cfg, sink.device, client_id, password, sink.stream)
             for other in same_broker:
-                if other.status_topic == conn.status_topic:
+                # (not when the other only serves this stream: a reload replacing the sink)
+                if other.status_topic == conn.status_topic and set(other.stream_ids()) - {sink.stream}:
                     log.warning(
                         "mqtt: streams %s and %s publish to broker %s over separate connections (their "
                         "username, password, TLS or client_id differ): both write %s, and the Last Will of one "
