@@ -67,6 +67,10 @@ def _parser() -> argparse.ArgumentParser:
 
     dev = sub.add_parser("devices", help="list the Edge TPUs present and the delegate library")
     dev.add_argument("--json", action="store_true", help="machine-readable output")
+
+    from .tools import add_commands  # the model toolchain: convert, eval, bench
+
+    add_commands(sub)
     return p
 
 
@@ -288,6 +292,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "config": cmd_config,
         "devices": cmd_devices,
     }
+    from .tools import HANDLERS
+
+    handlers.update(HANDLERS)
     try:
         return handlers[args.command](args)
     except EdgedError as exc:
