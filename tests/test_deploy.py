@@ -272,7 +272,7 @@ def test_ansible_playbook_syntax(tmp_path: Path) -> None:
 
 def render(tmp_path: Path, host: str, template: Path) -> str:
     """Render one of the role's templates for a host of the example inventory, as the role would:
-    the role's defaults, overridden by the inventory's group and host variables."""
+    the role's defaults, overridden by the inventory's group and host variables, and its vars."""
     tool("ansible-playbook")
     ansible_inventory, ansible = tool("ansible-inventory"), tool("ansible")
     env = ansible_env(tmp_path)
@@ -281,6 +281,7 @@ def render(tmp_path: Path, host: str, template: Path) -> str:
     hostvars = json.loads(proc.stdout)
     defaults = yaml.safe_load((ROLE / "defaults/main.yml").read_text())
     extra = {k: v for k, v in defaults.items() if k not in hostvars}
+    extra.update(yaml.safe_load((ROLE / "vars/main.yml").read_text()))  # role vars: above the inventory's
     from edged.config import builtin_model_dir
 
     extra.update(
