@@ -10,8 +10,17 @@ from __future__ import annotations
 import argparse
 from typing import Any, Callable
 
-HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {}
+from . import bench, convert, evaluate
+
+HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "convert": convert.cmd_convert,
+    "eval": evaluate.cmd_eval,
+    "bench": bench.cmd_bench,
+}
 
 
 def add_commands(sub: Any) -> None:
     """Add the toolchain's subcommands to ``edged``'s subparsers."""
+    convert.add_command(sub)
+    evaluate.add_command(sub)
+    bench.add_command(sub)

@@ -1,0 +1,106 @@
+"""What the toolchain's commands share: image folders, preprocessing options, tables."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import ConfigError, EdgedError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".webp", ".tif", ".tiff")
+CONVERT_HINT = "install the convert extra: pip install 'edged[convert]'"
+
+
+class MissingTensorFlow(EdgedError):
+    """TensorFlow (the ``convert`` extra) is not installed."""
+
+    exit_code = 2
+
+
+def import_tensorflow() -> Any:
+    """TensorFlow, quietly; a one-line error naming the extra when it is not installed."""
+    import os
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        import tensorflow as tf
+    except ImportError:
+        raise MissingTensorFlow(f"TensorFlow is not installed: {CONVERT_HINT}") from None
+    return tf
+
+
+def list_images(folder: Path) -> list[Path]:
+    """The image files directly in ``folder``, sorted by name."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def find_images(folder: str | Path, recursive: bool = True) -> list[Path]:
+    """Every image in ``folder`` (and its subfolders), sorted; one-line errors for a bad folder."""
+    d = Path(folder)
+    if not d.exists():
+        raise ConfigError(f"image folder not found: {d}")
+    if not d.is_dir():
+        raise ConfigError(f"not a folder: {d}; pass a folder of images")
+    files = d.rglob("*") if recursive else d.iterdir()
+    found = sorted(p for p in files if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not found:
+        raise ConfigError(f"no images in {d} (looked for {', '.join(IMAGE_SUFFIXES)})")
+    return found
+
+
+def read_image(path: Path) -> np.ndarray:
+    """A BGR uint8 [H,W,3] image, as the daemon's sources deliver frames."""
+    import cv2
+
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise ConfigError(f"cannot read image {path} (not an image OpenCV can decode)")
+    return img
+
+
+def parse_floats(text: str | None) -> float | list[float] | None:
+    """``127.5`` -> 127.5; ``123.7,116.3,103.5`` -> a list (per channel, RGB order)."""
+    if text is None:
+        return None
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"expected a number or comma-separated numbers, not {text!r}") from None
+    if not values:
+        raise ConfigError(f"expected a number or comma-separated numbers, not {text!r}")
+    return values[0] if len(values) == 1 else values
+
+
+def add_preprocessing_options(p: argparse.ArgumentParser, raw_help: str) -> None:
+    """The preprocessing options of edged's model configuration (``model:`` in the YAML)."""
+    p.add_argument("--mean", help="normalisation mean in pixels, one value or one per channel (RGB)")
+    p.add_argument("--std", help="normalisation std in pixels, one value or one per channel (RGB)")
+    p.add_argument("--resize", choices=("stretch", "letterbox"), default="stretch", help="as the model config's")
+    p.add_argument(
+        "--interpolation", choices=("linear", "nearest", "area"), default="linear", help="as the model config's"
+    )
+    p.epilog = (p.epilog or "") + raw_help
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], right: Sequence[bool] | None = None) -> str:
+    """A plain text table, columns padded; ``right`` marks right-aligned (numeric) columns."""
+    cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    right = right or [False] * len(headers)
+
+    def line(r: Sequence[str]) -> str:
+        return "  ".join(c.rjust(w) if ra else c.ljust(w) for c, w, ra in zip(r, widths, right)).rstrip()
+
+    out = [line(cells[0]), line(["-" * w for w in widths])]
+    out += [line(r) for r in cells[1:]]
+    return "\n".join(out)
+
+
+def human_size(n: int) -> str:
+    for unit, k in (("MB", 1 << 20), ("KB", 1 << 10)):
+        if n >= k:
+            return f"{n / k:.1f} {unit}"
+    return f"{n} B"

@@ -1,0 +1,287 @@
+"""``edged convert``: a Keras model (.keras / .h5) or a SavedModel to TFLite.
+
+``--quantize``:
+
+* ``float32`` — a plain conversion, no quantisation;
+* ``float16`` — weights stored as float16 (dequantised at load; runs in float on the CPU);
+* ``dynamic`` — dynamic-range: int8 weights, float activations quantised on the fly;
+* ``int8`` — full-integer post-training quantisation, what the Edge TPU needs: int8
+  weights (per channel, TensorFlow's default; ``--per-tensor`` for one scale a tensor) and
+  int8 activations, calibrated on a representative dataset of ``--num-images`` images
+  from ``--data`` (searched recursively), with uint8 (default) or int8 input and output.
+
+The representative images go through edged's own preprocessing (resize, BGR->RGB or gray,
+``(pixel - mean) / std``), so the quantisation the converter picks for the input is the
+one the daemon will feed. Without ``--mean``/``--std`` the model is taken to expect raw
+pixels 0..255 (mean 0, std 1); a model trained on pixels / 255 needs ``--std 255``.
+
+After an int8 conversion ``edgetpu_compiler`` runs when it is on PATH (its operator
+report is shown); otherwise edged's own compatibility report is shown when this edged
+has it, else a pointer to ``edged inspect``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import shutil
+import subprocess
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from ..errors import ConfigError, ModelError
+from ..preprocess import Preprocessor
+from .common import add_preprocessing_options, find_images, human_size, import_tensorflow, parse_floats, read_image
+
+QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+NOT_KERAS = "is not a Keras model (.keras or .h5) or a SavedModel directory"
+
+
+def check_source(path: str | Path) -> str:
+    """``keras``, ``h5`` or ``savedmodel`` for a model path; a one-line error otherwise (no TensorFlow needed)."""
+    p = Path(path)
+    if not p.exists():
+        raise ModelError(f"model not found: {p}")
+    if p.is_dir():
+        if (p / "saved_model.pb").is_file() or (p / "saved_model.pbtxt").is_file():
+            return "savedmodel"
+        raise ModelError(f"{p} {NOT_KERAS} (a SavedModel directory holds saved_model.pb)")
+    try:
+        with open(p, "rb") as f:
+            head = f.read(8)
+    except OSError as exc:
+        raise ModelError(f"cannot read {p}: {exc.strerror}") from None
+    if head == HDF5_MAGIC:
+        return "h5"
+    if zipfile.is_zipfile(p):
+        with zipfile.ZipFile(p) as z:
+            if "config.json" in z.namelist():
+                return "keras"
+    if head[4:8] == b"TFL3":
+        raise ModelError(f"{p} is already a TFLite model; convert takes the Keras model or SavedModel it came from")
+    raise ModelError(f"{p} {NOT_KERAS}")
+
+
+def input_shape_of(model: Any) -> tuple[Any, ...]:
+    shape = tuple(model.inputs[0].shape)
+    if len(model.inputs) != 1:
+        raise ModelError(f"edged runs models with one image input; this one has {len(model.inputs)} inputs")
+    return shape
+
+
+def saved_model_input_shape(tf: Any, path: Path) -> tuple[Any, ...]:
+    loaded = tf.saved_model.load(str(path))
+    sig = loaded.signatures.get("serving_default") if hasattr(loaded, "signatures") else None
+    if sig is None:
+        raise ModelError(f"{path}: the SavedModel has no serving_default signature")
+    _, kwargs = sig.structured_input_signature
+    specs = list(kwargs.values())
+    if len(specs) != 1:
+        raise ModelError(f"edged runs models with one image input; this SavedModel has {len(specs)} inputs")
+    return tuple(specs[0].shape)
+
+
+def representative_images(
+    folder: str | Path,
+    count: int,
+    shape: tuple[Any, ...],
+    mean: float | list[float] | None,
+    std: float | list[float] | None,
+    resize: str,
+    interpolation: str,
+) -> np.ndarray:
+    """[N,H,W,C] float32: ``count`` images of ``folder`` (spread over its sorted list), preprocessed as edged does."""
+    if len(shape) != 4 or shape[1] is None or shape[2] is None or shape[3] not in (1, 3):
+        raise ModelError(f"the model input {list(shape)} is not an image [N,H,W,1 or 3] of a fixed size")
+    files = find_images(folder)
+    if count < len(files):
+        picks = np.linspace(0, len(files) - 1, count).round().astype(int)
+        files = [files[i] for i in picks]
+    _, h, w, c = (int(d) if d is not None else 1 for d in shape)
+    pre = Preprocessor(
+        h, w, c, "float32", resize=resize, interpolation=interpolation,
+        mean=0.0 if mean is None else mean, std=1.0 if std is None else std,
+    )  # fmt: skip
+    out = np.empty((len(files), h, w, c), np.float32)
+    for i, f in enumerate(files):
+        pre(read_image(f), out[i])
+    return out
+
+
+def convert(
+    source: str | Path,
+    output: str | Path,
+    quantize: str = "float32",
+    data: str | Path | None = None,
+    num_images: int = 100,
+    io_type: str = "uint8",
+    mean: float | list[float] | None = None,
+    std: float | list[float] | None = None,
+    resize: str = "stretch",
+    interpolation: str = "linear",
+    per_tensor: bool = False,
+    keras_model: Any = None,
+) -> Path:
+    """Convert ``source`` (or the in-memory ``keras_model``) to ``output``; returns the path written."""
+    if quantize not in QUANTIZATIONS:
+        raise ConfigError(f"--quantize must be one of {', '.join(QUANTIZATIONS)}, not {quantize!r}")
+    kind = "memory" if keras_model is not None else check_source(source)
+    if quantize == "int8":
+        if data is None:
+            raise ConfigError("--quantize int8 needs --data DIR: a folder of representative images (100 or so)")
+        find_images(data)  # a one-line error for a missing or empty folder, before TensorFlow loads
+        if io_type not in ("uint8", "int8"):
+            raise ConfigError(f"--io-type must be uint8 or int8 for an int8 model, not {io_type!r}")
+    if num_images < 1:
+        raise ConfigError("--num-images must be at least 1")
+    tf = import_tensorflow()
+    if kind == "savedmodel":
+        converter = tf.lite.TFLiteConverter.from_saved_model(str(source))
+        shape = saved_model_input_shape(tf, Path(source)) if quantize == "int8" else ()
+    else:
+        model = keras_model
+        if model is None:
+            try:
+                model = tf.keras.models.load_model(str(source), compile=False)
+            except Exception as exc:  # Keras raises many kinds for a file it cannot read
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise ModelError(f"{source}: Keras cannot load it ({first})") from None
+        shape = input_shape_of(model)
+        converter = tf.lite.TFLiteConverter.from_keras_model(model)
+    if quantize == "float16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif quantize == "dynamic":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    elif quantize == "int8":
+        assert data is not None
+        images = representative_images(data, num_images, shape, mean, std, resize, interpolation)
+
+        def gen() -> Iterator[list[np.ndarray]]:
+            for i in range(len(images)):
+                yield [images[i : i + 1]]
+
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = gen
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.uint8 if io_type == "uint8" else tf.int8
+        converter.inference_output_type = tf.uint8 if io_type == "uint8" else tf.int8
+        if per_tensor:
+            converter._experimental_disable_per_channel = True  # no public switch in TensorFlow
+    try:
+        # Keras prints "Saved artifact at ..." while exporting; the converter warns about input statistics
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            blob = converter.convert()
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelError(f"TensorFlow Lite could not convert {source}: {first}") from None
+    out = Path(output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(blob)
+    return out
+
+
+def compile_for_edgetpu(model: Path) -> tuple[Path | None, str]:
+    """Run ``edgetpu_compiler`` (when on PATH) beside the model: (compiled model or None, its report)."""
+    exe = shutil.which("edgetpu_compiler")
+    if exe is None:
+        return None, ""
+    proc = subprocess.run(
+        [exe, "-s", "-o", str(model.parent), str(model)], capture_output=True, text=True, timeout=600, check=False
+    )
+    compiled = model.with_name(f"{model.stem}_edgetpu{model.suffix}")
+    report = (proc.stdout + proc.stderr).strip()
+    return (compiled if proc.returncode == 0 and compiled.is_file() else None), report
+
+
+def our_report(model: Path) -> str | None:
+    """edged's Edge TPU compatibility report for ``model`` when this edged has one (edged.compat)."""
+    try:
+        from .. import compat  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    for name in ("format_report", "report_text", "render_report"):
+        fn = getattr(compat, name, None)
+        if callable(fn):
+            try:
+                return str(fn(model))
+            except Exception:
+                return None
+    return None
+
+
+def add_command(sub: Any) -> None:
+    p = sub.add_parser(
+        "convert",
+        help="Keras (.keras / .h5) or SavedModel to TFLite: float32, float16, dynamic-range or int8",
+        description="Convert a Keras model or a SavedModel to TFLite, optionally quantised; int8 takes a "
+        "representative dataset from an image folder and is then compiled for the Edge TPU when edgetpu_compiler "
+        "is installed. Needs TensorFlow: pip install 'edged[convert]'.",
+    )
+    p.add_argument("model", metavar="MODEL", help="a .keras or .h5 file, or a SavedModel directory")
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="the .tflite file to write")
+    p.add_argument("--quantize", choices=QUANTIZATIONS, default="float32", help="default float32 (none)")
+    p.add_argument("--data", metavar="DIR", help="representative images for int8 (searched recursively)")
+    p.add_argument("--num-images", type=int, default=100, help="representative images to use (default 100)")
+    p.add_argument("--io-type", choices=("uint8", "int8"), default="uint8", help="int8 model's input/output type")
+    p.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor, not per channel")
+    p.add_argument("--no-compile", action="store_true", help="do not run edgetpu_compiler")
+    add_preprocessing_options(
+        p,
+        "Without --mean/--std the model is taken to expect raw pixels 0..255; "
+        "for a model trained on pixels/255 pass --std 255, for [-1,1] --mean 127.5 --std 127.5.",
+    )
+
+
+def _edged_config_hint(quantize: str, mean: Any, std: Any) -> str:
+    """The model-config lines that make the daemon feed what the model was converted for."""
+    if quantize == "int8":
+        if mean is None and std is None:
+            return "edged feeds it raw pixels by default (no mean/std needed in the model config)"
+    m = 0.0 if mean is None else mean
+    s = 1.0 if std is None else std
+    return f"in edged's model config set  mean: {m}  std: {s}"
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from ..model import load_model
+
+    mean, std = parse_floats(args.mean), parse_floats(args.std)
+    out = convert(
+        args.model, args.output, args.quantize, args.data, args.num_images, args.io_type, mean, std,
+        args.resize, args.interpolation, args.per_tensor,
+    )  # fmt: skip
+    info = load_model(out).info
+    src = Path(args.model)
+    src_size = sum(f.stat().st_size for f in src.rglob("*") if f.is_file()) if src.is_dir() else src.stat().st_size
+    print(f"wrote {out} ({human_size(info.size_bytes)}; {args.quantize}; the source is {human_size(src_size)})")
+    for role, t in [("input", info.input)] + [("output", o) for o in info.outputs]:
+        q = t.quantization
+        qtext = f", scale {q.scale:.6g} zero point {q.zero_point}" if q.quantized else ""
+        print(f"  {role} {t.name}: {list(t.shape)} {t.dtype}{qtext}")
+    print(f"  {_edged_config_hint(args.quantize, mean, std)}")
+    if args.quantize != "int8":
+        print("Edge TPU: needs a full-integer model (--quantize int8); not compiled")
+        return 0
+    if not args.no_compile and shutil.which("edgetpu_compiler"):
+        compiled, report = compile_for_edgetpu(out)
+        print("edgetpu_compiler:")
+        print("\n".join("  " + ln for ln in report.splitlines()))
+        if compiled is None:
+            raise ModelError(f"edgetpu_compiler failed on {out}")
+        print(f"wrote {compiled}")
+        return 0
+    report = our_report(out)
+    if report is not None:
+        print("Edge TPU compatibility (edged's report; edgetpu_compiler is not installed):")
+        print(report)
+    else:
+        print(f"Edge TPU: edgetpu_compiler is not installed; see `edged inspect {out}` for the model's operators")
+    return 0
