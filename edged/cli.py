@@ -53,7 +53,14 @@ def _parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     inf.add_argument("images", nargs="+", metavar="IMAGE")
 
-    ins = sub.add_parser("inspect", help="print a model's tensors, quantisation and task")
+    ins = sub.add_parser(
+        "inspect",
+        help="print a model's tensors, quantisation, task, operators and Edge TPU compatibility",
+        description="Read a .tflite model without TensorFlow or edgetpu_compiler: tensors, quantisation and task "
+        "(from the interpreter when one can load the model), operators with counts, whether it is compiled for the "
+        "Edge TPU and, when it is not, which operators would map to the Edge TPU and where the graph would be cut. "
+        "Exit status 0 whatever the verdict.",
+    )
     ins.add_argument("model")
     ins.add_argument("--json", action="store_true", help="machine-readable output")
     ins.add_argument("--runtime", default="auto", choices=("auto", "ai_edge_litert", "tflite_runtime", "tensorflow"))
@@ -177,34 +184,75 @@ def _one_or_list(v: list[float] | None) -> float | list[float] | None:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    from . import compat
     from .model import load_model
 
-    loaded = load_model(args.model, args.runtime)
-    info = loaded.info
+    data, graph = compat.read_model_file(args.model)  # not a model / corrupt: the one-line error
+    report = compat.analyse(graph)
+    sg = graph.subgraphs[0]
+    info: dict[str, Any]
+    runtime_version = ""
+    try:
+        loaded = load_model(args.model, args.runtime)
+        info = loaded.info.to_dict()
+        runtime_version = loaded.runtime.version
+    except EdgedError as exc:  # compiled for the Edge TPU, no runtime, not an image model...: still a report
+        from pathlib import Path
+
+        p = Path(args.model)
+        info = {
+            "path": str(p.resolve()),
+            "name": p.name,
+            **compat.file_facts(data),
+            "runtime": None,
+            "task": None,
+            "description": graph.description,
+            "custom_ops": sorted({n for n, c in (compat.op_name(graph, op) for op in sg.operators) if c}),
+            "inputs": [compat.tensor_dict(sg.tensors[i]) for i in sg.inputs],
+            "outputs": [compat.tensor_dict(sg.tensors[i]) for i in sg.outputs],
+            "interpreter_error": str(exc),
+        }
+    info["tflite_schema_version"] = graph.version
+    info["subgraphs"] = len(graph.subgraphs)
+    info["operators"] = [{"operator": n, "count": c} for n, c in compat.operator_counts(graph)]
+    info["edgetpu"] = report.to_dict()
     if args.json:
-        print(json.dumps(info.to_dict(), indent=2))
+        print(json.dumps(info, indent=2))
         return 0
-    print(f"model:    {info.path}")
-    print(f"size:     {info.size_bytes} bytes, sha256 {info.sha256}")
-    print(f"runtime:  {info.runtime} {loaded.runtime.version}")
-    print(f"task:     {info.task}")
-    if info.description:
-        print(f"about:    {info.description}")
-    if info.custom_ops:
-        print(f"custom:   {', '.join(info.custom_ops)}")
-    for kind, tensors in (("input", info.inputs), ("output", info.outputs)):
-        for t in tensors:
-            q = t.quantization
-            if q.per_channel:
-                qs = f"per-channel (axis {q.axis}, {len(q.scales)} scales {min(q.scales):.6g}..{max(q.scales):.6g})"
-            elif q.quantized:
-                qs = f"scale {q.scale:.8g}, zero point {q.zero_point}"
+    print(f"model:    {info['path']}")
+    print(f"size:     {info['size_bytes']} bytes, sha256 {info['sha256']}")
+    if info["runtime"]:
+        print(f"runtime:  {info['runtime']} {runtime_version}")
+        print(f"task:     {info['task']}")
+    else:
+        print(f"runtime:  not loaded ({info['interpreter_error']})")
+    if info["description"]:
+        print(f"about:    {info['description']}")
+    if info["custom_ops"]:
+        print(f"custom:   {', '.join(info['custom_ops'])}")
+    ssd = info.get("ssd_outputs") or {}
+    for kind in ("input", "output"):
+        for t in info[kind + "s"]:
+            q = t["quantization"]
+            if "scales" in q:
+                lo, hi = min(q["scales"]), max(q["scales"])
+                qs = f"per-channel (axis {q['axis']}, {len(q['scales'])} scales {lo:.6g}..{hi:.6g})"
+            elif q["scale"]:
+                qs = f"scale {q['scale']:.8g}, zero point {q['zero_point']}"
             else:
                 qs = "not quantised"
-            role = ""
-            if info.ssd_outputs:
-                role = next((f" [{r}]" for r, i in info.ssd_outputs.items() if i == t.index), "")
-            print(f"{kind:7s}  #{t.index:<4d} {t.name}{role}: {t.dtype} {list(t.shape)}, {qs}")
+            role = next((f" [{r}]" for r, i in ssd.items() if i == t["index"]), "")
+            sig = f" (signature {t['shape_signature']})" if t.get("shape_signature") else ""
+            print(f"{kind:7s}  #{t['index']:<4d} {t['name']}{role}: {t['dtype']} {t['shape']}{sig}, {qs}")
+    n_ops = sum(o["count"] for o in info["operators"])
+    print(
+        f"operators: {n_ops} in the main subgraph"
+        + (f" ({len(graph.subgraphs)} subgraphs)" if len(graph.subgraphs) > 1 else "")
+    )
+    for o in info["operators"]:
+        print(f"  {o['operator']:<32} {o['count']}")
+    for line in compat.format_report(report):
+        print(line)
     return 0
 
 
