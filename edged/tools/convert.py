@@ -27,6 +27,7 @@ import contextlib
 import io
 import shutil
 import subprocess
+import tempfile
 import warnings
 import zipfile
 from pathlib import Path
@@ -127,6 +128,7 @@ def convert(
     interpolation: str = "linear",
     per_tensor: bool = False,
     keras_model: Any = None,
+    dynamic_batch: bool = False,
 ) -> Path:
     """Convert ``source`` (or the in-memory ``keras_model``) to ``output``; returns the path written."""
     if quantize not in QUANTIZATIONS:
@@ -141,6 +143,52 @@ def convert(
     if num_images < 1:
         raise ConfigError("--num-images must be at least 1")
     tf = import_tensorflow()
+    with tempfile.TemporaryDirectory(prefix="edged-convert-") as workdir:
+        blob = _convert(tf, kind, source, keras_model, quantize, data, num_images, io_type, mean, std,
+                        resize, interpolation, per_tensor, dynamic_batch, Path(workdir))  # fmt: skip
+    out = Path(output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(blob)
+    return out
+
+
+def keras_converter(tf: Any, model: Any, shape: tuple[Any, ...], dynamic_batch: bool, workdir: Path) -> Any:
+    """A converter for a Keras model, with a fixed batch of 1 unless ``dynamic_batch``.
+
+    A Keras model converts with a dynamic batch ([-1,H,W,C]), which turns a Flatten into
+    SHAPE / STRIDED_SLICE / PACK / RESHAPE computed at run time: none of them maps to the
+    Edge TPU, and the graph is cut there. Fixing the batch at 1 (as train_digits.py does:
+    a SavedModel exported with a [1,H,W,C] signature) keeps every shape static.
+    """
+    if dynamic_batch or len(shape) != 4 or any(d is None for d in shape[1:]):
+        return tf.lite.TFLiteConverter.from_keras_model(model)
+    spec = tf.TensorSpec([1, *(int(d) for d in shape[1:])], tf.float32, name="image")
+    saved = workdir / "saved_model"
+    try:  # Keras 3
+        model.export(str(saved), format="tf_saved_model", verbose=False, input_signature=[spec])
+        return tf.lite.TFLiteConverter.from_saved_model(str(saved))
+    except TypeError:  # tf_keras (Keras 2): a concrete function of the model's call
+        fn = tf.function(lambda x: model(x, training=False)).get_concrete_function(spec)
+        return tf.lite.TFLiteConverter.from_concrete_functions([fn], model)
+
+
+def _convert(
+    tf: Any,
+    kind: str,
+    source: str | Path,
+    keras_model: Any,
+    quantize: str,
+    data: str | Path | None,
+    num_images: int,
+    io_type: str,
+    mean: float | list[float] | None,
+    std: float | list[float] | None,
+    resize: str,
+    interpolation: str,
+    per_tensor: bool,
+    dynamic_batch: bool,
+    workdir: Path,
+) -> bytes:
     if kind == "savedmodel":
         converter = tf.lite.TFLiteConverter.from_saved_model(str(source))
         shape = saved_model_input_shape(tf, Path(source)) if quantize == "int8" else ()
@@ -153,7 +201,7 @@ def convert(
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
                 raise ModelError(f"{source}: Keras cannot load it ({first})") from None
         shape = input_shape_of(model)
-        converter = tf.lite.TFLiteConverter.from_keras_model(model)
+        converter = keras_converter(tf, model, shape, dynamic_batch, workdir)
     if quantize == "float16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
         converter.target_spec.supported_types = [tf.float16]
@@ -182,10 +230,7 @@ def convert(
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ModelError(f"TensorFlow Lite could not convert {source}: {first}") from None
-    out = Path(output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(blob)
-    return out
+    return blob
 
 
 def compile_for_edgetpu(model: Path) -> tuple[Path | None, str]:
@@ -202,19 +247,15 @@ def compile_for_edgetpu(model: Path) -> tuple[Path | None, str]:
 
 
 def our_report(model: Path) -> str | None:
-    """edged's Edge TPU compatibility report for ``model`` when this edged has one (edged.compat)."""
+    """edged's static Edge TPU compatibility report (:mod:`edged.compat`, as ``edged inspect`` shows it),
+    or None when this edged has none."""
     try:
         from .. import compat  # type: ignore[attr-defined]
-    except ImportError:
+
+        _, graph = compat.read_model_file(model)
+        return "\n".join(compat.format_report(compat.analyse(graph)))
+    except Exception:  # an edged without the report, or one whose API differs: the pointer instead
         return None
-    for name in ("format_report", "report_text", "render_report"):
-        fn = getattr(compat, name, None)
-        if callable(fn):
-            try:
-                return str(fn(model))
-            except Exception:
-                return None
-    return None
 
 
 def add_command(sub: Any) -> None:
@@ -233,6 +274,11 @@ def add_command(sub: Any) -> None:
     p.add_argument("--io-type", choices=("uint8", "int8"), default="uint8", help="int8 model's input/output type")
     p.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor, not per channel")
     p.add_argument("--no-compile", action="store_true", help="do not run edgetpu_compiler")
+    p.add_argument(
+        "--dynamic-batch",
+        action="store_true",
+        help="keep a Keras model's dynamic batch (edged eval can batch it; the Edge TPU cannot map its Flatten)",
+    )
     add_preprocessing_options(
         p,
         "Without --mean/--std the model is taken to expect raw pixels 0..255; "
@@ -256,7 +302,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     mean, std = parse_floats(args.mean), parse_floats(args.std)
     out = convert(
         args.model, args.output, args.quantize, args.data, args.num_images, args.io_type, mean, std,
-        args.resize, args.interpolation, args.per_tensor,
+        args.resize, args.interpolation, args.per_tensor, dynamic_batch=args.dynamic_batch,
     )  # fmt: skip
     info = load_model(out).info
     src = Path(args.model)
