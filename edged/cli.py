@@ -187,8 +187,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from . import compat
     from .model import load_model
 
-    data, graph = compat.read_model_file(args.model)  # not a model / corrupt: the one-line error
-    report = compat.analyse(graph)
+    data, graph, report = compat.inspect_file(args.model)  # not a model / corrupt: the one-line error
     sg = graph.subgraphs[0]
     info: dict[str, Any]
     runtime_version = ""

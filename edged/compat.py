@@ -201,6 +201,16 @@ def read_model_file(path: str | Path) -> tuple[bytes, tflite_schema.Graph]:
     return data, graph
 
 
+def inspect_file(path: str | Path) -> tuple[bytes, tflite_schema.Graph, CompatReport]:
+    """Read and check a model; a corrupt file is a one-line ModelError whichever part of it is broken."""
+    data, graph = read_model_file(path)
+    try:
+        report = analyse(graph)
+    except (ValueError, struct.error, IndexError) as exc:
+        raise ModelError(f"{path} is corrupt or truncated ({exc}); copy the model again") from None
+    return data, graph, report
+
+
 def op_name(graph: tflite_schema.Graph, op: tflite_schema.Operator) -> tuple[str, bool]:
     code = graph.operator_codes[op.opcode_index]
     if code.is_custom:
@@ -390,7 +400,7 @@ def _check_op(graph: tflite_schema.Graph, sg: tflite_schema.Subgraph, op: tflite
 
 
 def _is_input_quantize(sg: tflite_schema.Subgraph, op: tflite_schema.Operator, name: str) -> bool:
-    if name != "QUANTIZE" or not op.inputs or not op.outputs:
+    if name != "QUANTIZE" or not op.inputs or not op.outputs or op.inputs[0] < 0 or op.outputs[0] < 0:
         return False
     src, dst = sg.tensors[op.inputs[0]], sg.tensors[op.outputs[0]]
     return op.inputs[0] in sg.inputs and src.dtype == "float32" and dst.dtype in EIGHT_BIT

@@ -325,7 +325,7 @@ def read_graph(buf: bytes) -> Graph:
             ins = tuple(op.vector(1, "i"))
             outs = tuple(op.vector(2, "i"))
             for t in ins + outs:
-                if t >= len(tensors):
+                if not -1 <= t < len(tensors):  # -1: an omitted optional input
                     raise ValueError(f"operator {i} refers to tensor {t} of {len(tensors)}")
             operators.append(
                 Operator(
