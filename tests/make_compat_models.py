@@ -14,6 +14,9 @@ Each is a tiny Keras network on a 16x16 image, converted to TFLite:
 * ``float32.tflite``: the all-supported network, not quantised: every operator is flagged.
 * ``rank5_int8.tflite``: a Reshape to [1, 2, 4, 8, 4] (four dimensions larger than 1 after the
   batch) and a Transpose of it, full int8: the Reshape is the cut.
+* ``limits_int8.tflite``: supported operators breaking their documented limitations: a Conv2D
+  with dilation 2 in y and 1 in x (the cut), then a Mean over 3 channels (a z-reduction must
+  cover a multiple of 4), full int8.
 * ``dynamic_int8.tflite``: a Conv2D on an input of any height and width (shape signature
   [1, -1, -1, 1]), full int8: dynamic-sized tensors, which the compiler refuses.
 
@@ -89,6 +92,16 @@ def _rank5():
     return keras.Model(inp, out)
 
 
+def _limits():
+    _seed()
+    inp = keras.Input((SIZE, SIZE, 4), batch_size=1)
+    x = layers.Conv2D(3, 3, padding="same", dilation_rate=(2, 1), activation="relu")(inp)
+    x = layers.Lambda(lambda t: keras.ops.mean(t, axis=-1, keepdims=True))(x)
+    x = layers.Flatten()(x)
+    out = layers.Dense(10)(x)
+    return keras.Model(inp, out)
+
+
 def _dynamic():
     _seed()
     inp = keras.Input((None, None, 1), batch_size=1)
@@ -106,6 +119,7 @@ def build(outdir: Path) -> list[Path]:
         "float_io_int8.tflite": _convert(_classifier(), shape, quantize=True, int8_io=False),
         "float32.tflite": _convert(_classifier(), shape, quantize=False),
         "rank5_int8.tflite": _convert(_rank5(), (8, 8, 4), quantize=True),
+        "limits_int8.tflite": _convert(_limits(), (SIZE, SIZE, 4), quantize=True),
         "dynamic_int8.tflite": _convert(_dynamic(), shape, quantize=True),
     }
     paths = []

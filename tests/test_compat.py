@@ -69,6 +69,10 @@ EXPECTED: dict[str, tuple[list[tuple[str, str]], tuple[int, str] | None]] = {
         ],
         (1, "RESHAPE"),
     ),
+    "limits_int8.tflite": (
+        [("CONV_2D", compat.LIMITATION), ("MEAN", compat.LIMITATION), ("RESHAPE", CUT), ("FULLY_CONNECTED", CUT)],
+        (0, "CONV_2D"),
+    ),
     "dynamic_int8.tflite": ([("CONV_2D", compat.DYNAMIC), ("CONV_2D", compat.DYNAMIC)], (0, "CONV_2D")),
 }
 
@@ -155,6 +159,12 @@ def test_dynamic_model_refused() -> None:
     assert any("dynamic-sized" in e for e in report.model_errors)
     assert "-1" in (report.operators[0].reason or "")
     assert "refuse" in report.verdict
+
+
+def test_documented_limitations_reported() -> None:
+    ops = report_of(DATA / "limits_int8.tflite").operators
+    assert ops[0].reason == "Conv2d: dilation 2x1 differs in y and x"
+    assert ops[1].reason == "Mean: z-reduction over 3 channels (must be a multiple of 4)"
 
 
 def test_float_io_keeps_the_input_quantize_off_the_cut() -> None:
