@@ -276,6 +276,19 @@ def test_cli_ssd_human(models_dir: Path) -> None:
     assert "[boxes]" in proc.stdout  # the interpreter part is still there
 
 
+def test_cli_reference_invalid_models(models_dir: Path) -> None:
+    # an unknown custom operator: no interpreter, but a report (the custom op is the cut)
+    proc = edged("inspect", "--json", models_dir / "invalid" / "custom_op_unresolved.tflite")
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert "fake-op-double" in info["interpreter_error"]
+    assert info["edgetpu"]["first_unmapped"]["operator"] == "fake-op-double"
+    # a truncated file: the one-line error
+    proc = edged("inspect", models_dir / "invalid" / "truncated.tflite")
+    assert proc.returncode != 0 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and "is corrupt or truncated" in proc.stderr
+
+
 @pytest.mark.parametrize("content", [b"not a model at all", b""])
 def test_cli_not_a_model_one_line_error(tmp_path: Path, content: bytes) -> None:
     f = tmp_path / "x.tflite"
