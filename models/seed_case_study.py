@@ -1,0 +1,260 @@
+#!/usr/bin/env python3
+"""The seed article's quantisation case study, reproduced with data a package ships.
+
+The seed's network (Conv2D 32 3x3 relu -> Conv2D 32 3x3 relu -> Flatten -> Dense 128 relu
+-> Dense 10 softmax, on 32x32x1 inputs) is trained on scikit-learn's bundled handwritten
+digits (8x8, 0..16, upscaled to 32x32 grayscale 0..255), with the split of
+models/train_digits.py (test_size=0.25, random_state=0, stratified: 1,347 training and 450
+held-out digits, the held-out ones being edged/data/digits_heldout.npz). It is then
+converted with ``edged convert``'s code to float32, float16, dynamic-range and full-integer
+int8 (uint8 input/output, per-channel weights, 100 representative training images), and,
+when tensorflow-model-optimization works here, fine-tuned with quantisation-aware training
+and converted to int8 too. Every variant is evaluated by ``edged eval``'s code (edged's
+preprocessing and interpreter) on the 450 held-out digits, written as PNGs into class
+folders. The table goes into docs/quantization.md between the case-study markers.
+
+Run from the repository root, in a venv with the convert extra and scikit-learn:
+
+    pip install -e '.[convert]' scikit-learn
+    python models/seed_case_study.py            # ~1-2 minutes on 2 cores
+
+QAT needs tensorflow-model-optimization, which works only with Keras 2 (tf_keras), whose
+package requires ``tensorflow`` (not ``tensorflow-cpu``): see docs/quantization.md.
+Seeds are fixed and TensorFlow op determinism is on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+
+SEED = 0
+SIDE = 32
+EPOCHS = 5
+QAT_EPOCHS = 2
+BATCH = 32
+N_REPRESENTATIVE = 100
+BEGIN, END = "<!-- case-study:begin -->", "<!-- case-study:end -->"
+
+# The seed article's own figures (SVHN, 32x32 grayscale; its text gives no float16,
+# dynamic-range or QAT numbers, although it mentions a table).
+SEED_ROWS = [
+    ("Keras model, .h5 (raw_tensorflow_model.h5)", 38_711_280, 0.8297777771949768),
+    ("TFLite float32 (tflite_model.tflite)", 12_891_912, 0.8297777777777777),
+    ("TFLite full-integer int8, uint8 I/O (quant_tflite_model.tflite)", 3_228_128, 0.8264444444444444),
+]
+
+
+def digits_32() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """(train, test): uint8 [N,32,32] 0..255 and labels; the split of models/train_digits.py."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    d = load_digits()
+    images = np.clip(np.rint(d.images), 0, 16).astype(np.float32) * (255.0 / 16.0)
+    up = np.stack([cv2.resize(im, (SIDE, SIDE), interpolation=cv2.INTER_LINEAR) for im in images])
+    up = np.clip(np.rint(up), 0, 255).astype(np.uint8)
+    xtr, xte, ytr, yte = train_test_split(up, d.target, test_size=0.25, random_state=0, stratify=d.target)
+    return (xtr, ytr.astype(np.int64)), (xte, yte.astype(np.int64))
+
+
+def write_folders(root: Path, x: np.ndarray, y: np.ndarray) -> Path:
+    """One PNG a digit in root/<label>/ (edged eval's layout; grayscale, read back as BGR)."""
+    for i, (img, label) in enumerate(zip(x, y)):
+        d = root / str(int(label))
+        d.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(d / f"{i:04d}.png"), img)
+    return root
+
+
+def seed_network(keras: Any) -> Any:
+    """The seed's Sequential model, layer for layer."""
+    layers = keras.layers
+    return keras.Sequential(
+        [
+            keras.Input(shape=(SIDE, SIDE, 1)),
+            layers.Conv2D(filters=32, kernel_size=3, activation="relu"),
+            layers.Conv2D(filters=32, kernel_size=3, activation="relu"),
+            layers.Flatten(),
+            layers.Dense(128, activation="relu"),
+            layers.Dense(10, activation="softmax"),
+        ]
+    )
+
+
+def try_qat(float_model: Any, x: np.ndarray, y: np.ndarray) -> tuple[Any, str]:
+    """(QAT model or None, what happened). tfmot needs Keras 2: tf_keras."""
+    try:
+        import tensorflow_model_optimization as tfmot
+        import tf_keras
+    except Exception as exc:  # ImportError, or tfmot refusing the installed Keras
+        return None, f"not run: tensorflow-model-optimization / tf_keras do not import ({type(exc).__name__}: {exc})"
+    tf_keras.utils.set_random_seed(SEED)
+    legacy = seed_network(tf_keras)
+    legacy.set_weights(float_model.get_weights())  # QAT fine-tunes the trained float model
+    try:
+        qat = tfmot.quantization.keras.quantize_model(legacy)
+    except Exception as exc:
+        return None, f"not run: quantize_model failed ({type(exc).__name__}: {exc})"
+    qat.compile(optimizer=tf_keras.optimizers.Adam(1e-4), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    t0 = time.perf_counter()
+    qat.fit(x, y, epochs=QAT_EPOCHS, batch_size=BATCH, shuffle=True, verbose=2)
+    how = (
+        f"tensorflow-model-optimization {tfmot.__version__} with tf_keras {tf_keras.__version__}: "
+        f"{QAT_EPOCHS} epochs of fine-tuning (Adam 1e-4) from the float weights, {time.perf_counter() - t0:.1f} s"
+    )
+    return qat, how
+
+
+def ratio_text(size: int, base: int) -> str:
+    r = size / base
+    if abs(r - 1.0) < 5e-4:
+        return "1.000"
+    return f"{r:.3f} ({1 / r:.2f}x smaller)" if r < 1 else f"{r:.3f} ({r:.2f}x larger)"
+
+
+def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    base = next(r for r in rows if r["variant"] == "TFLite float32")
+    out = [
+        BEGIN,
+        "<!-- generated by models/seed_case_study.py: edit the script, not this section -->",
+        "",
+        f"Measured on {meta['when']} ({meta['machine']}; TensorFlow {meta['tensorflow']}, Keras {meta['keras']}, "
+        f"edged's interpreter {meta['runtime']}). Training: {meta['train']}. "
+        f"Held-out set: {meta['test_images']} digits. QAT: {meta['qat']}.",
+        "",
+        "| variant | file | size (bytes) | size vs TFLite float32 | top-1 | vs float32 (points) |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        delta = 100 * (r["top1"] - base["top1"])
+        size = ratio_text(r["size_bytes"], base["size_bytes"])
+        out.append(
+            f"| {r['variant']} | `{r['file']}` | {r['size_bytes']:,} | {size} | {100 * r['top1']:.2f}% | {delta:+.2f} |"
+        )
+    out += [
+        "",
+        "The seed's figures (SVHN, 32x32 grayscale, the same network), as its text gives them:",
+        "",
+        "| variant | size (bytes) | size vs TFLite float32 | accuracy |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for name, size, acc in SEED_ROWS:
+        out.append(f"| {name} | {size:,} | {ratio_text(size, SEED_ROWS[1][1])} | {100 * acc:.2f}% |")
+    if meta.get("compat"):
+        out += ["", "edged's Edge TPU report on the int8 model (`edged inspect`; no edgetpu_compiler here):", ""]
+        out += ["```", *meta["compat"], "```"]
+    out += ["", END]
+    return "\n".join(out)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--work", type=Path, default=REPO / "build" / "seed_case_study", help="models and images")
+    ap.add_argument("--doc", type=Path, default=REPO / "docs" / "quantization.md", help="the page to update")
+    ap.add_argument("--epochs", type=int, default=EPOCHS)
+    ap.add_argument("--no-qat", action="store_true", help="skip quantisation-aware training")
+    args = ap.parse_args()
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    from edged.engine import EngineOptions
+    from edged.tools.convert import convert, our_report
+    from edged.tools.evaluate import evaluate, load_dataset
+
+    keras = tf.keras
+    keras.utils.set_random_seed(SEED)
+    tf.config.experimental.enable_op_determinism()
+
+    (xtr, ytr), (xte, yte) = digits_32()
+    work = args.work
+    if work.exists():
+        import shutil
+
+        shutil.rmtree(work)
+    train_dir = write_folders(work / "train", xtr, ytr)
+    test_dir = write_folders(work / "test", xte, yte)
+    print(f"digits: {len(xtr)} training, {len(xte)} held-out, written to {work}")
+
+    model = seed_network(keras)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    t0 = time.perf_counter()
+    model.fit(xtr[..., None] / 255.0, ytr, epochs=args.epochs, batch_size=BATCH, shuffle=True, verbose=2)
+    t_train = time.perf_counter() - t0
+    _, keras_acc = model.evaluate(xte[..., None] / 255.0, yte, verbose=0)
+    h5 = work / "seed_model.h5"
+    model.save(h5)  # with the optimizer's state, as the seed's .h5 (Adam: 3x the weights)
+    print(f"keras: test accuracy {keras_acc:.4f}, {h5.stat().st_size:,} bytes, fit {t_train:.1f} s")
+
+    pre = {"std": 255.0}  # trained on pixels / 255: edged's model config would say mean: 0, std: 255
+    variants = [
+        ("TFLite float32", "float32", None),
+        ("TFLite float16", "float16", None),
+        ("TFLite dynamic-range", "dynamic", None),
+        ("TFLite full-integer int8, uint8 I/O", "int8", None),
+    ]
+    qat_how = "skipped (--no-qat)"
+    if not args.no_qat:
+        qat, qat_how = try_qat(model, xtr[..., None] / 255.0, ytr)
+        if qat is not None:
+            variants.append(("QAT, then int8, uint8 I/O", "int8", qat))
+    print(f"QAT: {qat_how}")
+
+    data = load_dataset(test_dir)
+    rows: list[dict[str, Any]] = [
+        {"variant": "Keras model (.h5, with optimizer state)", "file": h5.name, "size_bytes": h5.stat().st_size,
+         "top1": float(keras_acc), "quantize": None},
+    ]  # fmt: skip
+    int8_path = None
+    for name, q, in_memory in variants:
+        out = work / f"seed_{'qat_' if in_memory is not None else ''}{q}.tflite"
+        convert(h5, out, q, data=train_dir, num_images=N_REPRESENTATIVE, keras_model=in_memory, **pre)
+        rec = evaluate(out, data, EngineOptions(mean=0.0, std=255.0), batch=32)
+        rows.append({"variant": name, "file": out.name, "size_bytes": rec["size_bytes"], "top1": rec["top1"],
+                     "quantize": q, "mean_latency_ms": rec["mean_latency_ms"]})  # fmt: skip
+        if q == "int8" and in_memory is None:
+            int8_path = out
+        print(f"{name}: {rec['size_bytes']:,} bytes, top-1 {rec['top1']:.4f}")
+
+    from edged.runtime import get_runtime
+
+    rt = get_runtime("auto")
+    meta = {
+        "when": time.strftime("%Y-%m-%d", time.gmtime()),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "runtime": f"{rt.name} {rt.version}",
+        "train": f"{len(xtr)} digits, {args.epochs} epochs, Adam, batch {BATCH}, {t_train:.1f} s",
+        "test_images": len(xte),
+        "qat": qat_how,
+        "compat": (our_report(int8_path) or "").splitlines() if int8_path else None,
+    }
+    (work / "results.json").write_text(json.dumps({"rows": rows, "meta": meta}, indent=2) + "\n")
+    section = markdown(rows, meta)
+    doc = args.doc.read_text() if args.doc.exists() else f"# Quantisation\n\n{BEGIN}\n{END}\n"
+    if BEGIN not in doc or END not in doc:
+        raise SystemExit(f"{args.doc}: no {BEGIN} ... {END} markers to replace")
+    head, rest = doc.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    args.doc.write_text(head + section + tail)
+    print(section)
+    print(f"updated {args.doc}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
