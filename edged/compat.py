@@ -73,6 +73,9 @@ PARAM_INPUTS: dict[str, tuple[int, ...]] = {
     "PRELU": (1,),
 }
 SOFTMAX_MAX_ELEMENTS = 16000
+# Operators whose output size follows a parameter: computed at run time, it makes a dynamic-sized tensor.
+SIZE_FROM_PARAM = {"RESHAPE", "RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR", "TRANSPOSE_CONV", "PAD", "SLICE"}
+SIZE_FROM_PARAM |= {"STRIDED_SLICE"}
 
 
 @dataclass
@@ -434,11 +437,18 @@ def analyse(graph: tflite_schema.Graph) -> CompatReport:
     dynamic = [c for c in checks if c.own_status == DYNAMIC]
     if dynamic:
         report.model_errors.append(f"it has dynamic-sized tensors ({len(dynamic)} operator(s) use them)")
+    sized = [c for c in checks if c.own_status == NOT_CONSTANT and c.name in SIZE_FROM_PARAM]
+    if sized:
+        first = sized[0]
+        report.model_errors.append(
+            f"it has dynamic-sized tensors (#{first.index} {first.name} takes its size from values computed at run "
+            "time; a Keras Flatten without a fixed batch size does that: convert with batch_size=1)"
+        )
     batch_dynamic = sorted({t.name for t in sg.tensors if not t.constant and t.dynamic_dims == (0,)})
     if batch_dynamic and not dynamic:
         report.notes.append(
             f"{len(batch_dynamic)} tensor(s) have a dynamic batch size in the signature (e.g. '{batch_dynamic[0]}'); "
-            "the compiler uses the stored batch size of 1"
+            "the shapes stored in the file are what is checked: convert with a fixed batch size of 1 to be sure"
         )
 
     # the prologue (float input quantize), then the single cut

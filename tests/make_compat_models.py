@@ -17,6 +17,9 @@ Each is a tiny Keras network on a 16x16 image, converted to TFLite:
 * ``limits_int8.tflite``: supported operators breaking their documented limitations: a Conv2D
   with dilation 2 in y and 1 in x (the cut), then a Mean over 3 channels (a z-reduction must
   cover a multiple of 4), full int8.
+* ``dynamic_batch_int8.tflite``: the all-supported network without a fixed batch size: Flatten
+  becomes SHAPE, STRIDED_SLICE, PACK and a RESHAPE whose shape is computed at run time, a
+  dynamic-sized tensor.
 * ``dynamic_int8.tflite``: a Conv2D on an input of any height and width (shape signature
   [1, -1, -1, 1]), full int8: dynamic-sized tensors, which the compiler refuses.
 
@@ -92,6 +95,16 @@ def _rank5():
     return keras.Model(inp, out)
 
 
+def _dynamic_batch():
+    _seed()
+    inp = keras.Input((SIZE, SIZE, 1))  # no batch_size: Flatten computes its shape at run time
+    x = layers.Conv2D(8, 3, padding="same", activation="relu")(inp)
+    x = layers.MaxPooling2D(2)(x)
+    x = layers.Flatten()(x)
+    out = layers.Softmax()(layers.Dense(10)(x))
+    return keras.Model(inp, out)
+
+
 def _limits():
     _seed()
     inp = keras.Input((SIZE, SIZE, 4), batch_size=1)
@@ -120,6 +133,7 @@ def build(outdir: Path) -> list[Path]:
         "float32.tflite": _convert(_classifier(), shape, quantize=False),
         "rank5_int8.tflite": _convert(_rank5(), (8, 8, 4), quantize=True),
         "limits_int8.tflite": _convert(_limits(), (SIZE, SIZE, 4), quantize=True),
+        "dynamic_batch_int8.tflite": _convert(_dynamic_batch(), shape, quantize=True),
         "dynamic_int8.tflite": _convert(_dynamic(), shape, quantize=True),
     }
     paths = []

@@ -73,6 +73,19 @@ EXPECTED: dict[str, tuple[list[tuple[str, str]], tuple[int, str] | None]] = {
         [("CONV_2D", compat.LIMITATION), ("MEAN", compat.LIMITATION), ("RESHAPE", CUT), ("FULLY_CONNECTED", CUT)],
         (0, "CONV_2D"),
     ),
+    "dynamic_batch_int8.tflite": (
+        [
+            ("CONV_2D", compat.MODEL_REFUSED),
+            ("MAX_POOL_2D", compat.MODEL_REFUSED),
+            ("SHAPE", NS),
+            ("STRIDED_SLICE", DT),
+            ("PACK", DT),
+            ("RESHAPE", compat.NOT_CONSTANT),
+            ("FULLY_CONNECTED", compat.MODEL_REFUSED),
+            ("SOFTMAX", compat.MODEL_REFUSED),
+        ],
+        (0, "CONV_2D"),
+    ),
     "dynamic_int8.tflite": ([("CONV_2D", compat.DYNAMIC), ("CONV_2D", compat.DYNAMIC)], (0, "CONV_2D")),
 }
 
@@ -165,6 +178,13 @@ def test_documented_limitations_reported() -> None:
     ops = report_of(DATA / "limits_int8.tflite").operators
     assert ops[0].reason == "Conv2d: dilation 2x1 differs in y and x"
     assert ops[1].reason == "Mean: z-reduction over 3 channels (must be a multiple of 4)"
+
+
+def test_dynamic_batch_flatten_refused() -> None:
+    report = report_of(DATA / "dynamic_batch_int8.tflite")
+    assert len(report.model_errors) == 1 and "#5 RESHAPE" in report.model_errors[0]
+    assert report.tpu_count == 0
+    assert any("dynamic batch size" in n for n in report.notes)
 
 
 def test_float_io_keeps_the_input_quantize_off_the_cut() -> None:
