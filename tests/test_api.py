@@ -97,18 +97,15 @@ def wait_ready(base: str, d: Daemon, token: Optional[str] = None, timeout: float
     wait_for(ready, timeout, "the daemon to be ready")
 
 
-@pytest.fixture(scope="module")
-def api(tmp_path_factory, testdata):
-    tmp = tmp_path_factory.mktemp("api")
-    port = free_port()
-    config = {
-        "device": "apitest",
-        "listen": f"127.0.0.1:{port}",
-        "http": {"max_event_clients": 2},
+def two_streams(testdata: Path, listen: str, device: str, demo_fps: float, det_fps: float) -> dict[str, Any]:
+    """A classifier on the demo's synthetic digits ("demo") and the SSD on a testdata image ("det")."""
+    return {
+        "device": device,
+        "listen": listen,
         "streams": [
             {
                 "id": "demo",
-                "source": {"type": "synthetic", "fps": 20},
+                "source": {"type": "synthetic", "fps": demo_fps},
                 "model": {
                     "path": str(ROOT / "models/digits_int8.tflite"),
                     "labels": str(ROOT / "models/digits_labels.txt"),
@@ -117,7 +114,7 @@ def api(tmp_path_factory, testdata):
             },
             {
                 "id": "det",
-                "source": {"type": "images", "path": str(testdata / "images/kite_and_cold.jpg"), "fps": 5},
+                "source": {"type": "images", "path": str(testdata / "images/kite_and_cold.jpg"), "fps": det_fps},
                 "model": {
                     "path": str(testdata / "models/ssd_mobilenet_v1_coco_quant_postprocess.tflite"),
                     "labels": str(testdata / "models/coco_labels.txt"),
@@ -126,6 +123,14 @@ def api(tmp_path_factory, testdata):
             },
         ],
     }
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory, testdata):
+    tmp = tmp_path_factory.mktemp("api")
+    port = free_port()
+    config = two_streams(testdata, f"127.0.0.1:{port}", device="apitest", demo_fps=20, det_fps=5)
+    config["http"] = {"max_event_clients": 2}
     d = Daemon(tmp, config)
     base = f"http://127.0.0.1:{port}"
     try:

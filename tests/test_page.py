@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pytest
 from servers import free_port
-from test_api import ROOT, TOKEN, Daemon, non_loopback_address, wait_ready
+from test_api import TOKEN, Daemon, non_loopback_address, two_streams, wait_ready
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
 # as the machine's own probe starts it: no sandbox (root), no GPU, no calls home
@@ -37,30 +37,7 @@ if CHROMIUM is None:
 
 
 def streams_config(testdata: Path, listen: str) -> dict:
-    return {
-        "device": "pagetest",
-        "listen": listen,
-        "streams": [
-            {
-                "id": "demo",
-                "source": {"type": "synthetic", "fps": 15},
-                "model": {
-                    "path": str(ROOT / "models/digits_int8.tflite"),
-                    "labels": str(ROOT / "models/digits_labels.txt"),
-                },
-                "sinks": [],
-            },
-            {
-                "id": "det",
-                "source": {"type": "images", "path": str(testdata / "images/kite_and_cold.jpg"), "fps": 4},
-                "model": {
-                    "path": str(testdata / "models/ssd_mobilenet_v1_coco_quant_postprocess.tflite"),
-                    "labels": str(testdata / "models/coco_labels.txt"),
-                },
-                "sinks": [],
-            },
-        ],
-    }
+    return two_streams(testdata, listen, device="pagetest", demo_fps=15, det_fps=4)
 
 
 @pytest.fixture
