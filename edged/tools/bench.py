@@ -212,24 +212,6 @@ def run_bench(
     return doc
 
 
-def add_command(sub: Any) -> None:
-    p = sub.add_parser(
-        "bench",
-        help="latency percentiles, throughput and first-inference time of a model",
-        description="Latency p50/p90/p99 and throughput after warm-up, and first-inference time (load + first "
-        "invoke), on the CPU with each thread count and on the Edge TPU when present.",
-    )
-    p.add_argument("model", metavar="MODEL", help=".tflite model (an _edgetpu model: its CPU twin runs on the CPU)")
-    p.add_argument("--threads", help="CPU thread counts, e.g. 1,2 or 1-4 (default 1..cores, at most 4)")
-    p.add_argument("--warmup", type=int, default=10, help="untimed invokes first (default 10)")
-    p.add_argument("--runs", type=int, default=100, help="timed invokes (default 100)")
-    p.add_argument("--runtime", default="auto", help="TFLite runtime for the CPU: auto, ai_edge_litert, ...")
-    p.add_argument("--edgetpu", choices=("auto", "on", "off"), default="auto", help="the Edge TPU run (default auto)")
-    p.add_argument("--edgetpu-library", help="the delegate library (default libedgetpu.so.1)")
-    p.add_argument("--device", help="Edge TPU selector: usb, usb:0, pci:1, ...")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-
-
 def cmd_bench(args: argparse.Namespace) -> int:
     threads = parse_threads(args.threads)
     doc = run_bench(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -72,17 +71,6 @@ def parse_floats(text: str | None) -> float | list[float] | None:
     if not values:
         raise ConfigError(f"expected a number or comma-separated numbers, not {text!r}")
     return values[0] if len(values) == 1 else values
-
-
-def add_preprocessing_options(p: argparse.ArgumentParser, raw_help: str) -> None:
-    """The preprocessing options of edged's model configuration (``model:`` in the YAML)."""
-    p.add_argument("--mean", help="normalisation mean in pixels, one value or one per channel (RGB)")
-    p.add_argument("--std", help="normalisation std in pixels, one value or one per channel (RGB)")
-    p.add_argument("--resize", choices=("stretch", "letterbox"), default="stretch", help="as the model config's")
-    p.add_argument(
-        "--interpolation", choices=("linear", "nearest", "area"), default="linear", help="as the model config's"
-    )
-    p.epilog = (p.epilog or "") + raw_help
 
 
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], right: Sequence[bool] | None = None) -> str:

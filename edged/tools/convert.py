@@ -37,9 +37,9 @@ import numpy as np
 
 from ..errors import ConfigError, ModelError
 from ..preprocess import Preprocessor
-from .common import add_preprocessing_options, find_images, human_size, import_tensorflow, parse_floats, read_image
+from .common import find_images, human_size, import_tensorflow, parse_floats, read_image
+from .parsers import QUANTIZATIONS
 
-QUANTIZATIONS = ("float32", "float16", "dynamic", "int8")
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 NOT_KERAS = "is not a Keras model (.keras or .h5) or a SavedModel directory"
 
@@ -256,34 +256,6 @@ def our_report(model: Path) -> str | None:
         return "\n".join(compat.format_report(compat.analyse(graph)))
     except Exception:  # an edged without the report, or one whose API differs: the pointer instead
         return None
-
-
-def add_command(sub: Any) -> None:
-    p = sub.add_parser(
-        "convert",
-        help="Keras (.keras / .h5) or SavedModel to TFLite: float32, float16, dynamic-range or int8",
-        description="Convert a Keras model or a SavedModel to TFLite, optionally quantised; int8 takes a "
-        "representative dataset from an image folder and is then compiled for the Edge TPU when edgetpu_compiler "
-        "is installed. Needs TensorFlow: pip install 'edged[convert]'.",
-    )
-    p.add_argument("model", metavar="MODEL", help="a .keras or .h5 file, or a SavedModel directory")
-    p.add_argument("-o", "--output", required=True, metavar="OUT", help="the .tflite file to write")
-    p.add_argument("--quantize", choices=QUANTIZATIONS, default="float32", help="default float32 (none)")
-    p.add_argument("--data", metavar="DIR", help="representative images for int8 (searched recursively)")
-    p.add_argument("--num-images", type=int, default=100, help="representative images to use (default 100)")
-    p.add_argument("--io-type", choices=("uint8", "int8"), default="uint8", help="int8 model's input/output type")
-    p.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor, not per channel")
-    p.add_argument("--no-compile", action="store_true", help="do not run edgetpu_compiler")
-    p.add_argument(
-        "--dynamic-batch",
-        action="store_true",
-        help="keep a Keras model's dynamic batch (edged eval can batch it; the Edge TPU cannot map its Flatten)",
-    )
-    add_preprocessing_options(
-        p,
-        "Without --mean/--std the model is taken to expect raw pixels 0..255; "
-        "for a model trained on pixels/255 pass --std 255, for [-1,1] --mean 127.5 --std 127.5.",
-    )
 
 
 def _edged_config_hint(quantize: str, mean: Any, std: Any) -> str:

@@ -32,12 +32,7 @@ from ..engine import Engine, EngineOptions
 from ..errors import ConfigError
 from ..model import read_labels
 from ..preprocess import dequantize
-from .common import add_preprocessing_options, format_table, human_size, list_images, parse_floats, read_image
-
-HELP_TAIL = (
-    "Class folders are matched to --labels by name; without --labels the folders in sorted order are "
-    "class ids 0, 1, 2, ... Without --mean/--std raw pixels are fed, as the daemon does."
-)
+from .common import format_table, human_size, list_images, parse_floats, read_image
 
 
 @dataclass
@@ -175,25 +170,6 @@ def evaluate(
         "top5": hits5 / n,
         "mean_latency_ms": 1000.0 * seconds / n,
     }
-
-
-def add_command(sub: Any) -> None:
-    p = sub.add_parser(
-        "eval",
-        help="top-1 / top-5 accuracy of classification models on a labelled image folder",
-        description="Top-1 / top-5 accuracy, size and latency of one or more classification models on an image "
-        "folder with one subfolder per class, through edged's own preprocessing.",
-    )
-    p.add_argument("models", nargs="+", metavar="MODEL", help=".tflite classification models (CPU)")
-    p.add_argument("--data", required=True, metavar="DIR", help="folder with one subfolder of images per class")
-    p.add_argument(
-        "--labels", action="append", metavar="FILE", help="labels file: once for every model, or once per model"
-    )
-    p.add_argument("--batch", type=int, default=32, help="images per invoke where the model allows (default 32)")
-    p.add_argument("--threads", type=int, default=None, help="interpreter threads (default: all cores)")
-    p.add_argument("--runtime", default="auto", help="TFLite runtime: auto, ai_edge_litert, tflite_runtime, ...")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    add_preprocessing_options(p, HELP_TAIL)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
