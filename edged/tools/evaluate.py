@@ -84,6 +84,19 @@ def _set_batch(interp: Any, index: int, shape: tuple[int, ...], n: int) -> None:
     interp.allocate_tensors()
 
 
+def _dynamic_batch(interp: Any, index: int) -> bool:
+    """True when the model declares its batch dimension dynamic (shape signature -1).
+
+    Only such models are resized: tflite-runtime 2.14 crashes (SIGSEGV in allocate_tensors)
+    on resizing a model whose graph fixes the batch at 1, instead of raising an error.
+    """
+    for d in interp.get_input_details():
+        if d["index"] == index:
+            sig = d.get("shape_signature")
+            return sig is not None and len(sig) > 0 and int(sig[0]) == -1
+    return False
+
+
 def run_model(engine: Engine, inputs: np.ndarray, batch: int) -> tuple[np.ndarray, float, int]:
     """Scores [N, K] (dequantised), total invoke seconds, and the batch size used."""
     loaded = engine.loaded
@@ -92,7 +105,7 @@ def run_model(engine: Engine, inputs: np.ndarray, batch: int) -> tuple[np.ndarra
     spec, out = engine.info.input, engine.info.outputs[0]
     n = len(inputs)
     k = int(np.prod(out.shape))
-    b = max(1, min(batch, n))
+    b = max(1, min(batch, n)) if _dynamic_batch(interp, spec.index) else 1
     if b > 1:
         try:
             _set_batch(interp, spec.index, spec.shape, b)
