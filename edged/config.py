@@ -222,6 +222,13 @@ class ModelConfig(_Strict):
     std: Optional[Union[float, List[float]]] = Field(
         None, description="normalisation std (pixels); unset: feed raw pixels"
     )
+    iou_threshold: float = Field(
+        0.45, ge=0, le=1, description="YOLO detectors: NMS drops a box overlapping a better one of its class by more"
+    )
+    max_detections: int = Field(300, ge=1, le=10000, description="YOLO detectors: at most this many objects leave NMS")
+    yolo_boxes: Literal["auto", "normalized", "pixels"] = Field(
+        "auto", description="YOLO detectors: box units; auto tells normalised from input-pixel boxes per frame"
+    )
 
     accelerator: Literal["auto", "edgetpu", "cpu"] = Field(
         "auto",

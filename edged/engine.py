@@ -38,6 +38,10 @@ class EngineOptions:
     interpolation: str = "linear"
     mean: float | list[float] | None = None
     std: float | list[float] | None = None
+    # YOLO-layout detectors only (see docs/detectors.md)
+    iou_threshold: float = 0.45
+    max_detections: int = 300
+    yolo_boxes: str = "auto"  # auto | normalized | pixels
 
 
 DEFAULT_THRESHOLD = {"classification": 0.1, "detection": 0.5}
@@ -184,6 +188,16 @@ class Engine:
             classes = postprocess.classify_quantized(
                 output(spec.index), spec.quantization.scale, spec.quantization.zero_point,
                 self.options.top_k, self.threshold, self.labels,
+            )  # fmt: skip
+        elif self.info.yolo_output is not None:
+            yolo, o = self.info.yolo_output, self.options
+            spec = next(t for t in self.info.outputs if t.index == yolo.index)
+            w, h = self.input_size
+            objects = postprocess.detect_yolo(
+                output(yolo.index), transform, w, h, channels_first=yolo.channels_first,
+                scale=spec.quantization.scale, zero_point=spec.quantization.zero_point,
+                threshold=self.threshold, iou_threshold=o.iou_threshold, max_detections=o.max_detections,
+                box_format=o.yolo_boxes, labels=self.labels, top_k=o.top_k if o.top_k > 0 else None,
             )  # fmt: skip
         else:
             roles = self.info.ssd_outputs or {}

@@ -67,6 +67,16 @@ class TensorSpec:
         return d
 
 
+@dataclass(frozen=True)
+class YoloOutput:
+    """The one output of an Ultralytics YOLO (v8/v11) export: ``[1, 4 + C, N]`` or ``[1, N, 4 + C]``."""
+
+    index: int
+    channels_first: bool  # True: [1, 4 + C, N] (Ultralytics' layout); False: [1, N, 4 + C]
+    classes: int  # C
+    anchors: int  # N
+
+
 @dataclass
 class ModelInfo:
     path: str
@@ -78,8 +88,9 @@ class ModelInfo:
     outputs: list[TensorSpec]
     custom_ops: list[str] = field(default_factory=list)
     description: str | None = None
-    # detection only: output tensor index for each role
+    # detection only: output tensor index for each role (SSD), or the one YOLO-layout output
     ssd_outputs: dict[str, int] | None = None
+    yolo_output: YoloOutput | None = None
 
     @property
     def input(self) -> TensorSpec:
@@ -102,6 +113,7 @@ class ModelInfo:
             "inputs": [t.to_dict() for t in self.inputs],
             "outputs": [t.to_dict() for t in self.outputs],
             **({"ssd_outputs": self.ssd_outputs} if self.ssd_outputs else {}),
+            **({"yolo_output": asdict(self.yolo_output)} if self.yolo_output else {}),
         }
 
 
@@ -217,10 +229,42 @@ def resolve_ssd_outputs(outputs: list[TensorSpec], signature_outputs: dict[str, 
     raise ValueError("cannot tell the SSD outputs apart by name or shape")
 
 
+def yolo_anchor_count(height: int, width: int, strides: tuple[int, ...] = (8, 16, 32)) -> int:
+    """How many anchors (grid cells) a YOLO head over ``strides`` has for an input of this size."""
+    return sum(-(-height // s) * -(-width // s) for s in strides)
+
+
+def resolve_yolo_output(outputs: list[TensorSpec], input_shape: tuple[int, ...] | None = None) -> YoloOutput | None:
+    """The YOLO layout of a model's outputs, or None.
+
+    One output ``[1, A, B]`` (uint8, int8 or float32) whose smaller side is at least 5 (4 box
+    rows and a class) is read as YOLO. Which side holds the anchors: the one equal to the anchor
+    count of a stride 8/16/32 head for the input size when exactly one is; else the longer
+    side (a detector has more anchors than classes); a square output is ``[1, 4 + C, N]``,
+    Ultralytics' own layout.
+    """
+    if len(outputs) != 1:
+        return None
+    t = outputs[0]
+    if len(t.shape) != 3 or t.shape[0] != 1 or t.dtype not in ("uint8", "int8", "float32"):
+        return None
+    a, b = t.shape[1], t.shape[2]
+    if min(a, b) < 5:
+        return None
+    n = yolo_anchor_count(input_shape[1], input_shape[2]) if input_shape and len(input_shape) == 4 else -1
+    if (a == n) != (b == n):
+        channels_first = b == n
+    else:
+        channels_first = b >= a
+    width, anchors = (a, b) if channels_first else (b, a)
+    return YoloOutput(index=t.index, channels_first=channels_first, classes=width - 4, anchors=anchors)
+
+
 def detect_task(
     outputs: list[TensorSpec], custom_ops: list[str], signature_outputs: dict[str, int] | None
 ) -> tuple[str, dict[str, int] | None]:
-    """Return ("classification", None) or ("detection", roles); raise ValueError otherwise."""
+    """Return ("classification", None), ("detection", SSD roles) or ("detection", None) for a
+    YOLO-layout output (see :func:`resolve_yolo_output`); raise ValueError otherwise."""
     if len(outputs) == 1:
         shape = outputs[0].shape
         dims = [d for d in shape if d != 1]
@@ -228,6 +272,8 @@ def detect_task(
             return "classification", None
     if len(outputs) == 4 and (SSD_CUSTOM_OP in custom_ops or all(t.dtype == "float32" for t in outputs)):
         return "detection", resolve_ssd_outputs(outputs, signature_outputs)
+    if resolve_yolo_output(outputs) is not None:
+        return "detection", None
     raise ValueError("not understood")
 
 
@@ -308,8 +354,10 @@ def load_model(
     except ValueError:
         raise ModelError(
             f"{p}: output signature not understood ({_describe_outputs(outputs)}); edged understands "
-            "classification (one [1,N] output) and SSD detection (the 4 outputs of TFLite_Detection_PostProcess)"
+            "classification (one [1,N] output), SSD detection (the 4 outputs of TFLite_Detection_PostProcess) "
+            "and YOLO detection (one [1,4+C,N] or [1,N,4+C] output)"
         ) from None
+    yolo = resolve_yolo_output(outputs, inputs[0].shape) if task == "detection" and roles is None else None
     info = ModelInfo(
         path=str(p.resolve()),
         sha256=hashlib.sha256(data).hexdigest(),
@@ -321,6 +369,7 @@ def load_model(
         custom_ops=custom_ops,
         description=summary.description,
         ssd_outputs=roles,
+        yolo_output=yolo,
     )
     return LoadedModel(info=info, interpreter=interpreter, runtime=rt)
 

@@ -89,6 +89,9 @@ def engine_options(model_cfg: Any) -> EngineOptions:
         interpolation=m.interpolation,
         mean=m.mean,
         std=m.std,
+        iou_threshold=m.iou_threshold,
+        max_detections=m.max_detections,
+        yolo_boxes=m.yolo_boxes,
     )
 
 

@@ -5,6 +5,7 @@ Pure functions over numpy arrays, in the manner of pycoral's adapters.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -103,6 +104,167 @@ def detect(
                 "id": cid,
                 "label": label_for(labels, cid),
                 "score": round(float(s[i]), 5),
+                "box": {
+                    "xmin": round(float(x0[j]), 1),
+                    "ymin": round(float(y0[j]), 1),
+                    "xmax": round(float(x1[j]), 1),
+                    "ymax": round(float(y1[j]), 1),
+                },
+            }
+        )
+    return out
+
+
+# --------------------------------------------------------------------------- YOLO (Ultralytics v8/v11) outputs
+
+YOLO_BOX_FORMATS = ("auto", "normalized", "pixels")
+# "auto": boxes are normalised when the largest box value of the frame is at most this. Every
+# anchor gives a box, and the anchors cover the whole input, so pixel boxes reach tens of pixels
+# at least while normalised ones stay near [0, 1].
+NORMALIZED_MAX = 2.0
+
+
+def quantized_threshold(threshold: float, scale: float, zero_point: int, dtype: str | np.dtype) -> int | None:
+    """The smallest raw value ``q`` of ``dtype`` whose dequantised value is at least ``threshold``
+    (``None`` when none is), so that ``q_raw >= q`` is exactly ``dequantize(q_raw) >= threshold``.
+
+    Computed from scale and zero point, then checked with :func:`dequantize` itself, so float
+    rounding at the boundary cannot make the two disagree. The comparison is in float32, as
+    numpy compares a float32 array with a Python float. ``scale`` must be positive.
+    """
+    info = np.iinfo(np.dtype(dtype))
+    lo, hi = int(info.min), int(info.max)
+    t = np.float32(threshold)
+
+    def real(q: int) -> np.float32:
+        return dequantize(np.array([q], dtype=np.int32), scale, zero_point)[0]
+
+    q = min(max(math.ceil(zero_point + threshold / scale), lo), hi + 1)
+    while q > lo and real(q - 1) >= t:
+        q -= 1
+    while q <= hi and real(q) < t:
+        q += 1
+    return q if q <= hi else None
+
+
+def nms(
+    boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou_threshold: float = 0.45, max_keep: int = 300
+) -> np.ndarray:
+    """Greedy class-aware non-maximum suppression; the indices kept, best score first.
+
+    ``boxes`` are ``[K, 4]`` as ``x0, y0, x1, y1``. The best remaining box is kept and every
+    box of the same class overlapping it with IoU above ``iou_threshold`` is dropped (boxes of
+    other classes never suppress each other), until ``max_keep`` are kept or none remain.
+    Equal scores keep their input order.
+    """
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    s = np.asarray(scores).reshape(-1)
+    c = np.asarray(classes).reshape(-1)
+    area = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
+    order = np.argsort(-s.astype(np.float64), kind="stable")
+    keep: list[int] = []
+    while order.size and len(keep) < max_keep:
+        i = int(order[0])
+        keep.append(i)
+        rest = order[1:]
+        pos = np.flatnonzero(c[rest] == c[i])  # positions in rest of the boxes of its class
+        if pos.size == 0:
+            order = rest
+            continue
+        same = rest[pos]
+        iw = np.clip(np.minimum(b[i, 2], b[same, 2]) - np.maximum(b[i, 0], b[same, 0]), 0, None)
+        ih = np.clip(np.minimum(b[i, 3], b[same, 3]) - np.maximum(b[i, 1], b[same, 1]), 0, None)
+        inter = iw * ih
+        union = area[i] + area[same] - inter
+        iou = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+        drop = pos[iou > iou_threshold]
+        if drop.size:
+            alive = np.ones(rest.size, dtype=bool)
+            alive[drop] = False
+            rest = rest[alive]
+        order = rest
+    return np.asarray(keep, dtype=np.intp)
+
+
+def detect_yolo(
+    output: np.ndarray,
+    transform: Transform,
+    input_width: int,
+    input_height: int,
+    *,
+    channels_first: bool = True,
+    scale: float = 0.0,
+    zero_point: int = 0,
+    threshold: float = 0.5,
+    iou_threshold: float = 0.45,
+    max_detections: int = 300,
+    box_format: str = "auto",
+    labels: dict[int, str] | None = None,
+    top_k: int | None = None,
+) -> list[dict[str, Any]]:
+    """Objects of an Ultralytics YOLO (v8/v11) output ``[1, 4 + C, N]`` (or ``[1, N, 4 + C]``
+    when not ``channels_first``), in the same form as :func:`detect`.
+
+    Rows 0..3 are the box centre x, centre y, width and height, in input pixels or normalised
+    to the input (``box_format``; ``auto`` tells them apart by the largest box value of the
+    frame); the other C rows are class scores (no objectness). Each anchor keeps its best
+    class; anchors scoring at least ``threshold`` go through class-aware NMS in input pixels
+    (:func:`nms`), at most ``max_detections`` (and ``top_k``) of them, best first; their boxes
+    are mapped back through the letterbox or stretch to source pixels and clipped to the frame.
+
+    For a quantised output (``scale`` > 0) the threshold is compared with the raw class scores
+    (:func:`quantized_threshold`); only the anchors that pass are dequantised.
+    """
+    if box_format not in YOLO_BOX_FORMATS:
+        raise ValueError(f"box format must be one of {', '.join(YOLO_BOX_FORMATS)}, not {box_format!r}")
+    a = np.asarray(output)
+    a = a.reshape(a.shape[-2:])
+    rows = a if channels_first else a.T  # [4 + C, N], a view
+    if rows.shape[0] < 5 or rows.shape[1] == 0:
+        return []
+    class_rows = rows[4:]
+    quantized = scale > 0.0 and a.dtype in (np.uint8, np.int8)
+    if quantized:
+        q = quantized_threshold(threshold, scale, zero_point, a.dtype)
+        if q is None:
+            return []
+        cand = np.flatnonzero(class_rows.max(axis=0) >= q)
+    else:
+        scale = 0.0  # a float output is used as it is
+        cand = np.flatnonzero(class_rows.max(axis=0) >= np.float32(threshold))
+    if cand.size == 0:
+        return []
+    sub = class_rows[:, cand]
+    cls = sub.argmax(axis=0)
+    scores = dequantize(sub[cls, np.arange(cand.size)], scale, zero_point)
+    box = dequantize(rows[:4, cand], scale, zero_point).astype(np.float64)
+    normalized = box_format == "normalized"
+    if box_format == "auto":
+        top = rows[:4].max()
+        normalized = float(dequantize(np.asarray([top]), scale, zero_point)[0]) <= NORMALIZED_MAX
+    cx, cy, bw, bh = box
+    if normalized:
+        cx, bw = cx * input_width, bw * input_width
+        cy, bh = cy * input_height, bh * input_height
+    xyxy = np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], axis=1)
+    cap = max(0, max_detections if top_k is None else min(top_k, max_detections))
+    keep = nms(xyxy, scores, cls, iou_threshold, cap)
+    if keep.size == 0:
+        return []
+    sel = xyxy[keep]
+    x0, y0 = transform.to_source(sel[:, 0], sel[:, 1])
+    x1, y1 = transform.to_source(sel[:, 2], sel[:, 3])
+    w, h = transform.src_width, transform.src_height
+    x0, x1 = np.clip(x0, 0, w), np.clip(x1, 0, w)
+    y0, y1 = np.clip(y0, 0, h), np.clip(y1, 0, h)
+    out = []
+    for j, i in enumerate(keep):
+        cid = int(cls[i])
+        out.append(
+            {
+                "id": cid,
+                "label": label_for(labels, cid),
+                "score": round(float(scores[i]), 5),
                 "box": {
                     "xmin": round(float(x0[j]), 1),
                     "ymin": round(float(y0[j]), 1),
