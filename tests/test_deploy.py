@@ -47,9 +47,14 @@ def tool(name: str) -> str:
     pytest.skip(f"{name} is not installed ({hint})")
 
 
+# what the installer and the installed edged see: not the test run's runtime choice (CI's
+# second pass sets EDGED_RUNTIME=tflite_runtime, which a fresh default install does not have)
+BASE_ENV = {k: v for k, v in os.environ.items() if k != "EDGED_RUNTIME"}
+
+
 def run(cmd: list, env: dict | None = None, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [str(c) for c in cmd], capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}, **kw
+        [str(c) for c in cmd], capture_output=True, text=True, timeout=timeout, env={**BASE_ENV, **(env or {})}, **kw
     )
 
 
