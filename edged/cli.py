@@ -35,6 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     inf.add_argument("--top-k", "-k", type=int, default=3, help="classes or objects kept (default 3)")
     inf.add_argument("--threshold", "-t", type=float, help="minimum score (default 0.1 classes, 0.5 objects)")
     inf.add_argument("--resize", choices=("stretch", "letterbox"), default="stretch")
+    inf.add_argument("--iou-threshold", type=float, help="YOLO detectors: NMS overlap above which a box goes (0.45)")
+    inf.add_argument("--max-detections", type=int, help="YOLO detectors: objects kept after NMS, at most (300)")
+    inf.add_argument("--yolo-boxes", choices=("auto", "normalized", "pixels"), help="YOLO detectors: box units (auto)")
     inf.add_argument("--interpolation", choices=("linear", "nearest", "area"), default="linear")
     inf.add_argument("--runtime", choices=("auto", "ai_edge_litert", "tflite_runtime", "tensorflow"), default="auto")
     inf.add_argument("--threads", type=int, help="interpreter threads (default: all cores)")
@@ -125,8 +128,10 @@ def cmd_infer(args: argparse.Namespace) -> int:
         "path": args.model, "labels": args.labels, "runtime": args.runtime, "threads": args.threads,
         "top_k": args.top_k, "threshold": args.threshold, "resize": args.resize, "interpolation": args.interpolation,
         "mean": _one_or_list(args.mean), "std": _one_or_list(args.std), "accelerator": args.accelerator,
-        "device": args.device, "cpu_model": args.cpu_model,
+        "device": args.device, "cpu_model": args.cpu_model, "iou_threshold": args.iou_threshold,
+        "max_detections": args.max_detections, "yolo_boxes": args.yolo_boxes,
     }  # fmt: skip
+    raw_model = {k: v for k, v in raw_model.items() if v is not None or k in ("labels", "threads", "threshold")}
     try:  # the same sections a configuration file has, so the same checks, defaults and engines
         cfg = Config(
             edgetpu=EdgeTpuConfig(library=args.edgetpu_library, options=options),

@@ -197,6 +197,21 @@ def test_infer_cli_prints_objects(tmp_path: Path) -> None:
     objects = result["objects"]
     assert [o["id"] for o in objects] == [0, 0, 1, 0, 2, 2]
     assert objects[0]["box"] == pytest.approx({"xmin": 62.6, "ymin": 37.8, "xmax": 124.6, "ymax": 100.1}, abs=0.5)
+    # the NMS options reach the decoder: at IoU 0.9 the same-class overlap (IoU 0.77) is kept too;
+    # --max-detections caps the count
+    loose = subprocess.run(
+        [sys.executable, "-m", "edged", "infer", "-m", str(DATA / "yolo_uint8_cl_norm.tflite"), "--resize",
+         "letterbox", "-k", "10", "--iou-threshold", "0.9", str(image)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert loose.returncode == 0, loose.stderr
+    assert len(json.loads(loose.stdout.splitlines()[0])["objects"]) == len(objects) + 1
+    capped = subprocess.run(
+        [sys.executable, "-m", "edged", "infer", "-m", str(DATA / "yolo_uint8_cl_norm.tflite"), "--resize",
+         "letterbox", "-k", "10", "--max-detections", "2", str(image)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert [o["id"] for o in json.loads(capped.stdout.splitlines()[0])["objects"]] == [0, 0]
 
 
 # --------------------------------------------------------------------------- layout recognition
