@@ -31,6 +31,7 @@ from typing import Any
 from . import tflite_schema
 from .edgetpu_ops import EDGETPU_OPS, NOT_SUPPORTED_HINTS, builtin_name
 from .errors import ModelError
+from .model import read_tflite_bytes
 
 EDGETPU_CUSTOM_OP = "edgetpu-custom-op"
 
@@ -185,16 +186,7 @@ class CompatReport:
 def read_model_file(path: str | Path) -> tuple[bytes, tflite_schema.Graph]:
     """The bytes and parsed graph of a .tflite file; every failure is a one-line ModelError."""
     p = Path(path)
-    if not p.exists():
-        raise ModelError(f"model file not found: {p}")
-    if not p.is_file():
-        raise ModelError(f"model path is not a file: {p}")
-    try:
-        data = p.read_bytes()
-    except OSError as exc:
-        raise ModelError(f"cannot read model file {p}: {exc.strerror}") from None
-    if not tflite_schema.has_identifier(data):
-        raise ModelError(f"{p} is not a TFLite model (no TFL3 identifier); pass a .tflite file")
+    data = read_tflite_bytes(p)
     try:
         graph = tflite_schema.read_graph(data)
     except (ValueError, struct.error) as exc:

@@ -308,6 +308,21 @@ def _describe_outputs(outputs: list[TensorSpec]) -> str:
     return ", ".join(f"{t.name} {list(t.shape)} {t.dtype}" for t in outputs)
 
 
+def read_tflite_bytes(p: Path) -> bytes:
+    """The bytes of a .tflite file; a missing, unreadable or non-TFLite file is a one-line ModelError."""
+    if not p.exists():
+        raise ModelError(f"model file not found: {p}")
+    if not p.is_file():
+        raise ModelError(f"model path is not a file: {p}")
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise ModelError(f"cannot read model file {p}: {exc.strerror}") from None
+    if not tflite_schema.has_identifier(data):
+        raise ModelError(f"{p} is not a TFLite model (no TFL3 identifier); pass a .tflite file")
+    return data
+
+
 def load_model(
     path: str | Path,
     runtime: str = "auto",
@@ -320,16 +335,7 @@ def load_model(
     up front with the name of its CPU twin.
     """
     p = Path(path)
-    if not p.exists():
-        raise ModelError(f"model file not found: {p}")
-    if not p.is_file():
-        raise ModelError(f"model path is not a file: {p}")
-    try:
-        data = p.read_bytes()
-    except OSError as exc:
-        raise ModelError(f"cannot read model file {p}: {exc.strerror}") from None
-    if not tflite_schema.has_identifier(data):
-        raise ModelError(f"{p} is not a TFLite model (no TFL3 identifier); pass a .tflite file")
+    data = read_tflite_bytes(p)
     try:
         summary = tflite_schema.read_summary(data)
     except ValueError as exc:

@@ -91,19 +91,27 @@ def detect(
     if keep.size == 0:
         return []
     sel = b[keep]
-    x0, y0 = transform.to_source(sel[:, 1] * input_width, sel[:, 0] * input_height)
-    x1, y1 = transform.to_source(sel[:, 3] * input_width, sel[:, 2] * input_height)
+    xyxy = np.stack(
+        [sel[:, 1] * input_width, sel[:, 0] * input_height, sel[:, 3] * input_width, sel[:, 2] * input_height], 1
+    )
+    return _objects(xyxy, c[keep], s[keep], labels, transform)
+
+
+def _objects(xyxy: np.ndarray, cls: np.ndarray, scores: np.ndarray, labels: Any, transform: Any) -> list[dict]:
+    """Boxes in input pixels (x0, y0, x1, y1 rows) -> result objects in source pixels, clipped to the frame."""
+    x0, y0 = transform.to_source(xyxy[:, 0], xyxy[:, 1])
+    x1, y1 = transform.to_source(xyxy[:, 2], xyxy[:, 3])
     w, h = transform.src_width, transform.src_height
     x0, x1 = np.clip(x0, 0, w), np.clip(x1, 0, w)
     y0, y1 = np.clip(y0, 0, h), np.clip(y1, 0, h)
     out = []
-    for j, i in enumerate(keep):
-        cid = int(c[i])
+    for j in range(len(xyxy)):
+        cid = int(cls[j])
         out.append(
             {
                 "id": cid,
                 "label": label_for(labels, cid),
-                "score": round(float(s[i]), 5),
+                "score": round(float(scores[j]), 5),
                 "box": {
                     "xmin": round(float(x0[j]), 1),
                     "ymin": round(float(y0[j]), 1),
@@ -251,26 +259,4 @@ def detect_yolo(
     keep = nms(xyxy, scores, cls, iou_threshold, cap)
     if keep.size == 0:
         return []
-    sel = xyxy[keep]
-    x0, y0 = transform.to_source(sel[:, 0], sel[:, 1])
-    x1, y1 = transform.to_source(sel[:, 2], sel[:, 3])
-    w, h = transform.src_width, transform.src_height
-    x0, x1 = np.clip(x0, 0, w), np.clip(x1, 0, w)
-    y0, y1 = np.clip(y0, 0, h), np.clip(y1, 0, h)
-    out = []
-    for j, i in enumerate(keep):
-        cid = int(cls[i])
-        out.append(
-            {
-                "id": cid,
-                "label": label_for(labels, cid),
-                "score": round(float(scores[i]), 5),
-                "box": {
-                    "xmin": round(float(x0[j]), 1),
-                    "ymin": round(float(y0[j]), 1),
-                    "xmax": round(float(x1[j]), 1),
-                    "ymax": round(float(y1[j]), 1),
-                },
-            }
-        )
-    return out
+    return _objects(xyxy[keep], cls[keep], scores[keep], labels, transform)
