@@ -19,7 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-__all__ = ["load_digits", "DigitScene", "DEFAULT_DIGITS_FILE"]
+__all__ = ["load_digits", "DigitScene", "MultiDigitScene", "DEFAULT_DIGITS_FILE"]
 
 DEFAULT_DIGITS_FILE = "digits_heldout.npz"
 
@@ -220,13 +220,26 @@ class DigitScene:
         """
         index = int(index)
         h, w = self.height, self.width
+        out = self._background(index, out)
+        seg = self._segment(index // self.hold_frames)
+
+        # Digit: smooth Lissajous drift, kept fully inside the frame.
+        s = seg.size
+        u = 0.5 + 0.5 * math.sin(2 * math.pi * index / self._mv_period[0] + self._mv_phase[0])
+        v = 0.5 + 0.5 * math.sin(2 * math.pi * index / self._mv_period[1] + self._mv_phase[1])
+        x = int(round(u * (w - s)))
+        y = int(round(v * (h - s)))
+        roi = out[y : y + s, x : x + s]
+        np.maximum(roi, seg.glyph, out=roi)
+        return out, seg.label
+
+    def _background(self, index: int, out: np.ndarray | None) -> np.ndarray:
+        """The background of frame ``index``: slowly panning texture + per-frame grain."""
+        h, w = self.height, self.width
         if out is None:
             out = np.empty((h, w, 3), dtype=np.uint8)
         elif out.shape != (h, w, 3) or out.dtype != np.uint8:
             raise ValueError(f"out must be uint8 [{h},{w},3], got {out.dtype} {out.shape}")
-        seg = self._segment(index // self.hold_frames)
-
-        # Background: slowly panning texture + per-frame grain.
         bx = _BG_PAD + int(
             round((_BG_PAD - 1) * math.sin(2 * math.pi * index / self._bg_period[0] + self._bg_phase[0]))
         )
@@ -242,13 +255,82 @@ class DigitScene:
             cv2.add(bg, nz, dst=out)
         else:
             out[...] = cv2.add(bg, nz)
+        return out
 
-        # Digit: smooth Lissajous drift, kept fully inside the frame.
-        s = seg.size
-        u = 0.5 + 0.5 * math.sin(2 * math.pi * index / self._mv_period[0] + self._mv_phase[0])
-        v = 0.5 + 0.5 * math.sin(2 * math.pi * index / self._mv_period[1] + self._mv_phase[1])
-        x = int(round(u * (w - s)))
-        y = int(round(v * (h - s)))
-        roi = out[y : y + s, x : x + s]
-        np.maximum(roi, seg.glyph, out=roi)
-        return out, seg.label
+
+# Multi-digit mode: glyph side as a fraction of the frame height, digits per segment.
+_MULTI_MIN_FRAC = 0.14
+_MULTI_MAX_FRAC = 0.36
+_MULTI_MAX_DIGITS = 4
+_MULTI_GAP = 4  # pixels kept free between two glyphs
+
+
+class MultiDigitScene(DigitScene):
+    """Deterministic synthetic scene for detection: 1 to 4 digits of different sizes.
+
+    The digits of a segment (``hold_frames`` frames) sit still at random places, never
+    overlapping, over the same drifting background as :class:`DigitScene`. ``render``
+    returns the frame and the list of ``{"label", "box"}`` (box in frame pixels, the
+    glyph's square: ``xmin``, ``ymin``, ``xmax``, ``ymax``).
+    """
+
+    def __init__(self, *args, max_digits: int = _MULTI_MAX_DIGITS, **kwargs):
+        super().__init__(*args, **kwargs)
+        if max_digits < 1:
+            raise ValueError("max_digits must be >= 1")
+        self.max_digits = int(max_digits)
+        side = min(self.width, self.height)
+        self._smin = max(8, min(int(round(_MULTI_MIN_FRAC * self.height)), side))
+        self._smax = max(self._smin, min(int(round(_MULTI_MAX_FRAC * self.height)), side))
+        self._layouts: dict[int, list[tuple[int, int, _Segment]]] = {}
+
+    def _layout(self, segment: int) -> list[tuple[int, int, _Segment]]:
+        lay = self._layouts.get(segment)
+        if lay is not None:
+            return lay
+        rng = _rng(self.seed, segment, 0x3D)
+        want = int(rng.integers(1, self.max_digits + 1))
+        placed: list[tuple[int, int, _Segment]] = []
+        for _k in range(want):
+            j = int(rng.integers(len(self.labels)))
+            size = int(rng.integers(self._smin, self._smax + 1))
+            for _ in range(40):
+                x = int(rng.integers(0, self.width - size + 1))
+                y = int(rng.integers(0, self.height - size + 1))
+                if all(
+                    x + size + _MULTI_GAP <= px or px + p.size + _MULTI_GAP <= x
+                    or y + size + _MULTI_GAP <= py or py + p.size + _MULTI_GAP <= y
+                    for px, py, p in placed
+                ):  # fmt: skip
+                    break
+            else:
+                continue  # no free place for this one
+            colour = rng.uniform(185.0, 255.0, size=3).astype(np.float32)
+            colour[int(rng.integers(3))] = 255.0
+            small = np.clip(self.images[j].astype(np.float32)[..., None] * (1.15 / 16.0), 0.0, 1.0)
+            small = np.rint(small * colour).astype(np.uint8)
+            glyph = cv2.resize(small, (size, size), interpolation=cv2.INTER_CUBIC)
+            placed.append((x, y, _Segment(j, int(self.labels[j]), size, glyph)))
+        if len(self._layouts) >= _CACHE_SEGMENTS:
+            self._layouts.pop(next(iter(self._layouts)))
+        self._layouts[segment] = placed
+        return placed
+
+    def truth(self, index: int) -> list[dict]:  # type: ignore[override]
+        """What frame ``index`` shows: ``[{"label": str, "box": {xmin, ymin, xmax, ymax}}, ...]``."""
+        return [
+            {
+                "label": str(seg.label),
+                "box": {"xmin": float(x), "ymin": float(y), "xmax": float(x + seg.size), "ymax": float(y + seg.size)},
+            }
+            for x, y, seg in self._layout(int(index) // self.hold_frames)
+        ]
+
+    def render(self, index: int, out: np.ndarray | None = None) -> tuple[np.ndarray, list[dict]]:  # type: ignore[override]
+        """Render frame ``index`` as BGR uint8 [height,width,3]; returns (frame, truth)."""
+        index = int(index)
+        out = self._background(index, out)
+        for x, y, seg in self._layout(index // self.hold_frames):
+            roi = out[y : y + seg.size, x : x + seg.size]
+            np.maximum(roi, seg.glyph, out=roi)
+        return out, self.truth(index)

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from ..scene import DigitScene
+from ..scene import DigitScene, MultiDigitScene
 from .base import Source
 
 
@@ -20,16 +20,20 @@ class SyntheticSource(Source):
 
     def open(self) -> None:
         c = self.cfg
-        self.scene = DigitScene(width=c.width, height=c.height, seed=c.seed, hold_frames=c.hold_frames)
+        kind = MultiDigitScene if getattr(c, "digits", "one") == "many" else DigitScene
+        self.scene = kind(width=c.width, height=c.height, seed=c.seed, hold_frames=c.hold_frames)
 
     def describe(self) -> str:
         c = self.cfg
-        return f"synthetic digits {c.width}x{c.height} at {c.fps:g} fps"
+        many = " (1 to 4 a frame)" if getattr(c, "digits", "one") == "many" else ""
+        return f"synthetic digits{many} {c.width}x{c.height} at {c.fps:g} fps"
 
     def _fps(self) -> float | None:
         return self.cfg.fps
 
     def _grab(self) -> tuple[np.ndarray, str | None, Any]:
         assert self.scene is not None, "open() first"
-        image, label = self.scene.render(self._seq)
-        return image, None, {"label": str(label)}
+        image, drawn = self.scene.render(self._seq)
+        if isinstance(self.scene, MultiDigitScene):
+            return image, None, {"objects": drawn}
+        return image, None, {"label": str(drawn)}
