@@ -34,6 +34,11 @@ class SyntheticSource(_Strict):
     fps: float = Field(15.0, gt=0, le=1000, description="frames per second produced")
     seed: int = Field(0, description="seed of the scene; the same seed draws the same frames")
     hold_frames: int = Field(30, ge=1, description="frames each digit stays before the next one")
+    digits: Literal["one", "many"] = Field(
+        "one",
+        description="one: one large digit drifting (for a classifier); many: 1 to 4 digits of different sizes "
+        "at still places, changed every hold_frames (for a detector; truth lists each digit's box)",
+    )
 
 
 class VideoSource(_Strict):
@@ -469,19 +474,18 @@ def builtin_model_dir() -> Path:
 
 
 def default_config() -> Config:
-    """The embedded demo: the bundled digits model watching the synthetic digits scene."""
+    """The embedded demo: the bundled digits detector watching the synthetic scene of 1 to 4 digits."""
     models = builtin_model_dir()
     return config_from_dict(
         {
             "streams": [
                 {
                     "id": "demo",
-                    "source": {"type": "synthetic", "width": 640, "height": 480, "fps": 15},
+                    "source": {"type": "synthetic", "width": 640, "height": 480, "fps": 15, "digits": "many"},
                     "model": {
-                        "path": str(models / "digits_int8.tflite"),
+                        "path": str(models / "digits_detector_int8.tflite"),
                         "labels": str(models / "digits_labels.txt"),
-                        "top_k": 1,
-                        "threshold": 0.0,
+                        "threshold": 0.5,
                     },
                     "sinks": [{"type": "log", "interval": 1.0}],
                 }

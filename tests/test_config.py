@@ -78,7 +78,8 @@ def test_file_errors(tmp_path: Path) -> None:
 def test_default_config_points_at_bundled_model_and_round_trips(tmp_path: Path) -> None:
     cfg = default_config()
     model = Path(cfg.streams[0].model.path)
-    assert model.name == "digits_int8.tflite" and model.is_file()
+    assert model.name == "digits_detector_int8.tflite" and model.is_file()
+    assert cfg.streams[0].source.digits == "many"
     assert Path(cfg.streams[0].model.labels).is_file()
     (tmp_path / "d.yaml").write_text(dump_config(cfg))
     again = load_config(tmp_path / "d.yaml")

@@ -294,8 +294,9 @@ def test_video_stream_stops_cleanly_mid_decode(daemons, tmp_path: Path, images_d
 
 
 def test_embedded_default_demo_runs(daemons, tmp_path: Path, free_port: int) -> None:
-    """No --config: the bundled digits model on the synthetic scene (models/digits_int8.tflite must exist)."""
-    assert (ROOT / "models" / "digits_int8.tflite").is_file(), "the embedded demo model is missing"
+    """No --config: the bundled digits detector on the synthetic scene of 1 to 4 digits; the log
+    shows the boxes and the running precision and recall (models/digits_detector_int8.tflite must exist)."""
+    assert (ROOT / "models" / "digits_detector_int8.tflite").is_file(), "the embedded demo model is missing"
     d = daemons(["--listen", f"127.0.0.1:{free_port}", "--duration", 4], tmp_path, tmp_path)
     t0 = time.monotonic()
     rc = d.wait(30)
@@ -305,10 +306,15 @@ def test_embedded_default_demo_runs(daemons, tmp_path: Path, free_port: int) -> 
     assert "Traceback" not in err
     results = [ln for ln in err.splitlines() if "edged.results" in ln and "demo #" in ln]
     assert len(results) >= 2, err
-    m = re.findall(r"demo #\d+ cpu: (\d) ([01]\.\d\d) .*\| truth (\d), running accuracy ([\d.]+)% of (\d+)", err)
+    m = re.findall(
+        r"demo #\d+ cpu: (\d+) objects?.*\| truth (\d) digits?, precision ([\d.]+)% recall ([\d.]+)% over (\d+) frames",
+        err,
+    )
     assert len(m) == len(results), err
-    accuracy, seen = float(m[-1][3]), int(m[-1][4])
-    assert seen >= 20 and accuracy >= 50.0, f"the demo recognises {accuracy}% of {seen} digits"
+    boxes = re.findall(r"demo #\d+ cpu: \d+ objects?: (\d) ([01]\.\d\d) at \((\d+),(\d+)\)-\((\d+),(\d+)\)", err)
+    assert boxes, err
+    precision, recall, frames = float(m[-1][2]), float(m[-1][3]), int(m[-1][4])
+    assert frames >= 20 and precision >= 50.0 and recall >= 50.0, f"precision {precision}% recall {recall}%"
     assert "stopped" in err
 
 

@@ -106,10 +106,14 @@ def test_result_schema_and_truth_from_synthetic_source() -> None:
         assert stream.first_result.wait(10)
     r = sink.results[0].to_dict()
     assert r["schema"] == 1 and r["stream"] == "demo" and r["accelerator"] == "cpu"
-    assert r["task"] == "classification" and r["frame"] == {"width": 640, "height": 480}
+    assert r["task"] == "detection" and r["frame"] == {"width": 640, "height": 480}
     assert set(r["latency_ms"]) == {"capture", "queue", "preprocess", "inference", "postprocess", "total"}
-    assert r["truth"]["label"] in [str(d) for d in range(10)]
-    assert len(r["classes"]) == 1 and r["classes"][0]["label"] in [str(d) for d in range(10)]
+    digits = [str(d) for d in range(10)]
+    assert 1 <= len(r["truth"]["objects"]) <= 4
+    for t in r["truth"]["objects"]:
+        assert t["label"] in digits and set(t["box"]) == {"xmin", "ymin", "xmax", "ymax"}
+        assert 0 <= t["box"]["xmin"] < t["box"]["xmax"] <= 640 and 0 <= t["box"]["ymin"] < t["box"]["ymax"] <= 480
+    assert r["objects"] and all(o["label"] in digits and o["score"] >= 0.5 for o in r["objects"])
 
 
 def test_inference_error_is_counted_and_stream_keeps_running(models_dir: Path) -> None:
