@@ -316,6 +316,7 @@ def test_ansible_config_template_makes_a_valid_configuration(tmp_path: Path) -> 
     cfg = yaml.safe_load(text)
     assert cfg["device"] == "door-pi" and cfg["listen"] == "0.0.0.0:9110"
     (stream,) = cfg["streams"]
+    assert stream["model"]["path"].endswith("/digits_detector_int8.tflite") and stream["source"]["digits"] == "many"
     assert [s["type"] for s in stream["sinks"]] == ["log", "mqtt"]
     mqtt = stream["sinks"][1]
     assert mqtt["client_id"] == "edged-door-pi" and mqtt["username"] == "door-pi"
