@@ -4,7 +4,7 @@
 
 Runs the service in-process for a few seconds per scenario and reports, per stage, the
 mean time (``_sum / _count`` of ``edged_stage_duration_seconds``), the frame rate and the
-dropped share. Scenarios: the embedded demo (synthetic 640x480 at 15 fps, digits model),
+dropped share. Scenarios: the embedded demo (synthetic 640x480 at 15 fps, the digits detector),
 and a 1280x720 MJPG video read as fast as possible through each reference model.
 Not a test: timings depend on the machine.
 """
@@ -71,7 +71,9 @@ def main() -> None:
     print(f"{os.cpu_count()} cores, {args.seconds:g} s per scenario; mean ms per stage from the daemon's histograms\n")
     print("| scenario | " + " | ".join(STAGES) + " | frame latency | fps | dropped |")
     print("|---" * (len(STAGES) + 4) + "|")
-    measure("demo: synthetic 640x480 @15 fps, digits_int8", default_config(), args.seconds)
+    demo = default_config()
+    src, model = demo.streams[0].source, Path(demo.streams[0].model.path).stem
+    measure(f"the embedded demo: synthetic {src.width}x{src.height} at {src.fps:g} fps, {model}", demo, args.seconds)
     with tempfile.TemporaryDirectory() as tmp:
         video = Path(tmp) / "cat720p.avi"
         make_video(video, td / "images" / "cat_720p.jpg")
