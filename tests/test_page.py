@@ -87,7 +87,9 @@ def test_live_page_shows_streams_results_snapshot_and_chart(tmp_path, testdata, 
             "() => document.querySelector('#stream-det img.snap').naturalWidth === 1352", timeout=10000
         )
         page.wait_for_function(
-            "() => streams.get('demo').points.length > 10 && streams.get('det').points.length > 1", timeout=10000
+            # 6 s of the demo's 15 fps: its line spans 6/120 of the chart's width at least
+            "() => streams.get('demo').points.length > 90 && streams.get('det').points.length > 1",
+            timeout=20000,
         )
         assert page.inner_text("#conn") == "live"
         assert page.inner_text("#device") == "pagetest"
@@ -103,7 +105,7 @@ def test_live_page_shows_streams_results_snapshot_and_chart(tmp_path, testdata, 
         chart = page.locator("#chart").screenshot()
         chart_img = cv2.imdecode(np.frombuffer(chart, np.uint8), cv2.IMREAD_COLOR)
         blue = np.all(np.abs(chart_img.astype(int) - (255, 155, 62)) < 40, axis=2)
-        assert blue.sum() > 50, blue.sum()
+        assert blue.sum() > 30, blue.sum()
         # nothing loaded from anywhere but the device; no script errors
         # (blob: URLs are the snapshots the page fetched, handed to <img>)
         outside = [u for u in seen["requests"] if not u.startswith((base + "/", f"blob:{base}/"))]
