@@ -33,3 +33,21 @@ class Collect(Sink):
 
     def since(self, t: float) -> list[Result]:
         return [r for r in list(self.results) if r.timestamp >= t]
+
+
+def scrape(port: int, timeout: float = 5.0) -> dict[tuple[str, tuple], float]:
+    """Every sample of one scrape of a daemon's /metrics, by (name, sorted labels).
+
+    Raises OSError when the daemon does not answer.
+    """
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout) as r:
+        text = r.read().decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }

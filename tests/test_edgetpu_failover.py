@@ -22,8 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import Collect, wait_for
-from prometheus_client.parser import text_string_to_metric_families
+from helpers import Collect, scrape, wait_for
 
 from edged.config import config_from_dict
 from edged.service import Service
@@ -61,16 +60,6 @@ def fake_libs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     subprocess.run([cc, "-shared", "-fPIC", "-Wall", "-Werror", "-o", libs["load"], src], check=True)
     subprocess.run([cc, "-shared", "-fPIC", "-Wall", "-Werror", "-DFAKE_REFUSE", "-o", libs["refuse"], src], check=True)
     return libs
-
-
-def scrape(port: int) -> dict[tuple[str, tuple], float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-        text = resp.read().decode()
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for fam in text_string_to_metric_families(text)
-        for s in fam.samples
-    }
 
 
 def healthz(port: int) -> int:

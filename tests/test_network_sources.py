@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
+from helpers import scrape
 from helpers import wait_for as _wait_for
-from prometheus_client.parser import text_string_to_metric_families
 from servers import MjpegServer, RtspServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,16 +44,11 @@ class Daemon:
         )  # fmt: skip
 
     def metrics(self) -> dict[tuple[str, tuple], float]:
+        """Every sample of one scrape of /metrics, by (name, sorted labels); empty if it does not answer."""
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=3) as r:
-                text = r.read().decode()
+            return scrape(self.port)
         except OSError:
             return {}
-        return {
-            (s.name, tuple(sorted(s.labels.items()))): s.value
-            for fam in text_string_to_metric_families(text)
-            for s in fam.samples
-        }
 
     def value(self, name: str, **labels: str) -> float:
         return self.metrics().get((name, tuple(sorted(labels.items()))), -1.0)
