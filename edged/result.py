@@ -7,7 +7,56 @@ from dataclasses import dataclass, field
 from typing import Any
 
 SCHEMA_VERSION = 1
-STAGES = ("capture", "queue", "preprocess", "inference", "postprocess")
+
+
+@dataclass(frozen=True)
+class Box:
+    """A box in source-frame pixels."""
+
+    xmin: float
+    ymin: float
+    xmax: float
+    ymax: float
+
+    @property
+    def area(self) -> float:
+        return max(0.0, self.xmax - self.xmin) * max(0.0, self.ymax - self.ymin)
+
+    def iou(self, other: Box) -> float:
+        """Intersection over union with ``other`` (0 when either box is empty)."""
+        ix = max(0.0, min(self.xmax, other.xmax) - max(self.xmin, other.xmin))
+        iy = max(0.0, min(self.ymax, other.ymax) - max(self.ymin, other.ymin))
+        inter = ix * iy
+        union = self.area + other.area - inter
+        return inter / union if union > 0 else 0.0
+
+    def to_dict(self) -> dict[str, float]:
+        return {"xmin": self.xmin, "ymin": self.ymin, "xmax": self.xmax, "ymax": self.ymax}
+
+
+@dataclass(frozen=True)
+class Class:
+    """One class of a classification result."""
+
+    id: int
+    label: str
+    score: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "label": self.label, "score": self.score}
+
+
+@dataclass(frozen=True)
+class Object:
+    """One detected object: its class, score and box."""
+
+    id: int
+    label: str
+    score: float
+    box: Box
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "label": self.label, "score": self.score, "box": self.box.to_dict()}
 
 
 @dataclass

@@ -1,18 +1,42 @@
+"""The sink interface: where results go, and what a sink is given when it is built."""
+
 from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Optional
 
 from ..result import Result
 
+if TYPE_CHECKING:
+    from ..metrics import Metrics
+    from .mqtt import MqttPool
 
-class Sink:
+
+@dataclass(frozen=True)
+class SinkContext:
+    """What a sink of one stream is built with: its stream, the metrics, the MQTT connections.
+
+    The service owns the MQTT connection pool and passes it here; a sink built outside the
+    daemon (a test, a tool) may pass ``mqtt=None`` and get a pool of its own.
+    """
+
+    stream: str
+    metrics: Optional[Metrics] = None
+    mqtt: Optional[MqttPool] = None
+
+
+class Sink(ABC):
     """A place results go. ``publish`` must not block the inference thread for long."""
 
     name = "sink"
 
     def start(self) -> None:
-        pass
+        """Open files or connections; called once before the first ``publish``."""
 
-    def publish(self, result: Result) -> None:  # pragma: no cover - overridden
-        raise NotImplementedError
+    @abstractmethod
+    def publish(self, result: Result) -> None:
+        """Take one result (called from the stream's inference thread)."""
 
     def close(self) -> None:
-        pass
+        """Flush and let go of what ``start`` opened."""
