@@ -31,12 +31,12 @@ class Sink(ABC):
 
     name = "sink"
 
-    def start(self) -> None:
+    def start(self) -> None:  # noqa: B027 - a sink with nothing to open need not override it
         """Open files or connections; called once before the first ``publish``."""
 
     @abstractmethod
     def publish(self, result: Result) -> None:
         """Take one result (called from the stream's inference thread)."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - likewise
         """Flush and let go of what ``start`` opened."""
