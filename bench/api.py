@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from daemon import make_video  # noqa: E402
 
 from edged.config import config_from_dict  # noqa: E402
-from edged.service import Service  # noqa: E402
+from edged.daemon import Service  # noqa: E402
 
 
 def watchers(base: str, stop: threading.Event, counts: dict[str, int]) -> list[threading.Thread]:

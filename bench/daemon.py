@@ -23,8 +23,8 @@ import cv2
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from edged.config import config_from_dict, default_config  # noqa: E402
+from edged.daemon import Service  # noqa: E402
 from edged.metrics import PIPELINE_STAGES  # noqa: E402
-from edged.service import Service  # noqa: E402
 
 STAGES = PIPELINE_STAGES
 

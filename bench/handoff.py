@@ -28,7 +28,8 @@ import cv2
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from edged.engine import Engine, EngineOptions, WorkerBackend  # noqa: E402
+from edged.config import ModelConfig  # noqa: E402
+from edged.inference.local import Engine, WorkerBackend  # noqa: E402
 from edged.worker import DeviceWorker  # noqa: E402
 
 
@@ -48,12 +49,12 @@ def main() -> None:
         )
         model = Path(tmp) / Path(args.model).name
         shutil.copy(args.model, model)
-        opts = EngineOptions(runtime=args.runtime, threads=args.threads)
-        local = Engine(model, opts)
+        opts = ModelConfig(path=str(model), runtime=args.runtime, threads=args.threads)
+        local = Engine.load(opts)
         worker = DeviceWorker("bench", None, str(lib), runtime=local.info.runtime, deadline=5.0)
         worker.register("s", str(model), args.threads)
         worker.start()
-        remote = Engine(options=opts, backend=WorkerBackend(worker, "s"))
+        remote = Engine(opts, WorkerBackend(worker, "s"))
         inline, handed, overhead = [], [], []
         try:
             for i in range(args.frames + 20):

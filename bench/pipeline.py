@@ -8,7 +8,7 @@ On the same model (default the 300x300 uint8 SSD of ../shared/testdata) and thre
 (b) the naive loop a tutorial writes, one thread: take a 1280x720 frame, ``cv2.resize``,
     ``cvtColor``, ``rgb / 255.0`` then ``x / scale + zero_point`` per pixel in float,
     ``astype``, ``set_tensor``, ``invoke``, ``get_tensor`` of every output, dequantise, filter;
-(c) edged's :class:`edged.pipeline.Stream` (capture thread, latest-frame slot, inference
+(c) edged's :class:`edged.stream.Stream` (capture thread, latest-frame slot, inference
     thread, a recording sink) fed by a 1280x720 source defined here that hands out the
     same pre-generated frames as (b), unpaced (as fast as the capture thread takes them);
 (c') the same Stream with that source paced at 30 fps, as a camera delivers frames: the
@@ -40,14 +40,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from edged.config import config_from_dict  # noqa: E402
-from edged.engine import Engine, InProcessBackend  # noqa: E402
+from edged.inference.local import Engine, InProcessBackend  # noqa: E402
 from edged.metrics import Metrics  # noqa: E402
 from edged.model import LoadedModel, load_model, read_labels  # noqa: E402
-from edged.pipeline import Stream, engine_options  # noqa: E402
 from edged.preprocess import Preprocessor  # noqa: E402
 from edged.result import Result  # noqa: E402
 from edged.sinks.base import Sink  # noqa: E402
 from edged.sources.base import Source  # noqa: E402
+from edged.stream import Stream  # noqa: E402
 
 WIDTH, HEIGHT = 1280, 720
 SSD = "ssd_mobilenet_v1_coco_quant_postprocess.tflite"
@@ -314,13 +314,9 @@ def run_naive(naive: Naive, frames: list[np.ndarray], seconds: float, warmup: fl
     return {"frames": len(lat), "wall": wall, "cpu": cpu, "sys_busy": busy, "lat_ms": [x * 1e3 for x in lat]}
 
 
-def build_stream(cfg: Any, engine: Engine | None, source: Source, sink: Sink) -> Stream:
-    stream = Stream(cfg, Metrics(), engine)
-    if not hasattr(stream, "source") or not hasattr(stream, "sinks"):
-        raise SystemExit("edged.pipeline.Stream has no `source`/`sinks` attribute any more: cannot inject")
-    stream.source = source
-    stream.sinks = [*stream.sinks, sink]
-    return stream
+def build_stream(cfg: Any, engine: Engine, source: Source, sink: Sink) -> Stream:
+    """edged's Stream, given the bench's source and sink (a Stream is given its parts)."""
+    return Stream(cfg, engine, source, [sink], Metrics().stream(cfg.id))
 
 
 def thread_ids(stream: Stream) -> dict[str, int | None]:
@@ -336,7 +332,7 @@ def run_stream(
     cfg: Any, loaded: LoadedModel, frames: list[np.ndarray], seconds: float, warmup: float, fps: float | None
 ) -> dict[str, Any]:
     """(c) edged's Stream on the shared interpreter, fed by the PoolSource."""
-    engine = Engine(options=engine_options(cfg.model), backend=InProcessBackend(loaded))
+    engine = Engine(cfg.model, InProcessBackend(loaded))
     source = PoolSource(frames, cfg.id, fps=fps)
     sink = RecordingSink()
     stream = build_stream(cfg, engine, source, sink)
@@ -345,11 +341,12 @@ def run_stream(
         time.sleep(warmup)
         tids = thread_ids(stream)
         ns0 = {k: thread_ns(v) for k, v in tids.items()}
-        seq0, drop0, cpu0, sys0, t0 = source._seq, stream.dropped, process_cpu(), system_busy(), time.monotonic()
+        seq0, drop0 = source.frames_read, stream.metrics.dropped
+        cpu0, sys0, t0 = process_cpu(), system_busy(), time.monotonic()
         time.sleep(seconds)
         t1 = time.monotonic()
         ns1 = {k: thread_ns(v) for k, v in tids.items()}
-        seq1, drop1, cpu1, sys1 = source._seq, stream.dropped, process_cpu(), system_busy()
+        seq1, drop1, cpu1, sys1 = source.frames_read, stream.metrics.dropped, process_cpu(), system_busy()
     finally:
         stream.close(timeout=3.0)
     alive = [t.name for t in getattr(stream, "_threads", []) if t.is_alive()]

@@ -27,7 +27,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from edged.config import builtin_model_dir  # noqa: E402
-from edged.engine import Engine, EngineOptions  # noqa: E402
+from edged.inference import Engine  # noqa: E402
 from edged.runtime import available  # noqa: E402
 
 
@@ -63,7 +63,7 @@ def naive(engine: Engine, frame: np.ndarray) -> dict[str, float]:
 
 
 def run(model: Path, labels: Path | None, frame: np.ndarray, frames: int, threads: int, runtime: str) -> None:
-    engine = Engine(model, EngineOptions(runtime=runtime, threads=threads, labels=str(labels) if labels else None))
+    engine = Engine.from_file(model, runtime=runtime, threads=threads, labels=str(labels) if labels else None)
     for _ in range(10):  # warm-up
         engine.process(frame)
         naive(engine, frame)

@@ -8,10 +8,13 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .errors import ConfigError, EdgedError
+
+if TYPE_CHECKING:
+    from .inference import InferenceEngine
 
 log = logging.getLogger("edged")
 
@@ -89,8 +92,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .config import default_config, load_config
+    from .daemon import Service
     from .logs import setup_logging
-    from .service import Service
 
     cfg = load_config(args.config) if args.config else default_config()
     setup_logging(args.log_level or ("debug" if args.debug else cfg.log.level), args.log_format or cfg.log.format)
@@ -116,7 +119,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
         SyntheticSource,
         format_validation_errors,
     )  # fmt: skip
-    from .failover import build_engines
+    from .inference.placement import build_engines
 
     options: dict[str, str] = {}
     for item in args.delegate_option:
@@ -147,9 +150,10 @@ def cmd_infer(args: argparse.Namespace) -> int:
             w.close()
 
 
-def _infer_images(engine: Any, images: list[str]) -> int:
-    from .result import Result
+def _infer_images(engine: InferenceEngine, images: list[str]) -> int:
+    from .sources import Frame
     from .sources.images import read_image
+    from .stream import build_result
 
     failures = 0
     for seq, path in enumerate(images):
@@ -160,25 +164,9 @@ def _infer_images(engine: Any, images: list[str]) -> int:
             print(f"edged: error: {exc}", file=sys.stderr)
             failures += 1
             continue
-        capture = time.monotonic() - t0
+        frame = Frame(image, seq, wall, t0, time.monotonic() - t0, origin=str(path))
         out = engine.process(image)
-        h, w = image.shape[:2]
-        result = Result(
-            stream="infer",
-            seq=seq,
-            timestamp=wall,
-            model=engine.info.name,
-            accelerator=out.accelerator,
-            task=engine.info.task,
-            frame_width=w,
-            frame_height=h,
-            classes=out.classes,
-            objects=out.objects,
-            source=str(path),
-            latency_ms={"capture": capture * 1e3, **{k: v * 1e3 for k, v in out.timings.items()}},
-        )
-        result.latency_ms["total"] = (time.monotonic() - t0) * 1e3
-        print(result.to_json(), flush=True)
+        print(build_result("infer", frame, out, engine.info).to_json(), flush=True)
     return 1 if failures else 0
 
 
@@ -269,12 +257,11 @@ def cmd_config(args: argparse.Namespace) -> int:
     if args.config_command == "check":
         cfg = load_config(args.file)
         if not args.no_models:
-            from .engine import Engine
-            from .pipeline import engine_options
+            from .inference import Engine
 
             for i, s in enumerate(cfg.streams):
                 try:
-                    Engine(s.model.path, engine_options(s.model))
+                    Engine.load(s.model)
                 except EdgedError as exc:
                     raise type(exc)(f"{args.file}: streams[{i}].model: {exc}") from None
         print(f"{args.file}: OK ({len(cfg.streams)} stream{'s' if len(cfg.streams) != 1 else ''})")

@@ -6,7 +6,7 @@ Labels have bounded cardinality: stream, stage, accelerator, outcome; never a fr
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Iterator
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,  # noqa: F401  (re-exported for the HTTP server)
@@ -19,6 +19,10 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 
 from . import __version__
+
+if TYPE_CHECKING:
+    from .edgetpu import EdgeTpu
+    from .model import ModelInfo
 
 # Edge latencies: from half a millisecond (an Edge TPU classifier) to seconds (a stalled CPU).
 LATENCY_BUCKETS = (
@@ -44,6 +48,7 @@ LATENCY_BUCKETS = (
     2.0,
 )
 PIPELINE_STAGES = ("capture", "queue", "preprocess", "inference", "postprocess", "publish")
+ERROR_STAGES = ("source", "preprocess", "inference", "publish")
 
 
 class Metrics:
@@ -78,7 +83,7 @@ class Metrics:
         )
         self.errors = Counter(
             "edged_stream_errors_total",
-            "Errors in a stream, by stage (source, inference, publish)",
+            "Errors in a stream, by stage (source, preprocess, inference, publish)",
             ["stream", "stage"],
             registry=r,
         )
@@ -159,14 +164,18 @@ class Metrics:
             ["stream", "device"],
             registry=r,
         )
-        self._tpus: list[Any] = []
+        self._tpus: list[EdgeTpu] = []
         r.register(_TemperatureCollector(self))
 
-    def watch_temperatures(self, tpus: list[Any]) -> None:
+    def watch_temperatures(self, tpus: list[EdgeTpu]) -> None:
         """Export ``edged_edgetpu_temperature_celsius`` for the TPUs that have a sysfs temperature."""
-        self._tpus = [t for t in tpus if getattr(t, "temperature_path", None)]
+        self._tpus = [t for t in tpus if t.temperature_path]
 
-    def init_stream(self, stream: str, info: Any, accelerator: str) -> None:
+    def stream(self, stream: str) -> StreamMetrics:
+        """The series of one stream, and the counts they hold (one owner for both)."""
+        return StreamMetrics(self, stream)
+
+    def init_stream(self, stream: str, info: ModelInfo) -> None:
         """Create every series of a stream at zero, so rates and absent() work from the start."""
         for stage in PIPELINE_STAGES:
             self.stage_duration.labels(stream, stage)
@@ -175,7 +184,7 @@ class Metrics:
             self.frames.labels(stream, outcome)
         for acc in ("cpu", "edgetpu"):
             self.inferences.labels(stream, acc)
-        for stage in ("source", "inference", "publish"):
+        for stage in ERROR_STAGES:
             self.errors.labels(stream, stage)
         spec = info.input
         self.model_info.labels(
@@ -215,16 +224,67 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+class StreamMetrics:
+    """One stream's series: the histograms it observes and the counters it counts.
+
+    The counts a stream reports in its status (processed, dropped, reconnects) are kept here,
+    beside the counter they increment, so each is counted in one place.
+    """
+
+    STAGES = PIPELINE_STAGES
+
+    def __init__(self, metrics: Metrics, stream: str) -> None:
+        self.metrics = metrics
+        self.stream = stream
+        self.processed = 0
+        self.dropped = 0
+        self.reconnects = 0
+        self._bind()
+
+    def init(self, info: ModelInfo) -> None:
+        """Create the stream's series at zero (at its start: a reload may have removed them)."""
+        self.metrics.init_stream(self.stream, info)
+        self._bind()
+
+    def _bind(self) -> None:
+        m, sid = self.metrics, self.stream
+        self.stage = {stage: m.stage_duration.labels(sid, stage) for stage in PIPELINE_STAGES}
+        self.frame_latency = m.frame_latency.labels(sid)
+        self._processed = m.frames.labels(sid, "processed")
+        self._dropped = m.frames.labels(sid, "dropped")
+        self._inferences = {acc: m.inferences.labels(sid, acc) for acc in ("cpu", "edgetpu")}
+        self.up = m.stream_up.labels(sid)
+        self.source_up = m.source_up.labels(sid)
+        self._reconnects = m.source_reconnects.labels(sid)
+        self.last_result = m.last_result.labels(sid)
+
+    def count_processed(self, accelerator: str) -> None:
+        self.processed += 1
+        self._processed.inc()
+        self._inferences[accelerator].inc()
+
+    def count_dropped(self) -> None:
+        self.dropped += 1
+        self._dropped.inc()
+
+    def count_reconnect(self) -> None:
+        self.reconnects += 1
+        self._reconnects.inc()
+
+    def count_error(self, stage: str) -> None:
+        self.metrics.errors.labels(self.stream, stage).inc()
+
+
 class _TemperatureCollector:
     """Reads each PCIe Edge TPU's sysfs temperature at scrape time."""
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
 
-    def describe(self) -> list[Any]:
+    def describe(self) -> list[GaugeMetricFamily]:
         return [GaugeMetricFamily("edged_edgetpu_temperature_celsius", "Edge TPU die temperature", labels=["device"])]
 
-    def collect(self) -> Any:
+    def collect(self) -> Iterator[GaugeMetricFamily]:
         from .edgetpu import read_temperature
 
         fam = GaugeMetricFamily(

@@ -171,7 +171,7 @@ def main() -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 
-    from edged.engine import EngineOptions
+    from edged.config import ModelConfig
     from edged.tools.convert import convert, our_report
     from edged.tools.evaluate import evaluate, load_dataset
 
@@ -222,7 +222,7 @@ def main() -> int:
     for name, q, in_memory in variants:
         out = work / f"seed_{'qat_' if in_memory is not None else ''}{q}.tflite"
         convert(h5, out, q, data=train_dir, num_images=N_REPRESENTATIVE, keras_model=in_memory, **pre)
-        rec = evaluate(out, data, EngineOptions(mean=0.0, std=255.0), batch=32)
+        rec = evaluate(ModelConfig(path=str(out), mean=0.0, std=255.0), data, batch=32)
         rows.append({"variant": name, "file": out.name, "size_bytes": rec["size_bytes"], "top1": rec["top1"],
                      "quantize": q, "mean_latency_ms": rec["mean_latency_ms"]})  # fmt: skip
         if q == "int8" and in_memory is None:

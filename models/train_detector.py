@@ -189,10 +189,10 @@ def average_precision(scores: list[float], tps: list[bool], n_truth: int) -> flo
 def evaluate(model_path: Path, frames_seed_base: int, images, labels, n: int, threshold: float):
     """Through edged's Engine (as the daemon runs it): mAP@0.5 (score threshold 0.05), and
     precision/recall at ``threshold``."""
-    from edged.engine import Engine, EngineOptions
+    from edged.inference import Engine
     from edged.scene import MultiDigitScene
 
-    eng_map = Engine(model_path, EngineOptions(labels=str(OUT_LABELS), threshold=0.05, top_k=0, threads=2))
+    eng_map = Engine.from_file(model_path, labels=str(OUT_LABELS), threshold=0.05, top_k=0, threads=2)
     w, h = FRAME
     per_class = {str(c): ([], [], 0) for c in range(NC)}
     tp_at = fp_at = n_truth = 0

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edged.engine import Engine, EngineOptions
+from edged.inference import Engine
 from edged.model import load_model
 from edged.scene import MultiDigitScene, load_digits
 from edged.sinks.log import DetectionTally, box_iou, match_truth
@@ -83,7 +83,7 @@ MIN_RECALL = 0.88
 
 
 def test_bundled_detector_finds_the_digits_of_held_out_scenes() -> None:
-    engine = Engine(DETECTOR, EngineOptions(labels=str(LABELS), threshold=0.5, top_k=0, threads=2))
+    engine = Engine.from_file(DETECTOR, labels=str(LABELS), threshold=0.5, top_k=0, threads=2)
     images, labels = load_digits()
     tally = DetectionTally()
     for seed in (900_000, 900_001):

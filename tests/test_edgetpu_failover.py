@@ -25,7 +25,8 @@ import pytest
 from helpers import Collect, scrape, wait_for
 
 from edged.config import config_from_dict
-from edged.service import Service
+from edged.daemon import Service
+from edged.daemon.views import stream_status
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "mobilenet_v1_0.25_128_quant.tflite"
@@ -149,7 +150,7 @@ def test_worker_fault_moves_to_cpu_and_back(fault: str, fake_libs, plain_models,
         allowed = 0 if fault != "hang" else int(0.5 * 20) + 2  # deadline 0.5 s at 20 fps
         assert max(gaps) <= allowed, gaps
         stream = svc.streams[0]
-        assert stream.status()["edgetpu"]["accelerator"] == "edgetpu"
+        assert stream_status(stream)["edgetpu"]["accelerator"] == "edgetpu"
         # every switch logged once, with its reason
         msgs = [r.getMessage() for r in caplog.records if r.name == "edged.failover"]
         reason = f"worker killed by {fault}" if fault != "hang" else "no result within 0.5 s; worker killed"

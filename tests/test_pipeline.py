@@ -11,24 +11,26 @@ from helpers import Collect
 from prometheus_client.parser import text_string_to_metric_families
 
 from edged.config import config_from_dict
+from edged.daemon.wiring import build_stream
 from edged.metrics import Metrics
-from edged.pipeline import LatestSlot, Stream
 from edged.sources.base import Frame
+from edged.stream import LatestSlot, ReadyFrame
 
 
-def _frame(seq: int) -> Frame:
-    return Frame(np.zeros((2, 2, 3), np.uint8), seq, time.time(), time.monotonic(), 0.0)
+def _frame(seq: int) -> ReadyFrame:
+    frame = Frame(np.zeros((2, 2, 3), np.uint8), seq, time.time(), time.monotonic(), 0.0)
+    return ReadyFrame(frame, None, time.monotonic())  # type: ignore[arg-type]  # the slot never looks inside
 
 
 def test_latest_slot_newest_wins_and_counts_replacements() -> None:
     slot = LatestSlot()
     assert slot.put(_frame(0)) is None
     dropped = slot.put(_frame(1))  # frame 0 was never taken: dropped, and handed back
-    assert dropped is not None and dropped.seq == 0
+    assert dropped is not None and dropped.frame.seq == 0
     dropped = slot.put(_frame(2))
-    assert dropped is not None and dropped.seq == 1
+    assert dropped is not None and dropped.frame.seq == 1
     got = slot.take(0.1)
-    assert got is not None and got.seq == 2
+    assert got is not None and got.frame.seq == 2
     assert slot.take(0.01) is None  # nothing queued behind it
     slot.end()
     assert slot.ended and slot.take(0.01) is None
@@ -39,7 +41,7 @@ def test_latest_slot_take_wakes_on_put() -> None:
     threading.Timer(0.05, lambda: slot.put(_frame(7))).start()
     t0 = time.monotonic()
     got = slot.take(2.0)
-    assert got is not None and got.seq == 7 and time.monotonic() - t0 < 1.0
+    assert got is not None and got.frame.seq == 7 and time.monotonic() - t0 < 1.0
 
 
 def _samples(metrics: Metrics) -> dict[tuple[str, tuple], float]:
@@ -68,38 +70,44 @@ def test_fast_source_slow_model_drops_instead_of_queueing(models_dir: Path, imag
         }
     )
     metrics = Metrics()
-    stream = Stream(cfg.streams[0], metrics)
+    stream = build_stream(cfg.streams[0], metrics)
     sink = Collect()
     stream.sinks.append(sink)
     with stream:
         deadline = time.monotonic() + 20
-        while (stream.processed < 15 or stream.dropped < 5) and time.monotonic() < deadline:
+        while (stream.metrics.processed < 15 or stream.metrics.dropped < 5) and time.monotonic() < deadline:
             time.sleep(0.05)
-    assert stream.processed >= 15 and stream.dropped >= 5, (stream.processed, stream.dropped)
-    produced = stream.source._seq
+    assert stream.metrics.processed >= 15 and stream.metrics.dropped >= 5, (
+        stream.metrics.processed,
+        stream.metrics.dropped,
+    )
+    produced = stream.source.frames_read
     # every produced frame was either processed, dropped, or is the one left in the slot at shutdown
-    assert produced - 1 <= stream.processed + stream.dropped <= produced
+    assert produced - 1 <= stream.metrics.processed + stream.metrics.dropped <= produced
     # results come in increasing sequence order with gaps where frames were dropped
     seqs = [r.seq for r in sink.results]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
     assert all(r.classes and r.classes[0]["label"] == "Egyptian cat" for r in sink.results)
     m = _samples(metrics)
-    assert m[("edged_frames_total", (("outcome", "processed"), ("stream", "fast")))] == stream.processed
-    assert m[("edged_frames_total", (("outcome", "dropped"), ("stream", "fast")))] == stream.dropped
+    assert m[("edged_frames_total", (("outcome", "processed"), ("stream", "fast")))] == stream.metrics.processed
+    assert m[("edged_frames_total", (("outcome", "dropped"), ("stream", "fast")))] == stream.metrics.dropped
     for stage in ("queue", "preprocess", "inference", "postprocess", "publish"):
-        assert m[("edged_stage_duration_seconds_count", (("stage", stage), ("stream", "fast")))] == stream.processed
-    assert m[("edged_frame_latency_seconds_count", (("stream", "fast"),))] == stream.processed
+        assert (
+            m[("edged_stage_duration_seconds_count", (("stage", stage), ("stream", "fast")))]
+            == stream.metrics.processed
+        )
+    assert m[("edged_frame_latency_seconds_count", (("stream", "fast"),))] == stream.metrics.processed
     # frame age stays bounded: a frame waits at most about one inference in the slot
     queue_sum = m[("edged_stage_duration_seconds_sum", (("stage", "queue"), ("stream", "fast")))]
     infer_sum = m[("edged_stage_duration_seconds_sum", (("stage", "inference"), ("stream", "fast")))]
-    assert queue_sum / stream.processed < 3 * infer_sum / stream.processed + 0.05
+    assert queue_sum / stream.metrics.processed < 3 * infer_sum / stream.metrics.processed + 0.05
 
 
 def test_result_schema_and_truth_from_synthetic_source() -> None:
     from edged.config import default_config
 
     cfg = default_config()
-    stream = Stream(cfg.streams[0], Metrics())
+    stream = build_stream(cfg.streams[0], Metrics())
     sink = Collect()
     stream.sinks = [sink]
     with stream:
@@ -130,8 +138,8 @@ def test_inference_error_is_counted_and_stream_keeps_running(models_dir: Path) -
         }
     )
     metrics = Metrics()
-    stream = Stream(cfg.streams[0], metrics)
-    real = stream.engine.run_prepared
+    stream = build_stream(cfg.streams[0], metrics)
+    real = stream.engine.run
     calls = {"n": 0}
 
     def flaky(*args, **kwargs):  # the first three inferences fail, as a failing accelerator would
@@ -140,11 +148,11 @@ def test_inference_error_is_counted_and_stream_keeps_running(models_dir: Path) -
             raise RuntimeError("invoke failed")
         return real(*args, **kwargs)
 
-    stream.engine.run_prepared = flaky  # type: ignore[method-assign]
+    stream.engine.run = flaky  # type: ignore[method-assign]
     with stream:
         deadline = time.monotonic() + 10
-        while stream.processed < 3 and time.monotonic() < deadline:
+        while stream.metrics.processed < 3 and time.monotonic() < deadline:
             time.sleep(0.05)
-    assert stream.processed >= 3 and stream.state in ("stopped", "running")
+    assert stream.metrics.processed >= 3 and stream.state in ("stopped", "running")
     assert _samples(metrics)[("edged_stream_errors_total", (("stage", "inference"), ("stream", "err")))] == 3
     assert stream.last_error == "inference: invoke failed"

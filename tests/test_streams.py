@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from edged.config import config_from_dict
+from edged.daemon import Service
 from edged.errors import ConfigError
-from edged.failover import FairLock, SharedEngine
-from edged.service import Service
+from edged.inference.shared import FairLock, SharedEngine
 from edged.sources.base import redact
 
 
@@ -52,15 +52,18 @@ def test_streams_naming_one_model_share_one_engine_fairly(models_dir: Path, imag
     a, b, c = svc.streams
     try:  # until both sharers have had 20 turns (tflite-runtime's SSD is ~8x slower than LiteRT's)
         deadline = time.monotonic() + 60
-        while (a.processed < 20 or b.processed < 20) and time.monotonic() < deadline:
+        while (a.metrics.processed < 20 or b.metrics.processed < 20) and time.monotonic() < deadline:
             time.sleep(0.1)
     finally:
         svc.close()
     assert a.engine is b.engine and isinstance(a.engine, SharedEngine)
     assert c.engine is not a.engine and not isinstance(c.engine, SharedEngine)
     # the shared interpreter was taken in turn: neither sharer starved
-    assert a.processed >= 20 and b.processed >= 20
-    assert abs(a.processed - b.processed) <= 0.2 * max(a.processed, b.processed) + 2, (a.processed, b.processed)
+    assert a.metrics.processed >= 20 and b.metrics.processed >= 20
+    assert abs(a.metrics.processed - b.metrics.processed) <= 0.2 * max(a.metrics.processed, b.metrics.processed) + 2, (
+        a.metrics.processed,
+        b.metrics.processed,
+    )
     # and each stream got its own answers through the shared model
     assert a.latest and {o["label"] for o in a.latest.objects or []} >= {"person"}
     assert b.latest and "kite" in {o["label"] for o in b.latest.objects or []}

@@ -205,8 +205,8 @@ def test_ready_is_not_held_back_by_a_camera_that_is_down(tmp_path, notify_socket
 def test_watchdog_stops_when_an_inference_loop_is_wedged(tmp_path, notify_socket, caplog) -> None:
     """A stream whose inference never returns: the pings stop, the reason is logged once."""
     from edged.config import config_from_dict
+    from edged.daemon import Service
     from edged.sdnotify import Notifier
-    from edged.service import Service
 
     cfg = config_from_dict({"listen": "127.0.0.1:0", "streams": [stream("a", tmp_path), stream("b", tmp_path)]})
     notifier = Notifier({"NOTIFY_SOCKET": str(notify_socket.path), "WATCHDOG_USEC": "1000000"})
@@ -217,13 +217,13 @@ def test_watchdog_stops_when_an_inference_loop_is_wedged(tmp_path, notify_socket
         wait_for(lambda: len(notify_socket.with_key("WATCHDOG")) >= 4, 20, "pings")
         # wedge stream b's inference, at the engine: the call never returns until released
         engine = svc.stream("b").engine
-        real = engine.run_prepared
+        real = engine.run
 
         def wedged(*args: Any, **kwargs: Any) -> Any:
             release.wait()
             return real(*args, **kwargs)
 
-        engine.run_prepared = wedged
+        engine.run = wedged
         wedged_at = time.monotonic()
         n0 = len(results(tmp_path, "a"))
         time.sleep(3.0)
@@ -234,7 +234,7 @@ def test_watchdog_stops_when_an_inference_loop_is_wedged(tmp_path, notify_socket
         # stream a kept running meanwhile; once b turns again the pings resume
         n = len(results(tmp_path, "a"))
         assert n > n0 + 10, (n0, n)  # 3 s at 20 fps
-        engine.run_prepared = real
+        engine.run = real
         release.set()
         resumed = time.monotonic()
         wait_for(lambda: [t for t, _ in notify_socket.with_key("WATCHDOG") if t > resumed], 5, "pings again")

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from edged.cli import main
-from edged.engine import Engine, EngineOptions
+from edged.inference import Engine
 from edged.scene import DigitScene, load_digits
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,7 +94,7 @@ def test_eval_json_on_the_demo_model_matches_the_daemons_engine(
     assert rec["top1"] <= rec["top5"] <= 1.0
     assert rec["top1"] == rec["correct_top1"] / 40
     # the daemon's own path, one frame at a time through Engine.process, agrees image by image
-    engine = Engine(DEMO, EngineOptions(labels=str(DEMO_LABELS), top_k=1, threshold=0.0))
+    engine = Engine.from_file(DEMO, labels=str(DEMO_LABELS), top_k=1, threshold=0.0)
     hits = 0
     for folder in sorted(scene_folder.iterdir()):
         for f in sorted(folder.iterdir()):

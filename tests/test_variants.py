@@ -4,7 +4,7 @@ The three digit classifiers come from one training run (``models/train_digits.py
 ``models/digits_int8.tflite`` (uint8 in/out, the demo model), and the test variants
 ``tests/data/digits_int8io.tflite`` (int8 in/out) and ``tests/data/digits_float32.tflite``
 (float in/out, trained on pixels / 255); see ``tests/data/README.md``. Each one goes
-through :class:`edged.engine.Engine` on frames of :class:`edged.scene.DigitScene` that
+through :class:`edged.inference.Engine` on frames of :class:`edged.scene.DigitScene` that
 show the held-out digits, with scene seeds the training never used. Only edged's API is
 used here, so the tests run under every runtime edged supports (``EDGED_RUNTIME``).
 """
@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edged.engine import Engine, EngineOptions
+from edged.inference import Engine
 from edged.scene import DigitScene
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,8 +35,8 @@ MIN_AGREEMENT = 0.97
 N_TENSOR_CHECKS = 5  # frames whose input tensor is read back and compared
 
 
-def _options(**kw: object) -> EngineOptions:
-    return EngineOptions(top_k=1, threshold=0.0, **kw)  # type: ignore[arg-type]
+def _engine(path: Path, **kw: object) -> Engine:
+    return Engine.from_file(path, top_k=1, threshold=0.0, **kw)
 
 
 def _rgb32(frame: np.ndarray) -> np.ndarray:
@@ -60,10 +60,10 @@ class Run:
 @pytest.fixture(scope="module")
 def run() -> Run:
     engines = {
-        "uint8": Engine(UINT8_MODEL, _options()),
-        "int8io": Engine(INT8IO_MODEL, _options()),
-        "float32": Engine(FLOAT_MODEL, _options(mean=0.0, std=255.0)),
-        "float32_default": Engine(FLOAT_MODEL, _options()),  # (p - 127.5) / 127.5: not what it was trained on
+        "uint8": _engine(UINT8_MODEL),
+        "int8io": _engine(INT8IO_MODEL),
+        "float32": _engine(FLOAT_MODEL, mean=0.0, std=255.0),
+        "float32_default": _engine(FLOAT_MODEL),  # (p - 127.5) / 127.5: not what it was trained on
     }
     truth: list[int] = []
     pred: dict[str, list[int]] = {k: [] for k in engines}

@@ -19,9 +19,8 @@ import pytest
 from make_yolo_models import DESIGNED, HEIGHT, MODELS, WIDTH, yolo_table
 
 from edged.config import ModelConfig
-from edged.engine import Engine, EngineOptions
+from edged.inference import Engine
 from edged.model import Quantization, TensorSpec, detect_task, resolve_yolo_output, yolo_anchor_count
-from edged.pipeline import engine_options
 from edged.postprocess import detect_yolo, nms, quantized_threshold
 from edged.preprocess import compute_transform, dequantize
 
@@ -121,7 +120,7 @@ def _frame(w: int, h: int) -> np.ndarray:
 )
 def test_engine_matches_reference(name: str, frame_size: tuple[int, int], resize: str, threshold: float | None) -> None:
     io, channels_first, normalized = MODELS[name]
-    engine = Engine(DATA / name, EngineOptions(resize=resize, threshold=threshold, top_k=0))
+    engine = Engine.from_file(DATA / name, resize=resize, threshold=threshold, top_k=0)
     info = engine.info
     assert info.task == "detection" and info.ssd_outputs is None
     assert info.yolo_output is not None
@@ -147,7 +146,7 @@ def test_engine_matches_reference(name: str, frame_size: tuple[int, int], resize
 
 def test_known_objects_of_the_float_model() -> None:
     """The designed anchors on an input-sized frame (the transform is the identity)."""
-    engine = Engine(DATA / "yolo_f32_cf_pixels.tflite", EngineOptions(top_k=0))
+    engine = Engine.from_file(DATA / "yolo_f32_cf_pixels.tflite", top_k=0)
     objects = engine.process(_frame(WIDTH, HEIGHT)).objects or []
     # anchor 1 is suppressed by anchor 0 (same class), anchor 5 scores below 0.5
     order = [0, 7, 2, 6, 3, 4]
@@ -166,18 +165,18 @@ def test_labels_top_k_and_config_keys(tmp_path: Path) -> None:
     labels = tmp_path / "labels.txt"
     labels.write_text("cat\ndog\nbird\n")
     frame = _frame(WIDTH, HEIGHT)
-    objs = Engine(path, EngineOptions(labels=str(labels), top_k=2)).process(frame).objects or []
+    objs = Engine.from_file(path, labels=str(labels), top_k=2).process(frame).objects or []
     assert [(o["id"], o["label"]) for o in objs] == [(0, "cat"), (0, "cat")]
     # a looser NMS keeps anchor 1 (IoU 0.77 with anchor 0); max_detections caps the result
-    loose = Engine(path, engine_options(ModelConfig(path=str(path), top_k=0, iou_threshold=0.9))).process(frame)
+    loose = Engine.load(ModelConfig(path=str(path), top_k=0, iou_threshold=0.9)).process(frame)
     assert len(loose.objects or []) == 7
-    capped = Engine(path, engine_options(ModelConfig(path=str(path), top_k=0, max_detections=3))).process(frame)
+    capped = Engine.load(ModelConfig(path=str(path), top_k=0, max_detections=3)).process(frame)
     assert len(capped.objects or []) == 3
     # the box format forced wrong: normalised boxes read as pixels are sub-pixel boxes
-    wrong = Engine(path, engine_options(ModelConfig(path=str(path), top_k=0, yolo_boxes="pixels"))).process(frame)
+    wrong = Engine.load(ModelConfig(path=str(path), top_k=0, yolo_boxes="pixels")).process(frame)
     assert all(o["box"]["xmax"] < 2 for o in wrong.objects or [])
-    right = Engine(path, engine_options(ModelConfig(path=str(path), top_k=0, yolo_boxes="normalized"))).process(frame)
-    auto = Engine(path, EngineOptions(top_k=0)).process(frame)
+    right = Engine.load(ModelConfig(path=str(path), top_k=0, yolo_boxes="normalized")).process(frame)
+    auto = Engine.from_file(path, top_k=0).process(frame)
     assert right.objects == auto.objects
     with pytest.raises(ValueError):
         ModelConfig(path="x.tflite", yolo_boxes="xyxy")

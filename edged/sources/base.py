@@ -20,8 +20,6 @@ class Frame:
     capture_seconds: float  # time spent grabbing and decoding this frame
     origin: str | None = None  # e.g. the file an image came from
     truth: Any = None  # what a synthetic source drew
-    prepared: Any = None  # (input buffer, transform, input key, seconds) once preprocessed ahead
-    ready: float = 0.0  # time.monotonic() when the frame was ready for inference
 
 
 def redact(url: str) -> str:
@@ -90,7 +88,18 @@ class Source:
         return not self.closed
 
     def _fps(self) -> float | None:
+        """The pace a subclass reads at (None: as fast as it can, or as the device delivers)."""
         return None
+
+    @property
+    def paced(self) -> bool:
+        """Whether the source waits between two frames of its own accord (a frame rate)."""
+        return self._fps() is not None
+
+    @property
+    def frames_read(self) -> int:
+        """Frames read since the source was built."""
+        return self._seq
 
     def read(self) -> Frame | None:
         """The next frame, or None when the source has ended (or was closed)."""

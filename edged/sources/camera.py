@@ -1,7 +1,7 @@
 """A local camera (USB/CSI exposed as V4L2) through OpenCV.
 
 A camera that stops delivering raises SourceError; the stream releases it and opens it
-again with backoff (see :mod:`edged.pipeline`).
+again with backoff (see :mod:`edged.stream`).
 """
 
 from __future__ import annotations

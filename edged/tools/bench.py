@@ -115,7 +115,7 @@ def tpu_model_for(model: Path) -> Path | None:
 def bench_edgetpu(model: Path, warmup: int, runs: int, library: str | None, selector: str | None) -> dict[str, Any]:
     """The model on an Edge TPU worker (raises WorkerFailure when the delegate or model fails)."""
     from ..edgetpu import default_library
-    from ..failover import delegate_runtime
+    from ..inference.placement import delegate_runtime
     from ..runtime import get_runtime
     from ..worker import DeviceWorker
 

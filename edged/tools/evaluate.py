@@ -9,7 +9,7 @@ output index a class is:
 * without it: the folders in sorted name order are ids 0, 1, 2, ... (so name them
   ``0``..``9`` or ``00_background``, ``01_cat``, ...; ``10`` sorts before ``2``).
 
-Every image goes through edged's own preprocessing (the :class:`~edged.engine.Engine`'s
+Every image goes through edged's own preprocessing (the :class:`~edged.inference.Engine`'s
 :class:`~edged.preprocess.Preprocessor`, with the model config's resize / interpolation /
 mean / std), so the accuracy is the daemon's. Images are run in batches where the model
 allows it (the interpreter's input resized to [B,H,W,C]); models that cannot be resized
@@ -28,8 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from ..engine import Engine, EngineOptions
+from ..config import ModelConfig
 from ..errors import ConfigError
+from ..inference import Engine
 from ..model import read_labels
 from ..preprocess import dequantize
 from .common import format_table, human_size, list_images, parse_floats, read_image
@@ -139,14 +140,13 @@ def run_model(engine: Engine, inputs: np.ndarray, batch: int) -> tuple[np.ndarra
 
 
 def evaluate(
-    model: str | Path,
+    model: ModelConfig,
     data: Dataset,
-    options: EngineOptions,
     batch: int = 32,
     frames: list[np.ndarray] | None = None,
 ) -> dict[str, Any]:
     """Accuracy and latency of one model on ``data``: a dict (the --json record)."""
-    engine = Engine(model, options)
+    engine = Engine.load(model)
     if engine.info.task != "classification":
         raise ConfigError(f"{engine.info.name} is a {engine.info.task} model; edged eval measures classifiers")
     truth = class_ids(data.classes, engine.labels)[data.folder_index]
@@ -159,10 +159,10 @@ def evaluate(
     spec = engine.info.input
     _, h, w, c = spec.shape
     inputs = np.empty((len(data.files), h, w, c), np.dtype(spec.dtype))
-    pre = engine.preprocessor
+    preparer = engine.preparer()
     for i, path in enumerate(data.files):
         frame = frames[i] if frames is not None else read_image(path)
-        pre(frame, inputs[i])
+        preparer.prepare(frame, inputs[i])
     scores, seconds, used = run_model(engine, inputs, batch)
     top = np.argsort(-scores, axis=1, kind="stable")[:, : min(5, k)]
     n = len(data.files)
@@ -174,7 +174,7 @@ def evaluate(
         "size_bytes": engine.info.size_bytes,
         "input": {"shape": list(spec.shape), "dtype": spec.dtype},
         "runtime": f"{engine.info.runtime} {engine.runtime_version}".strip(),
-        "threads": options.threads,
+        "threads": model.threads,
         "batch": used,
         "images": n,
         "correct_top1": hits1,
@@ -198,7 +198,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     mean, std = parse_floats(args.mean), parse_floats(args.std)
     records = []
     for i, model in enumerate(args.models):
-        opts = EngineOptions(
+        cfg = ModelConfig(
+            path=str(model),
             runtime=args.runtime,
             threads=args.threads,
             labels=labels[0] if len(labels) == 1 else (labels[i] if labels else None),
@@ -207,7 +208,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
             mean=mean,
             std=std,
         )
-        records.append(evaluate(model, data, opts, args.batch, frames))
+        records.append(evaluate(cfg, data, args.batch, frames))
     if args.json:
         doc = {"data": str(data.root), "images": len(data.files), "classes": data.classes, "models": records}
         print(json.dumps(doc, indent=2))

@@ -1,0 +1,27 @@
+"""A stream built from its configuration: its source, its sinks and its engine."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Optional, Sequence
+
+from ..inference import Engine, InferenceEngine
+from ..metrics import Metrics
+from ..sinks import Sink, SinkContext, make_sink
+from ..sources import make_source
+from ..stream import Stream
+
+if TYPE_CHECKING:
+    from ..config import StreamConfig
+
+
+def build_stream(
+    cfg: StreamConfig,
+    metrics: Metrics,
+    engine: Optional[InferenceEngine] = None,
+    extra_sinks: Sequence[Sink] = (),
+) -> Stream:
+    """The stream ``cfg`` describes, not started; without ``engine``, its model on the CPU in this process."""
+    ctx = SinkContext(cfg.id, metrics)
+    sinks = [make_sink(s, ctx) for s in cfg.sinks] + list(extra_sinks)
+    engine = engine if engine is not None else Engine.load(cfg.model)
+    return Stream(cfg, engine, make_source(cfg.source, cfg.id), sinks, metrics.stream(cfg.id))

@@ -1,0 +1,157 @@
+"""Edge TPU with CPU fallback, per stream.
+
+A :class:`FailoverEngine` holds the stream's Edge TPU engine (a model in a
+:class:`~edged.worker.DeviceWorker`) and its CPU twin (an in-process engine, loaded at
+start so that a fallback costs nothing). When the worker fails, the frame in hand is run
+on the CPU twin at once and the stream stays there; the worker's probe thread restarts it
+with capped exponential backoff, and the stream moves back on its next frame once the
+worker's generation has changed. Every switch is logged once, with its reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Optional, Union
+
+import numpy as np
+
+from ..errors import AcceleratorError
+from ..model import ModelInfo
+from ..worker import DeviceWorker, WorkerFailure
+from .local import Engine, WorkerBackend
+from .types import EngineStatus, Output, Prepared, Preparer
+
+if TYPE_CHECKING:
+    from ..config import ModelConfig
+    from ..metrics import Metrics
+
+log = logging.getLogger("edged.failover")
+
+
+class FailoverEngine:
+    """The Edge TPU engine of one stream and its CPU twin. Implements :class:`~.types.InferenceEngine`."""
+
+    def __init__(
+        self,
+        stream: str,
+        cfg: ModelConfig,
+        worker: DeviceWorker,
+        cpu_path: Union[str, Path, None],
+        metrics: Optional[Metrics] = None,
+        start_reason: Optional[str] = None,
+    ) -> None:
+        self.stream = stream
+        self.cfg = cfg
+        self.worker = worker
+        self.metrics = metrics
+        self.cpu: Optional[Engine] = Engine.load(cfg, cpu_path) if cpu_path is not None else None
+        self.tpu: Optional[Engine] = None
+        self._tpu_generation = 0
+        self.since: float = time.monotonic()
+        self.last_reason: Optional[str] = start_reason
+        if worker.up:
+            self._attach_tpu()
+        elif self.cpu is None:
+            raise AcceleratorError(
+                f"stream {stream}: the Edge TPU is not available ({start_reason or 'worker down'}) and the "
+                "model has no CPU twin to fall back to; put the uncompiled model beside it or set cpu_model"
+            )
+        else:
+            log.warning(
+                "stream %s: Edge TPU unavailable (%s); running on the CPU twin %s",
+                stream, start_reason or "worker down", self.cpu.info.name,
+            )  # fmt: skip
+            self._count_fallback("unavailable")
+        self._set_active()
+
+    # ---------------------------------------------------------------- what the stream sees
+    @property
+    def current(self) -> Engine:
+        engine = self.tpu or self.cpu
+        assert engine is not None
+        return engine
+
+    @property
+    def accelerator(self) -> str:
+        return "edgetpu" if self.tpu is not None else "cpu"
+
+    @property
+    def info(self) -> ModelInfo:
+        return self.current.info
+
+    @property
+    def runtime_version(self) -> str:
+        return self.current.runtime_version
+
+    def preparer(self) -> Preparer:
+        return self.current.preparer()
+
+    def process(self, image: np.ndarray) -> Output:
+        return self._run(lambda engine: engine.process(image))
+
+    def run(self, prepared: Prepared, image: np.ndarray) -> Output:
+        """An input prepared for the other engine (the TPU and CPU models may quantise their
+        input differently) is prepared again from ``image`` by the engine that runs it."""
+        return self._run(lambda engine: engine.run(prepared, image))
+
+    def status(self) -> EngineStatus:
+        return EngineStatus(
+            accelerator=self.accelerator,
+            device=self.worker.label,
+            since_seconds=round(time.monotonic() - self.since, 1),
+            last_fallback_reason=self.last_reason,
+            cpu_model=self.cpu.info.name if self.cpu else None,
+        )
+
+    def _run(self, fn: Callable[[Engine], Output]) -> Output:
+        w = self.worker
+        if self.tpu is None and w.up and w.generation != self._tpu_generation:
+            self._attach_tpu()
+            log.info(
+                "stream %s: back on the Edge TPU %s after %.0f s on the CPU",
+                self.stream, w.label, time.monotonic() - self.since,
+            )  # fmt: skip
+            self.since = time.monotonic()
+            self._set_active()
+        if self.tpu is not None:
+            try:
+                return fn(self.tpu)
+            except WorkerFailure as exc:
+                self._fall_back(exc)
+        if self.cpu is None:
+            raise AcceleratorError(f"Edge TPU down ({self.last_reason}) and no CPU twin to run on")
+        return fn(self.cpu)  # the frame in hand is not lost
+
+    # ---------------------------------------------------------------- switching
+    def _attach_tpu(self) -> None:
+        self.tpu = Engine(self.cfg, WorkerBackend(self.worker, self.stream))
+        self._tpu_generation = self.worker.generation
+
+    def _fall_back(self, exc: WorkerFailure) -> None:
+        self.tpu = None
+        self.last_reason = exc.reason
+        self.since = time.monotonic()
+        self._count_fallback(exc.kind)
+        if self.cpu is not None:
+            log.warning(
+                "stream %s: Edge TPU %s failed (%s); moved to the CPU twin %s; probing the TPU again in %g s",
+                self.stream, self.worker.label, exc.reason, self.cpu.info.name, self.worker.next_probe_in,
+            )  # fmt: skip
+        else:
+            log.error(
+                "stream %s: Edge TPU %s failed (%s) and there is no CPU twin; waiting for the TPU",
+                self.stream, self.worker.label, exc.reason,
+            )  # fmt: skip
+        self._set_active()
+
+    def _count_fallback(self, kind: str) -> None:
+        if self.metrics is not None:
+            self.metrics.fallbacks.labels(self.stream, kind).inc()
+
+    def _set_active(self) -> None:
+        if self.metrics is None:
+            return
+        for acc in ("edgetpu", "cpu"):
+            self.metrics.accelerator_active.labels(self.stream, acc).set(1 if acc == self.accelerator else 0)

@@ -1,0 +1,289 @@
+"""A Stream: source -> latest-frame slot -> engine -> sinks, given its parts.
+
+Two threads per stream. The capture thread reads frames, prepares each for the model and
+puts it into a one-frame slot; when the slot still holds a frame inference has not taken,
+that frame is replaced and counted as dropped, so no queue can grow and the newest frame
+always wins. The inference thread takes the newest frame, runs the engine, builds the
+:class:`~edged.result.Result` and hands it to every sink.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import queue
+import random
+import threading
+import time
+from typing import TYPE_CHECKING, Callable, Optional
+
+import numpy as np
+
+from ..errors import SourceError
+from ..inference import InferenceEngine
+from ..metrics import StreamMetrics
+from ..result import Result
+from ..sinks import Sink
+from ..sources import Source
+from .results import build_result
+from .slot import LatestSlot, ReadyFrame
+from .state import SourceState, StreamState
+
+if TYPE_CHECKING:
+    from ..config import StreamConfig
+
+log = logging.getLogger("edged.pipeline")
+
+BUFFERS = 3  # prepared inputs: one being filled, one waiting in the slot, one being copied into the model
+ERROR_LOG_EVERY = 30.0  # seconds between two log lines of one stage's errors
+
+
+class Stream:
+    """One configured stream. Construct with its parts, ``start()``, ``close()``."""
+
+    def __init__(
+        self, cfg: StreamConfig, engine: InferenceEngine, source: Source, sinks: list[Sink], metrics: StreamMetrics
+    ) -> None:
+        self.cfg = cfg
+        self.id: str = cfg.id
+        self.engine = engine
+        self.source = source
+        self.sinks = sinks
+        self.metrics = metrics
+        self.slot = LatestSlot()
+        self.preparer = engine.preparer()
+        spec = engine.info.input
+        self._buffers: queue.SimpleQueue[np.ndarray] = queue.SimpleQueue()
+        for _ in range(BUFFERS):
+            self._buffers.put(np.empty(spec.shape[1:], np.dtype(spec.dtype)))
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.state = StreamState.CREATED
+        self.last_error: Optional[str] = None
+        self._times: collections.deque[float] = collections.deque(maxlen=256)
+        self.latest: Optional[Result] = None
+        self.latest_frame: Optional[tuple[Result, np.ndarray]] = None  # the result and the frame it is of
+        self.source_state = SourceState.CREATED
+        self.source_error: Optional[str] = None
+        self._source_down_since: Optional[float] = None
+        self.first_result = threading.Event()
+        self.heartbeat = time.monotonic()  # the inference loop's last turn (the systemd watchdog reads it)
+        self._error_logged: dict[str, float] = {}
+
+    # -------------------------------------------------------------- lifecycle
+    def start(self) -> None:
+        self.metrics.init(self.engine.info)
+        try:
+            self.source.open()
+            self._source_is_up()
+        except SourceError as exc:
+            if not self.source.live:  # a missing file is a configuration mistake: say so and stop
+                raise
+            # a camera that is not there yet must not stop the other streams: keep trying
+            self._source_is_down(str(exc))
+            log.error("stream %s: %s; retrying in the background", self.id, exc)
+        for sink in self.sinks:
+            sink.start()
+        self.state = StreamState.RUNNING
+        self.heartbeat = time.monotonic()
+        for target, role in ((self._capture_loop, "capture"), (self._inference_loop, "infer")):
+            t = threading.Thread(target=self._guard, args=(target, role), name=f"{self.id}-{role}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        info, spec = self.engine.info, self.engine.info.input
+        log.info(
+            "stream %s: %s -> %s (%s, %s %s, scale %.6g, zero point %d, %s %s) on %s",
+            self.id, self.source.describe(), info.name, info.task, spec.dtype, list(spec.shape),
+            spec.quantization.scale, spec.quantization.zero_point, info.runtime, self.engine.runtime_version,
+            self.engine.accelerator,
+        )  # fmt: skip
+
+    def request_stop(self) -> None:
+        """Ask both threads to stop without waiting (so several streams stop in parallel)."""
+        self._stop.set()
+        self.source.close()
+        self.slot.end()
+
+    def close(self, timeout: float = 1.5) -> None:
+        self.request_stop()
+        deadline = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        self.source.close()  # again, now that no read is under way: releases a device the reader held
+        for sink in self.sinks:
+            try:
+                sink.close()
+            except Exception as exc:  # a sink failing to flush must not stop the others
+                log.warning("stream %s: closing sink %s failed: %s", self.id, sink.name, exc)
+        if self.state is StreamState.RUNNING:
+            self.state = StreamState.STOPPED
+        self.metrics.up.set(0)
+
+    def __enter__(self) -> Stream:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def finished(self) -> bool:
+        return self.state.finished
+
+    def has_result(self) -> bool:
+        return self.first_result.is_set()
+
+    # -------------------------------------------------------------- threads
+    def _guard(self, target: Callable[[], None], role: str) -> None:
+        try:
+            target()
+        except BaseException as exc:  # never die silently: log, mark failed, /healthz says so
+            self.state = StreamState.FAILED
+            self.last_error = f"{role} thread crashed: {type(exc).__name__}: {exc}"
+            self.metrics.up.set(0)
+            log.exception("stream %s: %s", self.id, self.last_error)
+            self.slot.end()
+
+    def _report(self, stage: str, exc: BaseException) -> None:
+        """Count every error; log a stage's error at most once every 30 s."""
+        self.metrics.count_error(stage)
+        self.last_error = f"{stage}: {exc}"
+        now = time.monotonic()
+        if now - self._error_logged.get(stage, -1e9) >= ERROR_LOG_EVERY:
+            self._error_logged[stage] = now
+            log.error("stream %s: %s error: %s", self.id, stage, exc)
+
+    def _source_is_up(self) -> None:
+        self.source_state = SourceState.UP
+        self.metrics.source_up.set(1)
+
+    def _source_is_down(self, error: str) -> None:
+        self.source_state = SourceState.CONNECTING
+        self.source_error = error
+        self.metrics.source_up.set(0)
+        self._source_down_since = time.monotonic()
+
+    def _reconnect(self) -> bool:
+        """Open a live source again with capped exponential backoff and jitter; False when stopped."""
+        cfg = self.cfg.source
+        delay = cfg.reconnect_min_seconds
+        while not self._stop.is_set():
+            if self._stop.wait(delay * random.uniform(0.5, 1.0)):
+                return False
+            try:
+                self.source.open()
+            except SourceError as exc:
+                self.source_error = str(exc)
+                self.metrics.count_error("source")
+                delay = min(delay * 2, cfg.reconnect_max_seconds)
+                continue
+            down = time.monotonic() - (self._source_down_since or time.monotonic())
+            self.metrics.count_reconnect()
+            self._source_is_up()
+            log.info("stream %s: source %s is back after %.1f s", self.id, self.source.describe(), down)
+            return True
+        return False
+
+    def _source_failed(self, exc: Exception) -> bool:
+        """A read failed: count it; a live source is opened again. False when the stream stops."""
+        self._report("source", exc)
+        self.metrics.up.set(0)
+        if not self.source.live:
+            return not self._stop.wait(1.0)
+        # a live source lost its device or connection: release it, come back with backoff
+        self.source.release()
+        self._source_is_down(str(exc))
+        log.warning("stream %s: source lost (%s); reconnecting", self.id, exc)
+        return self._reconnect()
+
+    def _capture_loop(self) -> None:
+        if self.source_state is SourceState.CONNECTING and not self._reconnect():
+            self.slot.end()
+            return
+        # A source with no pace of its own that is not live (a file read as fast as possible)
+        # is read one frame ahead of inference: every frame it decodes is processed, and the
+        # capture thread does not spin holding the GIL. Paced and live sources are read
+        # continuously, and the newest frame wins.
+        ahead_only = not self.source.live and not self.source.paced
+        while not self._stop.is_set():
+            if ahead_only and not self.slot.wait_free(0.25):
+                continue
+            try:
+                frame = self.source.read()
+            except Exception as exc:
+                if not self._source_failed(exc):
+                    break
+                continue
+            if frame is None:
+                if not self._stop.is_set():
+                    log.info("stream %s: source ended after %d frames", self.id, self.source.frames_read)
+                break
+            self.metrics.stage["capture"].observe(frame.capture_seconds)
+            # prepare here, while the inference thread is busy with the previous frame
+            buf = self._buffers.get()
+            try:
+                prepared = self.preparer.prepare(frame.image, buf)
+            except Exception as exc:
+                self._buffers.put(buf)
+                self._report("preprocess", exc)
+                continue
+            replaced = self.slot.put(ReadyFrame(frame, prepared, time.monotonic()))
+            if replaced is not None:
+                self._buffers.put(replaced.prepared.data)
+                self.metrics.count_dropped()
+        self.slot.end()
+
+    def _inference_loop(self) -> None:
+        while not self._stop.is_set():
+            self.heartbeat = time.monotonic()
+            ready = self.slot.take(0.25)
+            if ready is None:
+                if self.slot.ended:
+                    break
+                continue
+            self._infer(ready)
+        if self.state is StreamState.RUNNING:
+            self.state = StreamState.ENDED if not self._stop.is_set() else StreamState.STOPPED
+        self.metrics.up.set(0)
+
+    def _infer(self, ready: ReadyFrame) -> None:
+        frame, prepared = ready.frame, ready.prepared
+        queued = time.monotonic() - ready.ready
+        try:
+            out = self.engine.run(prepared, frame.image)
+        except Exception as exc:
+            self._report("inference", exc)
+            return
+        finally:
+            self._buffers.put(prepared.data)
+        result = build_result(self.id, frame, out, self.engine.info, queued)
+        p0 = time.perf_counter()
+        for sink in self.sinks:
+            try:
+                sink.publish(result)
+            except Exception as exc:
+                self._report("publish", exc)
+        publish = time.perf_counter() - p0
+        done = time.monotonic()
+        m = self.metrics
+        m.stage["queue"].observe(max(0.0, queued))
+        for stage in ("preprocess", "inference", "postprocess"):
+            m.stage[stage].observe(out.timings[stage])
+        m.stage["publish"].observe(publish)
+        m.frame_latency.observe(done - frame.monotonic)
+        m.count_processed(out.accelerator)
+        m.up.set(1)
+        m.last_result.set(time.time())
+        self._times.append(done)
+        self.latest = result
+        self.latest_frame = (result, frame.image)
+        self.first_result.set()
+
+    # -------------------------------------------------------------- status
+    def fps(self, window: float = 5.0) -> float:
+        now = time.monotonic()
+        times = [t for t in list(self._times) if now - t <= window]
+        if len(times) < 2:
+            return 0.0
+        span = max(now - times[0], times[-1] - times[0])
+        return (len(times) - 1) / span if span > 0 else 0.0
