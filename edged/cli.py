@@ -113,7 +113,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
         EdgeTpuConfig,
         ModelConfig,
         StreamConfig,
-        SyntheticSource,
+        SyntheticSourceConfig,
         format_validation_errors,
     )  # fmt: skip
     from .failover import build_engines
@@ -135,7 +135,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
     try:  # the same sections a configuration file has, so the same checks, defaults and engines
         cfg = Config(
             edgetpu=EdgeTpuConfig(library=args.edgetpu_library, options=options),
-            streams=[StreamConfig(id="infer", source=SyntheticSource(), model=ModelConfig(**raw_model), sinks=[])],
+            streams=[StreamConfig(id="infer", source=SyntheticSourceConfig(), model=ModelConfig(**raw_model), sinks=[])],
         )
     except ValidationError as exc:
         raise ConfigError(format_validation_errors(exc, prefix="--").replace("--streams[0].model.", "--")) from None

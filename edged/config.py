@@ -25,7 +25,7 @@ class _Strict(BaseModel):
 # --------------------------------------------------------------------------- sources
 
 
-class SyntheticSource(_Strict):
+class SyntheticSourceConfig(_Strict):
     """Handwritten digits drifting over a background: the embedded demo's world."""
 
     type: Literal["synthetic"] = "synthetic"
@@ -41,7 +41,7 @@ class SyntheticSource(_Strict):
     )
 
 
-class VideoSource(_Strict):
+class VideoSourceConfig(_Strict):
     """A video file, read with OpenCV (FFmpeg)."""
 
     type: Literal["video"] = "video"
@@ -51,7 +51,7 @@ class VideoSource(_Strict):
     fps: Optional[float] = Field(None, gt=0, description="override the frame rate used for pacing")
 
 
-class ImagesSource(_Strict):
+class ImagesSourceConfig(_Strict):
     """An image file, a directory of images, or a glob pattern."""
 
     type: Literal["images"] = "images"
@@ -60,14 +60,14 @@ class ImagesSource(_Strict):
     loop: bool = Field(True, description="start again after the last image")
 
 
-class _Live(_Strict):
+class LiveSourceConfig(_Strict):
     """What every live source (camera, network stream) shares: how it comes back."""
 
     reconnect_min_seconds: float = Field(0.5, gt=0, le=3600, description="first wait before reconnecting")
     reconnect_max_seconds: float = Field(30.0, gt=0, le=3600, description="the wait doubles up to this (with jitter)")
 
 
-class UrlSource(_Live):
+class UrlSourceConfig(LiveSourceConfig):
     """An IP camera or stream: RTSP, HTTP(S), MJPEG, through OpenCV's FFmpeg backend."""
 
     type: Literal["url"] = "url"
@@ -84,7 +84,7 @@ class UrlSource(_Live):
         return v
 
 
-class GStreamerSource(_Live):
+class GStreamerSourceConfig(LiveSourceConfig):
     """A GStreamer pipeline ending in appsink (needs an OpenCV built with GStreamer)."""
 
     type: Literal["gstreamer"] = "gstreamer"
@@ -94,7 +94,7 @@ class GStreamerSource(_Live):
     )
 
 
-class Picamera2Source(_Live):
+class Picamera2SourceConfig(LiveSourceConfig):
     """A Raspberry Pi camera through picamera2 (libcamera), when that module is importable."""
 
     type: Literal["picamera2"] = "picamera2"
@@ -103,7 +103,7 @@ class Picamera2Source(_Live):
     fps: float = Field(30.0, gt=0)
 
 
-class CameraSource(_Live):
+class CameraSourceConfig(LiveSourceConfig):
     """A local camera through OpenCV (V4L2 on Linux)."""
 
     type: Literal["camera"] = "camera"
@@ -115,7 +115,7 @@ class CameraSource(_Live):
 
 
 SourceConfig = Annotated[
-    Union[SyntheticSource, VideoSource, ImagesSource, CameraSource, UrlSource, GStreamerSource, Picamera2Source],
+    Union[SyntheticSourceConfig, VideoSourceConfig, ImagesSourceConfig, CameraSourceConfig, UrlSourceConfig, GStreamerSourceConfig, Picamera2SourceConfig],
     Field(discriminator="type"),
 ]
 
@@ -123,21 +123,21 @@ SourceConfig = Annotated[
 # --------------------------------------------------------------------------- sinks
 
 
-class LogSink(_Strict):
+class LogSinkConfig(_Strict):
     """Log results as human lines (rate limited: one line per interval per stream)."""
 
     type: Literal["log"] = "log"
     interval: float = Field(1.0, ge=0, description="seconds between two logged results of a stream (0: every result)")
 
 
-class JsonlSink(_Strict):
+class JsonlSinkConfig(_Strict):
     """Append every result as one JSON object per line to a file."""
 
     type: Literal["jsonl"] = "jsonl"
     path: str = Field(description="file to append to; its directory is created")
 
 
-class MqttThin(_Strict):
+class MqttThinConfig(_Strict):
     """Publish fewer results of a stream: on a change of its labels and/or at most N a second per label."""
 
     on_change: bool = Field(
@@ -156,13 +156,13 @@ class MqttThin(_Strict):
     )
 
     @model_validator(mode="after")
-    def _a_rule(self) -> MqttThin:
+    def _a_rule(self) -> MqttThinConfig:
         if not self.on_change and self.max_per_second is None:
             raise ValueError("set on_change: true and/or max_per_second (or leave thin: out)")
         return self
 
 
-class MqttSink(_Strict):
+class MqttSinkConfig(_Strict):
     """Publish every result to an MQTT broker; QoS 1 results wait in an on-disk queue while it is away."""
 
     type: Literal["mqtt"] = "mqtt"
@@ -190,7 +190,7 @@ class MqttSink(_Strict):
     status_interval: float = Field(
         30.0, ge=1, le=3600, description="seconds between two publications of the retained device status"
     )
-    thin: Optional[MqttThin] = Field(None, description="publish fewer results (default: every result)")
+    thin: Optional[MqttThinConfig] = Field(None, description="publish fewer results (default: every result)")
 
     @field_validator("topic_prefix", "device")
     @classmethod
@@ -200,7 +200,10 @@ class MqttSink(_Strict):
         return v
 
 
-SinkConfig = Annotated[Union[LogSink, JsonlSink, MqttSink], Field(discriminator="type")]
+SinkConfig = Annotated[Union[LogSinkConfig, JsonlSinkConfig, MqttSinkConfig], Field(discriminator="type")]
+
+# The old name, for tests/test_mqtt_connection.py until the MQTT package (another branch) imports the new one.
+MqttSink = MqttSinkConfig
 
 
 # --------------------------------------------------------------------------- model and stream
@@ -292,7 +295,7 @@ class StreamConfig(_Strict):
     shared_model: Optional[str] = Field(
         None, description="set when model names an entry of models: streams naming the same entry share one engine"
     )
-    sinks: List[SinkConfig] = Field(default_factory=lambda: [LogSink()])
+    sinks: List[SinkConfig] = Field(default_factory=lambda: [LogSinkConfig()])
 
 
 class LogConfig(_Strict):

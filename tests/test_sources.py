@@ -9,10 +9,10 @@ import cv2
 import numpy as np
 import pytest
 
-from edged.config import CameraSource as CameraCfg
-from edged.config import ImagesSource as ImagesCfg
-from edged.config import SyntheticSource as SyntheticCfg
-from edged.config import VideoSource as VideoCfg
+from edged.config import CameraSourceConfig as CameraCfg
+from edged.config import ImagesSourceConfig as ImagesCfg
+from edged.config import SyntheticSourceConfig as SyntheticCfg
+from edged.config import VideoSourceConfig as VideoCfg
 from edged.errors import SourceError
 from edged.sources import make_source
 
@@ -103,8 +103,8 @@ def test_missing_camera_is_a_clear_error() -> None:
 
 def test_gstreamer_and_picamera2_say_what_is_missing() -> None:
     """This machine's OpenCV (PyPI) has no GStreamer and there is no picamera2: clear errors."""
-    from edged.config import GStreamerSource as GstCfg
-    from edged.config import Picamera2Source as PiCfg
+    from edged.config import GStreamerSourceConfig as GstCfg
+    from edged.config import Picamera2SourceConfig as PiCfg
     from edged.sources.network import opencv_has_gstreamer
 
     gst = make_source(GstCfg(pipeline="videotestsrc ! videoconvert ! appsink"), "g")
@@ -125,11 +125,11 @@ def test_gstreamer_and_picamera2_say_what_is_missing() -> None:
 def test_url_source_config() -> None:
     from pydantic import ValidationError
 
-    from edged.config import UrlSource
+    from edged.config import UrlSourceConfig
     from edged.sources.network import ffmpeg_options
 
-    assert UrlSource(url="rtsp://cam/live").transport == "tcp"
+    assert UrlSourceConfig(url="rtsp://cam/live").transport == "tcp"
     with pytest.raises(ValidationError, match="must start with rtsp://"):
-        UrlSource(url="/dev/video0")
+        UrlSourceConfig(url="/dev/video0")
     assert ffmpeg_options("rtsp://cam/live", "udp") == "rtsp_transport;udp"
     assert ffmpeg_options("http://cam/mjpg", "tcp") == ""
