@@ -108,15 +108,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_infer(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from .config import (
-        Config,
-        EdgeTpuConfig,
-        ModelConfig,
-        StreamConfig,
-        SyntheticSourceConfig,
-        format_validation_errors,
-    )  # fmt: skip
+    from .config import Config, EdgeTpuConfig, ModelConfig, StreamConfig, format_validation_errors
     from .failover import build_engines
+    from .sources.synthetic import SyntheticSourceConfig
 
     options: dict[str, str] = {}
     for item in args.delegate_option:
@@ -135,7 +129,9 @@ def cmd_infer(args: argparse.Namespace) -> int:
     try:  # the same sections a configuration file has, so the same checks, defaults and engines
         cfg = Config(
             edgetpu=EdgeTpuConfig(library=args.edgetpu_library, options=options),
-            streams=[StreamConfig(id="infer", source=SyntheticSourceConfig(), model=ModelConfig(**raw_model), sinks=[])],
+            streams=[
+                StreamConfig(id="infer", source=SyntheticSourceConfig(), model=ModelConfig(**raw_model), sinks=[])
+            ],
         )
     except ValidationError as exc:
         raise ConfigError(format_validation_errors(exc, prefix="--").replace("--streams[0].model.", "--")) from None

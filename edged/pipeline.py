@@ -23,7 +23,7 @@ from .engine import Engine, EngineOptions
 from .errors import SourceError
 from .metrics import Metrics
 from .result import Result
-from .sinks import Sink, make_sink
+from .sinks import Sink, SinkContext, make_sink
 from .sources import Frame, Source, make_source
 
 log = logging.getLogger(__name__)
@@ -104,7 +104,7 @@ class Stream:
         self.metrics = metrics
         self.engine = engine or Engine(cfg.model.path, engine_options(cfg.model))
         self.source: Source = make_source(cfg.source, self.id)
-        self.sinks: list[Sink] = [make_sink(s, self.id, metrics) for s in cfg.sinks]
+        self.sinks: list[Sink] = [make_sink(s, SinkContext(self.id, metrics)) for s in cfg.sinks]
         self.slot = LatestSlot()
         # The capture thread preprocesses each frame into one of three reused input buffers:
         # one being filled, one waiting in the slot, one being copied into the model's input.

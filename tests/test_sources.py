@@ -9,12 +9,12 @@ import cv2
 import numpy as np
 import pytest
 
-from edged.config import CameraSourceConfig as CameraCfg
-from edged.config import ImagesSourceConfig as ImagesCfg
-from edged.config import SyntheticSourceConfig as SyntheticCfg
-from edged.config import VideoSourceConfig as VideoCfg
 from edged.errors import SourceError
 from edged.sources import make_source
+from edged.sources.camera import CameraSourceConfig as CameraCfg
+from edged.sources.images import ImagesSourceConfig as ImagesCfg
+from edged.sources.synthetic import SyntheticSourceConfig as SyntheticCfg
+from edged.sources.video import VideoSourceConfig as VideoCfg
 
 
 def _video(path: Path, frames: int = 12, fps: float = 20.0) -> Path:
@@ -103,8 +103,8 @@ def test_missing_camera_is_a_clear_error() -> None:
 
 def test_gstreamer_and_picamera2_say_what_is_missing() -> None:
     """This machine's OpenCV (PyPI) has no GStreamer and there is no picamera2: clear errors."""
-    from edged.config import GStreamerSourceConfig as GstCfg
-    from edged.config import Picamera2SourceConfig as PiCfg
+    from edged.sources.network import GStreamerSourceConfig as GstCfg
+    from edged.sources.network import Picamera2SourceConfig as PiCfg
     from edged.sources.network import opencv_has_gstreamer
 
     gst = make_source(GstCfg(pipeline="videotestsrc ! videoconvert ! appsink"), "g")
@@ -125,8 +125,7 @@ def test_gstreamer_and_picamera2_say_what_is_missing() -> None:
 def test_url_source_config() -> None:
     from pydantic import ValidationError
 
-    from edged.config import UrlSourceConfig
-    from edged.sources.network import ffmpeg_options
+    from edged.sources.network import UrlSourceConfig, ffmpeg_options
 
     assert UrlSourceConfig(url="rtsp://cam/live").transport == "tcp"
     with pytest.raises(ValidationError, match="must start with rtsp://"):

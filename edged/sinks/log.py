@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, Literal
 
+from pydantic import Field
+
+from ..registry import SINKS, StrictConfig
 from ..result import Result
-from .base import Sink
+from .base import Sink, SinkContext
 
 log = logging.getLogger("edged.results")
 
@@ -74,10 +77,17 @@ def _boxes(objects: list[dict[str, Any]], most: int = 5) -> str:
     return f"{len(objects)} object{'' if len(objects) == 1 else 's'}" + (f": {', '.join(items)}" if items else "")
 
 
+class LogSinkConfig(StrictConfig):
+    """Log results as human lines (rate limited: one line per interval per stream)."""
+
+    type: Literal["log"] = "log"
+    interval: float = Field(1.0, ge=0, description="seconds between two logged results of a stream (0: every result)")
+
+
 class LogSink(Sink):
     name = "log"
 
-    def __init__(self, cfg: Any, stream: str) -> None:
+    def __init__(self, cfg: LogSinkConfig, stream: str) -> None:
         self.interval = cfg.interval
         self.stream = stream
         self._last = 0.0
@@ -129,3 +139,10 @@ class LogSink(Sink):
             extra={"result": result.to_dict(), "skipped": self._skipped},
         )
         self._skipped = 0
+
+
+def _make(cfg: LogSinkConfig, ctx: SinkContext) -> LogSink:
+    return LogSink(cfg, ctx.stream)
+
+
+SINKS.register("log", LogSinkConfig, _make)

@@ -9,6 +9,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from pydantic import Field
+
+from ..registry import StrictConfig
 
 
 @dataclass
@@ -22,6 +25,13 @@ class Frame:
     truth: Any = None  # what a synthetic source drew
     prepared: Any = None  # (input buffer, transform, input key, seconds) once preprocessed ahead
     ready: float = 0.0  # time.monotonic() when the frame was ready for inference
+
+
+class LiveSourceConfig(StrictConfig):
+    """What every live source (camera, network stream) shares: how it comes back."""
+
+    reconnect_min_seconds: float = Field(0.5, gt=0, le=3600, description="first wait before reconnecting")
+    reconnect_max_seconds: float = Field(30.0, gt=0, le=3600, description="the wait doubles up to this (with jitter)")
 
 
 def redact(url: str) -> str:

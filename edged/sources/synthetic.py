@@ -2,18 +2,36 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field
 
+from ..registry import SOURCES, StrictConfig
 from ..scene import DigitScene, MultiDigitScene
 from .base import Source
+
+
+class SyntheticSourceConfig(StrictConfig):
+    """Handwritten digits drifting over a background: the embedded demo's world."""
+
+    type: Literal["synthetic"] = "synthetic"
+    width: int = Field(640, ge=32, le=4096, description="frame width in pixels")
+    height: int = Field(480, ge=32, le=4096, description="frame height in pixels")
+    fps: float = Field(15.0, gt=0, le=1000, description="frames per second produced")
+    seed: int = Field(0, description="seed of the scene; the same seed draws the same frames")
+    hold_frames: int = Field(30, ge=1, description="frames each digit stays before the next one")
+    digits: Literal["one", "many"] = Field(
+        "one",
+        description="one: one large digit drifting (for a classifier); many: 1 to 4 digits of different sizes "
+        "at still places, changed every hold_frames (for a detector; truth lists each digit's box)",
+    )
 
 
 class SyntheticSource(Source):
     kind = "synthetic"
 
-    def __init__(self, cfg: Any, name: str = "") -> None:
+    def __init__(self, cfg: SyntheticSourceConfig, name: str = "") -> None:
         super().__init__(name)
         self.cfg = cfg
         self.scene: DigitScene | None = None
@@ -37,3 +55,6 @@ class SyntheticSource(Source):
         if isinstance(self.scene, MultiDigitScene):
             return image, None, {"objects": drawn}
         return image, None, {"label": str(drawn)}
+
+
+SOURCES.register("synthetic", SyntheticSourceConfig, SyntheticSource)

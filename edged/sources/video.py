@@ -5,21 +5,33 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Optional
 
 import cv2
 import numpy as np
+from pydantic import Field
 
 from ..errors import SourceError
+from ..registry import SOURCES, StrictConfig
 from .base import Source
 
 log = logging.getLogger(__name__)
 
 
+class VideoSourceConfig(StrictConfig):
+    """A video file, read with OpenCV (FFmpeg)."""
+
+    type: Literal["video"] = "video"
+    path: str = Field(description="video file (mp4, avi, mkv, ...)")
+    loop: bool = Field(True, description="start again at the end instead of ending the stream")
+    realtime: bool = Field(True, description="pace at the file's own frame rate (false: as fast as possible)")
+    fps: Optional[float] = Field(None, gt=0, description="override the frame rate used for pacing")
+
+
 class VideoFileSource(Source):
     kind = "video"
 
-    def __init__(self, cfg: Any, name: str = "") -> None:
+    def __init__(self, cfg: VideoSourceConfig, name: str = "") -> None:
         super().__init__(name)
         self.cfg = cfg
         self.path = Path(cfg.path)
@@ -75,3 +87,6 @@ class VideoFileSource(Source):
             if self.cap is not None:
                 self.cap.release()
                 self.cap = None
+
+
+SOURCES.register("video", VideoSourceConfig, VideoFileSource)
