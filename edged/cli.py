@@ -109,8 +109,8 @@ def cmd_infer(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from .config import Config, EdgeTpuConfig, ModelConfig, StreamConfig, format_validation_errors
+    from .demo.synthetic import SyntheticSourceConfig
     from .failover import build_engines
-    from .sources.synthetic import SyntheticSourceConfig
 
     options: dict[str, str] = {}
     for item in args.delegate_option:

@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Literal, Optional, Union
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from . import demo as _demo  # noqa: F401 - importing the package registers the synthetic source kind
 from . import sources as _sources  # noqa: F401 - importing the package registers its kinds
 from .errors import ConfigError
 from .registry import SINKS, SOURCES, StrictConfig

@@ -351,7 +351,7 @@ class Stream:
                 classes=out.classes,
                 objects=out.objects,
                 source=frame.origin,
-                truth=frame.truth,
+                annotations=frame.annotations,
                 latency_ms={
                     "capture": frame.capture_seconds * 1e3,
                     "queue": queued * 1e3,

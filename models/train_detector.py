@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Rebuild edged's demo detector: models/digits_detector_int8.tflite.
 
-A small fully-convolutional detector for edged.scene.MultiDigitScene (1 to 4
+A small fully-convolutional detector for edged.demo.scene.MultiDigitScene (1 to 4
 handwritten digits of different sizes on the demo's background), trained with
 Keras, then full-integer post-training quantisation (uint8 input and output).
 
@@ -74,7 +74,7 @@ def preprocess(frame_bgr: np.ndarray) -> np.ndarray:
 
 def render_set(images, labels, n: int, seed_base: int):
     """n renders: uint8 [n,SIZE,SIZE,3], training targets [n,GRID*GRID,4+NC+1] and the truths (frame pixels)."""
-    from edged.scene import MultiDigitScene
+    from edged.demo.scene import MultiDigitScene
 
     w, h = FRAME
     xs = np.empty((n, SIZE, SIZE, 3), np.uint8)
@@ -189,8 +189,8 @@ def average_precision(scores: list[float], tps: list[bool], n_truth: int) -> flo
 def evaluate(model_path: Path, frames_seed_base: int, images, labels, n: int, threshold: float):
     """Through edged's Engine (as the daemon runs it): mAP@0.5 (score threshold 0.05), and
     precision/recall at ``threshold``."""
+    from edged.demo.scene import MultiDigitScene
     from edged.engine import Engine, EngineOptions
-    from edged.scene import MultiDigitScene
 
     eng_map = Engine(model_path, EngineOptions(labels=str(OUT_LABELS), threshold=0.05, top_k=0, threads=2))
     w, h = FRAME

@@ -9,11 +9,11 @@ import cv2
 import numpy as np
 import pytest
 
+from edged.demo.synthetic import SyntheticSourceConfig as SyntheticCfg
 from edged.errors import SourceError
 from edged.sources import make_source
 from edged.sources.camera import CameraSourceConfig as CameraCfg
 from edged.sources.images import ImagesSourceConfig as ImagesCfg
-from edged.sources.synthetic import SyntheticSourceConfig as SyntheticCfg
 from edged.sources.video import VideoSourceConfig as VideoCfg
 
 
@@ -92,7 +92,7 @@ def test_synthetic_source_is_deterministic_and_knows_the_truth() -> None:
         fa, fb = a.read(), b.read()
     assert fa is not None and fb is not None
     assert fa.image.shape == (240, 320, 3) and np.array_equal(fa.image, fb.image)
-    assert fa.truth == fb.truth and fa.truth["label"] in [str(d) for d in range(10)]
+    assert fa.annotations == fb.annotations and fa.annotations["truth"]["label"] in [str(d) for d in range(10)]
 
 
 def test_missing_camera_is_a_clear_error() -> None:

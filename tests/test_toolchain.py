@@ -24,8 +24,8 @@ import numpy as np
 import pytest
 
 from edged.cli import main
+from edged.demo.scene import DigitScene, load_digits
 from edged.engine import Engine, EngineOptions
-from edged.scene import DigitScene, load_digits
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "models" / "digits_int8.tflite"

@@ -8,7 +8,7 @@ its implementation (importing this package registers the kinds it holds).
 from __future__ import annotations
 
 from ..registry import SOURCES, KindConfig
-from . import camera, images, network, synthetic, video  # noqa: F401 - they register their kinds
+from . import camera, images, network, video  # noqa: F401 - they register their kinds
 from .base import Frame, Source
 
 

@@ -6,7 +6,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 from pydantic import Field
@@ -22,7 +22,9 @@ class Frame:
     monotonic: float  # time.monotonic() when capture started
     capture_seconds: float  # time spent grabbing and decoding this frame
     origin: str | None = None  # e.g. the file an image came from
-    truth: Any = None  # what a synthetic source drew
+    # what the source knows about the frame beyond its pixels, carried into the result as is
+    # (the demo's synthetic source: {"truth": what it drew}); the core never looks inside
+    annotations: Mapping[str, Any] | None = None
     prepared: Any = None  # (input buffer, transform, input key, seconds) once preprocessed ahead
     ready: float = 0.0  # time.monotonic() when the frame was ready for inference
 
@@ -41,7 +43,7 @@ def redact(url: str) -> str:
 
 class Source:
     """Base class: pacing helpers and an interruptible wait. Subclasses implement
-    ``open`` and ``_grab`` (return ``(image, origin, truth)`` or None at the end).
+    ``open`` and ``_grab`` (return ``(image, origin, annotations)`` or None at the end).
 
     A *live* source (camera, network stream) raises :class:`~edged.errors.SourceError`
     when it loses its device or connection; the stream then calls ``release()`` and
@@ -84,7 +86,7 @@ class Source:
         return self.kind
 
     # -- reading
-    def _grab(self) -> tuple[np.ndarray, str | None, Any] | None:  # pragma: no cover - overridden
+    def _grab(self) -> tuple[np.ndarray, str | None, Mapping[str, Any] | None] | None:  # pragma: no cover - overridden
         raise NotImplementedError
 
     def _pace(self, fps: float | None) -> bool:
@@ -110,7 +112,7 @@ class Source:
         got = self._grab()
         if got is None:
             return None
-        image, origin, truth = got
-        frame = Frame(image, self._seq, wall, t0, time.monotonic() - t0, origin, truth)
+        image, origin, annotations = got
+        frame = Frame(image, self._seq, wall, t0, time.monotonic() - t0, origin, annotations)
         self._seq += 1
         return frame

@@ -5,7 +5,7 @@ from __future__ import annotations
 import glob
 import logging
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
 import cv2
 import numpy as np
@@ -73,7 +73,7 @@ class ImagesSource(Source):
     def _fps(self) -> float | None:
         return self.cfg.fps or None
 
-    def _grab(self) -> tuple[np.ndarray, str | None, Any] | None:
+    def _grab(self) -> tuple[np.ndarray, str | None, Mapping[str, Any] | None] | None:
         for _ in range(len(self.files) + 1):
             if self._pos >= len(self.files):
                 if not self.cfg.loop or len(self._bad) == len(self.files):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
 import cv2
 import numpy as np
@@ -177,7 +177,7 @@ class Picamera2Source(Source):
             raise SourceError(f"cannot start the Raspberry Pi camera: {exc}") from None
         self.cam = cam
 
-    def _grab(self) -> tuple[np.ndarray, str | None, Any] | None:
+    def _grab(self) -> tuple[np.ndarray, str | None, Mapping[str, Any] | None] | None:
         if self.closed:
             return None
         try:

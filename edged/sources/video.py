@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Mapping, Optional
 
 import cv2
 import numpy as np
@@ -62,13 +62,13 @@ class VideoFileSource(Source):
     def _fps(self) -> float | None:
         return self.fps if self.cfg.realtime else None
 
-    def _grab(self) -> tuple[np.ndarray, str | None, Any] | None:
+    def _grab(self) -> tuple[np.ndarray, str | None, Mapping[str, Any] | None] | None:
         with self._lock:
             if self.cap is None or self.closed:
                 return None
             return self._read()
 
-    def _read(self) -> tuple[np.ndarray, str | None, Any] | None:
+    def _read(self) -> tuple[np.ndarray, str | None, Mapping[str, Any] | None] | None:
         assert self.cap is not None, "open() first"
         ok, image = self.cap.read()
         if not ok and self.cfg.loop:

@@ -1,15 +1,20 @@
-"""The synthetic source: the demo's digits scene, rendered at a fixed frame rate."""
+"""The synthetic source: the demo's digits scene, rendered at a fixed frame rate.
+
+Each frame carries what the scene drew as its ``truth`` annotation (``{"label": "7"}``, or
+``{"objects": [...]}`` for ``digits: many``), which results carry on and the log sink
+judges (:mod:`edged.demo.truth`).
+"""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, Mapping, Optional
 
 import numpy as np
 from pydantic import Field
 
 from ..registry import SOURCES, StrictConfig
-from ..scene import DigitScene, MultiDigitScene
-from .base import Source
+from ..sources.base import Source
+from .scene import DigitScene, MultiDigitScene, Scene
 
 
 class SyntheticSourceConfig(StrictConfig):
@@ -34,27 +39,25 @@ class SyntheticSource(Source):
     def __init__(self, cfg: SyntheticSourceConfig, name: str = "") -> None:
         super().__init__(name)
         self.cfg = cfg
-        self.scene: DigitScene | None = None
+        self.scene: Optional[Scene[Any]] = None
 
     def open(self) -> None:
         c = self.cfg
-        kind = MultiDigitScene if getattr(c, "digits", "one") == "many" else DigitScene
+        kind: type[Scene[Any]] = MultiDigitScene if c.digits == "many" else DigitScene
         self.scene = kind(width=c.width, height=c.height, seed=c.seed, hold_frames=c.hold_frames)
 
     def describe(self) -> str:
         c = self.cfg
-        many = " (1 to 4 a frame)" if getattr(c, "digits", "one") == "many" else ""
+        many = " (1 to 4 a frame)" if c.digits == "many" else ""
         return f"synthetic digits{many} {c.width}x{c.height} at {c.fps:g} fps"
 
     def _fps(self) -> float | None:
         return self.cfg.fps
 
-    def _grab(self) -> tuple[np.ndarray, str | None, Any]:
+    def _grab(self) -> tuple[np.ndarray, str | None, Mapping[str, Any] | None]:
         assert self.scene is not None, "open() first"
         image, drawn = self.scene.render(self._seq)
-        if isinstance(self.scene, MultiDigitScene):
-            return image, None, {"objects": drawn}
-        return image, None, {"label": str(drawn)}
+        return image, None, {"truth": self.scene.annotation(drawn)}
 
 
 SOURCES.register("synthetic", SyntheticSourceConfig, SyntheticSource)
