@@ -1,4 +1,4 @@
-"""The demo's detector (models/digits_detector_int8.tflite, models/train_detector.py) on the
+"""The demo's detector (models/digits_detector_int8.tflite, models/training/train_detector.py) on the
 multi-digit synthetic scene, and the running precision/recall accounting of the demo's truth scorer."""
 
 from __future__ import annotations

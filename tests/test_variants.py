@@ -1,6 +1,6 @@
 """End to end on real models with each input type: uint8, int8 and float32.
 
-The three digit classifiers come from one training run (``models/train_digits.py``):
+The three digit classifiers come from one training run (``models/training/train_digits.py``):
 ``models/digits_int8.tflite`` (uint8 in/out, the demo model), and the test variants
 ``tests/data/digits_int8io.tflite`` (int8 in/out) and ``tests/data/digits_float32.tflite``
 (float in/out, trained on pixels / 255); see ``tests/data/README.md``. Each one goes

@@ -11,14 +11,14 @@ edged reads (docs/detectors.md): [1, N, 4 + 10] with N = 10x10 grid cells (strid
 per-class sigmoid scores. The decode uses only LOGISTIC, ADD, MUL, CONCATENATION
 and RESHAPE (fixed batch 1), which the Edge TPU maps.
 
-Data: the digits split of models/train_digits.py (scikit-learn's load_digits,
+Data: the digits split of models/training/train_digits.py (scikit-learn's load_digits,
 test_size=0.25, random_state=0): training scenes draw the training digits, the
 held-out scenes the held-out digits (edged/data/digits_heldout.npz) with unseen
 scene seeds. Frames are 640x480 and preprocessed as the daemon does with
 resize "stretch": cv2.resize(frame, (160, 160), INTER_LINEAR), BGR to RGB.
 
 Run from the repository root, in a venv with TensorFlow and edged (see models/README.md):
-    .venv-train/bin/python models/train_detector.py
+    .venv-train/bin/python models/training/train_detector.py
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 import cv2  # noqa: E402

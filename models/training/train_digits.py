@@ -17,13 +17,13 @@ TRAIN digits, preprocessed exactly like the daemon does:
     float32 / 255.0        (the int8 model takes the uint8 pixels directly)
 
 Run from the repository root, in a venv with TensorFlow (see models/README.md):
-    .venv-train/bin/python models/train_digits.py
+    .venv-train/bin/python models/training/train_digits.py
 
 With --test-variants DIR the same trained model is also written, for edged's end-to-end
 tests, as DIR/digits_int8io.tflite (full-integer PTQ with int8 input and output) and
 DIR/digits_float32.tflite (plain float32 conversion); models/digits_int8.tflite is
 unchanged by the option (the variants are converted after it is written):
-    .venv-train/bin/python models/train_digits.py --test-variants tests/data
+    .venv-train/bin/python models/training/train_digits.py --test-variants tests/data
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ import time
 import zipfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
