@@ -111,14 +111,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_infer(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from .config import (
-        Config,
-        EdgeTpuConfig,
-        ModelConfig,
-        StreamConfig,
-        SyntheticSource,
-        format_validation_errors,
-    )  # fmt: skip
+    from .config import Config, EdgeTpuConfig, ModelConfig, StreamConfig, format_validation_errors
+    from .demo.synthetic import SyntheticSourceConfig
     from .inference.placement import build_engines
 
     options: dict[str, str] = {}
@@ -138,7 +132,9 @@ def cmd_infer(args: argparse.Namespace) -> int:
     try:  # the same sections a configuration file has, so the same checks, defaults and engines
         cfg = Config(
             edgetpu=EdgeTpuConfig(library=args.edgetpu_library, options=options),
-            streams=[StreamConfig(id="infer", source=SyntheticSource(), model=ModelConfig(**raw_model), sinks=[])],
+            streams=[
+                StreamConfig(id="infer", source=SyntheticSourceConfig(), model=ModelConfig(**raw_model), sinks=[])
+            ],
         )
     except ValidationError as exc:
         raise ConfigError(format_validation_errors(exc, prefix="--").replace("--streams[0].model.", "--")) from None

@@ -10,134 +10,24 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
-from typing import Annotated, Any, Dict, List, Literal, Optional, Union
+from typing import Any, Dict, List, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
+from . import demo as _demo  # noqa: F401 - importing the package registers the synthetic source kind
+from . import sources as _sources  # noqa: F401 - importing the package registers its kinds
 from .errors import ConfigError
+from .registry import SINKS, SOURCES, StrictConfig
+from .sinks import Sink, SinkContext  # importing the package registers its kinds
+from .sinks.log import LogSinkConfig
+
+# --------------------------------------------------------------------------- sources and sinks
+# Each kind of source and sink lives, with its configuration class, in the module of its
+# implementation and registers itself (edged.registry); importing the packages registers them.
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-# --------------------------------------------------------------------------- sources
-
-
-class SyntheticSource(_Strict):
-    """Handwritten digits drifting over a background: the embedded demo's world."""
-
-    type: Literal["synthetic"] = "synthetic"
-    width: int = Field(640, ge=32, le=4096, description="frame width in pixels")
-    height: int = Field(480, ge=32, le=4096, description="frame height in pixels")
-    fps: float = Field(15.0, gt=0, le=1000, description="frames per second produced")
-    seed: int = Field(0, description="seed of the scene; the same seed draws the same frames")
-    hold_frames: int = Field(30, ge=1, description="frames each digit stays before the next one")
-    digits: Literal["one", "many"] = Field(
-        "one",
-        description="one: one large digit drifting (for a classifier); many: 1 to 4 digits of different sizes "
-        "at still places, changed every hold_frames (for a detector; truth lists each digit's box)",
-    )
-
-
-class VideoSource(_Strict):
-    """A video file, read with OpenCV (FFmpeg)."""
-
-    type: Literal["video"] = "video"
-    path: str = Field(description="video file (mp4, avi, mkv, ...)")
-    loop: bool = Field(True, description="start again at the end instead of ending the stream")
-    realtime: bool = Field(True, description="pace at the file's own frame rate (false: as fast as possible)")
-    fps: Optional[float] = Field(None, gt=0, description="override the frame rate used for pacing")
-
-
-class ImagesSource(_Strict):
-    """An image file, a directory of images, or a glob pattern."""
-
-    type: Literal["images"] = "images"
-    path: str = Field(description="image file, directory, or glob such as 'frames/*.jpg'")
-    fps: float = Field(1.0, ge=0, description="images per second (0: as fast as possible)")
-    loop: bool = Field(True, description="start again after the last image")
-
-
-class _Live(_Strict):
-    """What every live source (camera, network stream) shares: how it comes back."""
-
-    reconnect_min_seconds: float = Field(0.5, gt=0, le=3600, description="first wait before reconnecting")
-    reconnect_max_seconds: float = Field(30.0, gt=0, le=3600, description="the wait doubles up to this (with jitter)")
-
-
-class UrlSource(_Live):
-    """An IP camera or stream: RTSP, HTTP(S), MJPEG, through OpenCV's FFmpeg backend."""
-
-    type: Literal["url"] = "url"
-    url: str = Field(description="rtsp://, rtsps://, http:// or https:// URL; credentials in it are never logged")
-    transport: Literal["tcp", "udp"] = Field("tcp", description="RTSP transport")
-    open_timeout_seconds: float = Field(10.0, gt=0, le=300, description="give up opening after this")
-    read_timeout_seconds: float = Field(5.0, gt=0, le=300, description="no frame within this = connection lost")
-
-    @field_validator("url")
-    @classmethod
-    def _scheme(cls, v: str) -> str:
-        if not v.lower().startswith(("rtsp://", "rtsps://", "http://", "https://")):
-            raise ValueError("url must start with rtsp://, rtsps://, http:// or https://")
-        return v
-
-
-class GStreamerSource(_Live):
-    """A GStreamer pipeline ending in appsink (needs an OpenCV built with GStreamer)."""
-
-    type: Literal["gstreamer"] = "gstreamer"
-    pipeline: str = Field(
-        description="e.g. 'libcamerasrc ! video/x-raw,width=1280,height=720 ! videoconvert ! "
-        "video/x-raw,format=BGR ! appsink drop=true max-buffers=1'"
-    )
-
-
-class Picamera2Source(_Live):
-    """A Raspberry Pi camera through picamera2 (libcamera), when that module is importable."""
-
-    type: Literal["picamera2"] = "picamera2"
-    width: int = Field(1280, ge=16)
-    height: int = Field(720, ge=16)
-    fps: float = Field(30.0, gt=0)
-
-
-class CameraSource(_Live):
-    """A local camera through OpenCV (V4L2 on Linux)."""
-
-    type: Literal["camera"] = "camera"
-    device: Union[int, str] = Field(0, description="camera index (0) or device path (/dev/video0)")
-    width: Optional[int] = Field(None, ge=1, description="requested frame width")
-    height: Optional[int] = Field(None, ge=1, description="requested frame height")
-    fps: Optional[float] = Field(None, gt=0, description="requested frame rate")
-    fourcc: Optional[str] = Field(None, min_length=4, max_length=4, description="pixel format, e.g. MJPG or YUYV")
-
-
-SourceConfig = Annotated[
-    Union[SyntheticSource, VideoSource, ImagesSource, CameraSource, UrlSource, GStreamerSource, Picamera2Source],
-    Field(discriminator="type"),
-]
-
-
-# --------------------------------------------------------------------------- sinks
-
-
-class LogSink(_Strict):
-    """Log results as human lines (rate limited: one line per interval per stream)."""
-
-    type: Literal["log"] = "log"
-    interval: float = Field(1.0, ge=0, description="seconds between two logged results of a stream (0: every result)")
-
-
-class JsonlSink(_Strict):
-    """Append every result as one JSON object per line to a file."""
-
-    type: Literal["jsonl"] = "jsonl"
-    path: str = Field(description="file to append to; its directory is created")
-
-
-class MqttThin(_Strict):
+class MqttThinConfig(StrictConfig):
     """Publish fewer results of a stream: on a change of its labels and/or at most N a second per label."""
 
     on_change: bool = Field(
@@ -156,13 +46,13 @@ class MqttThin(_Strict):
     )
 
     @model_validator(mode="after")
-    def _a_rule(self) -> MqttThin:
+    def _a_rule(self) -> MqttThinConfig:
         if not self.on_change and self.max_per_second is None:
             raise ValueError("set on_change: true and/or max_per_second (or leave thin: out)")
         return self
 
 
-class MqttSink(_Strict):
+class MqttSinkConfig(StrictConfig):
     """Publish every result to an MQTT broker; QoS 1 results wait in an on-disk queue while it is away."""
 
     type: Literal["mqtt"] = "mqtt"
@@ -190,7 +80,7 @@ class MqttSink(_Strict):
     status_interval: float = Field(
         30.0, ge=1, le=3600, description="seconds between two publications of the retained device status"
     )
-    thin: Optional[MqttThin] = Field(None, description="publish fewer results (default: every result)")
+    thin: Optional[MqttThinConfig] = Field(None, description="publish fewer results (default: every result)")
 
     @field_validator("topic_prefix", "device")
     @classmethod
@@ -200,13 +90,25 @@ class MqttSink(_Strict):
         return v
 
 
-SinkConfig = Annotated[Union[LogSink, JsonlSink, MqttSink], Field(discriminator="type")]
+def _make_mqtt_sink(cfg: MqttSinkConfig, ctx: SinkContext) -> Sink:
+    from .sinks.mqtt import MqttSink
+
+    return MqttSink(cfg, ctx.stream, ctx.metrics)
+
+
+SINKS.register("mqtt", MqttSinkConfig, _make_mqtt_sink)
+
+SourceConfig = SOURCES.union()
+SinkConfig = SINKS.union()
+
+# The old name, for tests/test_mqtt_connection.py until the MQTT package (another branch) imports the new one.
+MqttSink = MqttSinkConfig
 
 
 # --------------------------------------------------------------------------- model and stream
 
 
-class ModelConfig(_Strict):
+class ModelConfig(StrictConfig):
     path: str = Field(description=".tflite model file")
     labels: Optional[str] = Field(None, description="labels file: one label a line, or 'ID label' pairs")
     runtime: Literal["auto", "ai_edge_litert", "tflite_runtime", "tensorflow"] = Field(
@@ -268,7 +170,7 @@ class ModelConfig(_Strict):
         return v
 
 
-class EdgeTpuConfig(_Strict):
+class EdgeTpuConfig(StrictConfig):
     """How edged loads and supervises the Edge TPU delegate (libedgetpu)."""
 
     library: Optional[str] = Field(
@@ -285,22 +187,22 @@ class EdgeTpuConfig(_Strict):
     probe_max_seconds: float = Field(60.0, gt=0, description="longest wait between two probes")
 
 
-class StreamConfig(_Strict):
+class StreamConfig(StrictConfig):
     id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="stream name, used in metrics, logs and topics")
     source: SourceConfig
     model: ModelConfig = Field(description="the model section, or the name of an entry of the top-level models:")
     shared_model: Optional[str] = Field(
         None, description="set when model names an entry of models: streams naming the same entry share one engine"
     )
-    sinks: List[SinkConfig] = Field(default_factory=lambda: [LogSink()])
+    sinks: List[SinkConfig] = Field(default_factory=lambda: [LogSinkConfig()])
 
 
-class LogConfig(_Strict):
+class LogConfig(StrictConfig):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["human", "json"] = "human"
 
 
-class HttpConfig(_Strict):
+class HttpConfig(StrictConfig):
     """The HTTP listener's access rules (the listener itself is ``listen:``)."""
 
     token: Optional[str] = Field(
@@ -315,7 +217,7 @@ class HttpConfig(_Strict):
     max_event_clients: int = Field(8, ge=1, le=256, description="Server-Sent Events connections at once, at most")
 
 
-class Config(_Strict):
+class Config(StrictConfig):
     device: str = Field(default_factory=socket.gethostname, description="this device's name")
     listen: str = Field("127.0.0.1:9110", description="HOST:PORT of the HTTP listener (/metrics, /healthz)")
     http: HttpConfig = Field(default_factory=HttpConfig)
@@ -379,7 +281,7 @@ def parse_listen(value: str) -> tuple[str, int]:
 # --------------------------------------------------------------------------- loading
 
 
-_UNION_TAGS = ("synthetic", "video", "images", "camera", "url", "gstreamer", "picamera2", "log", "jsonl", "mqtt")
+_UNION_TAGS = frozenset(SOURCES.tags() + SINKS.tags())  # the members of the unions, named in error locations
 
 
 def format_validation_errors(exc: ValidationError, prefix: str = "") -> str:

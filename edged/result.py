@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping
 
 SCHEMA_VERSION = 1
 
@@ -73,7 +73,9 @@ class Result:
     objects: list[dict[str, Any]] | None = None
     latency_ms: dict[str, float] = field(default_factory=dict)
     source: str | None = None  # image path for one-shot inference
-    truth: Any = None  # what a synthetic source drew (demo only)
+    # what the source attached to the frame (the demo's synthetic source: {"truth": ...}), opaque
+    # to the core; to_dict() adds each key to the JSON (never over a key of the schema)
+    annotations: Mapping[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -93,8 +95,9 @@ class Result:
         else:
             d["objects"] = self.objects or []
         d["latency_ms"] = {k: round(v, 3) for k, v in self.latency_ms.items()}
-        if self.truth is not None:
-            d["truth"] = self.truth
+        for key, value in (self.annotations or {}).items():
+            if value is not None and key not in d:
+                d[key] = value
         return d
 
     def to_json(self) -> str:

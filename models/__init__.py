@@ -1,1 +1,2 @@
-"""The models edged bundles (installed as the ``edged.models`` package data)."""
+"""The models edged bundles (installed as the ``edged.models`` package data; the training
+scripts in ``models/training/`` are not installed)."""

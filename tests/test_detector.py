@@ -1,5 +1,5 @@
-"""The demo's detector (models/digits_detector_int8.tflite, models/train_detector.py) on the
-multi-digit synthetic scene, and the running precision/recall accounting of the log sink."""
+"""The demo's detector (models/digits_detector_int8.tflite, models/training/train_detector.py) on the
+multi-digit synthetic scene, and the running precision/recall accounting of the demo's truth scorer."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edged.demo.scene import MultiDigitScene, load_digits
+from edged.demo.truth import DetectionTally, match_truth, read_box
 from edged.inference import Engine
 from edged.model import load_model
-from edged.scene import MultiDigitScene, load_digits
-from edged.sinks.log import DetectionTally, box_iou, match_truth
 
 ROOT = Path(__file__).resolve().parents[1]
 DETECTOR = ROOT / "models" / "digits_detector_int8.tflite"
@@ -37,7 +37,7 @@ def test_multi_digit_scene_truth_is_the_drawn_boxes() -> None:
             assert frame[int(b["ymin"]) : int(b["ymax"]), int(b["xmin"]) : int(b["xmax"])].max() >= 185
         for a in range(len(truth)):
             for c in range(a + 1, len(truth)):
-                assert box_iou(truth[a]["box"], truth[c]["box"]) == 0.0
+                assert read_box(truth[a]).iou(read_box(truth[c])) == 0.0
     assert counts == {1, 2, 3, 4}
     again = MultiDigitScene(width=640, height=480, seed=5, hold_frames=10)
     assert np.array_equal(again.render(123)[0], scene.render(123)[0])
@@ -50,7 +50,7 @@ def test_match_truth_and_running_precision_recall() -> None:
     wrong_label = {"label": "1", "score": 0.8, "box": _box(200, 200, 260, 260)}
     loose = {"label": "2", "score": 0.7, "box": _box(200, 200, 320, 260)}  # IoU 0.5 exactly: counts
     too_loose = {"label": "2", "score": 0.7, "box": _box(200, 200, 330, 260)}  # IoU 0.46
-    assert box_iou(loose["box"], truth[1]["box"]) == pytest.approx(0.5)
+    assert read_box(loose).iou(read_box(truth[1])) == pytest.approx(0.5)
     assert match_truth([right], truth) == 1
     assert match_truth([duplicate, right], truth) == 1
     assert match_truth([wrong_label], truth) == 0

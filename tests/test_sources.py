@@ -9,12 +9,12 @@ import cv2
 import numpy as np
 import pytest
 
-from edged.config import CameraSource as CameraCfg
-from edged.config import ImagesSource as ImagesCfg
-from edged.config import SyntheticSource as SyntheticCfg
-from edged.config import VideoSource as VideoCfg
+from edged.demo.synthetic import SyntheticSourceConfig as SyntheticCfg
 from edged.errors import SourceError
 from edged.sources import make_source
+from edged.sources.camera import CameraSourceConfig as CameraCfg
+from edged.sources.images import ImagesSourceConfig as ImagesCfg
+from edged.sources.video import VideoSourceConfig as VideoCfg
 
 
 def _video(path: Path, frames: int = 12, fps: float = 20.0) -> Path:
@@ -92,7 +92,7 @@ def test_synthetic_source_is_deterministic_and_knows_the_truth() -> None:
         fa, fb = a.read(), b.read()
     assert fa is not None and fb is not None
     assert fa.image.shape == (240, 320, 3) and np.array_equal(fa.image, fb.image)
-    assert fa.truth == fb.truth and fa.truth["label"] in [str(d) for d in range(10)]
+    assert fa.annotations == fb.annotations and fa.annotations["truth"]["label"] in [str(d) for d in range(10)]
 
 
 def test_missing_camera_is_a_clear_error() -> None:
@@ -103,8 +103,8 @@ def test_missing_camera_is_a_clear_error() -> None:
 
 def test_gstreamer_and_picamera2_say_what_is_missing() -> None:
     """This machine's OpenCV (PyPI) has no GStreamer and there is no picamera2: clear errors."""
-    from edged.config import GStreamerSource as GstCfg
-    from edged.config import Picamera2Source as PiCfg
+    from edged.sources.network import GStreamerSourceConfig as GstCfg
+    from edged.sources.network import Picamera2SourceConfig as PiCfg
     from edged.sources.network import opencv_has_gstreamer
 
     gst = make_source(GstCfg(pipeline="videotestsrc ! videoconvert ! appsink"), "g")
@@ -125,11 +125,10 @@ def test_gstreamer_and_picamera2_say_what_is_missing() -> None:
 def test_url_source_config() -> None:
     from pydantic import ValidationError
 
-    from edged.config import UrlSource
-    from edged.sources.network import ffmpeg_options
+    from edged.sources.network import UrlSourceConfig, ffmpeg_options
 
-    assert UrlSource(url="rtsp://cam/live").transport == "tcp"
+    assert UrlSourceConfig(url="rtsp://cam/live").transport == "tcp"
     with pytest.raises(ValidationError, match="must start with rtsp://"):
-        UrlSource(url="/dev/video0")
+        UrlSourceConfig(url="/dev/video0")
     assert ffmpeg_options("rtsp://cam/live", "udp") == "rtsp_transport;udp"
     assert ffmpeg_options("http://cam/mjpg", "tcp") == ""

@@ -24,8 +24,8 @@ import numpy as np
 import pytest
 
 from edged.cli import main
+from edged.demo.scene import DigitScene, load_digits
 from edged.inference import Engine
-from edged.scene import DigitScene, load_digits
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "models" / "digits_int8.tflite"
@@ -352,7 +352,7 @@ def test_convert_int8_io_and_a_file_keras_cannot_read(
     argv = ("convert", small_model["model"], "-o", out, "--quantize", "int8", "--io-type", "int8")
     rc, text, _ = run(capsys, *argv, "--data", small_model["train"], "--num-images", "20", "--std", "255")
     assert rc == 0
-    info = Engine(out).info
+    info = Engine.from_file(out).info
     assert info.input.dtype == "int8" and info.outputs[0].dtype == "int8"
     assert info.input.quantization.zero_point == -128
     rc, _, err = run(capsys, "convert", fake_keras_file(tmp_path / "broken.keras"), "-o", tmp_path / "x.tflite")
@@ -382,7 +382,7 @@ def test_convert_savedmodel_h5_and_per_tensor(
     assert run(capsys, "convert", h5, "-o", outs["h5"], "--quantize", "int8", *data)[0] == 0
     assert run(capsys, "convert", h5, "-o", outs["per_tensor"], "--quantize", "int8", "--per-tensor", *data)[0] == 0
     for path in outs.values():
-        info = Engine(path).info
+        info = Engine.from_file(path).info
         assert info.input.shape[1:] == (SIDE, SIDE, 1) and info.input.dtype == "uint8"
     # TensorFlow quantises conv / dense weights per output channel unless told otherwise
     assert per_channel_tensors(outs["h5"]) >= 2

@@ -1,10 +1,10 @@
 """End to end on real models with each input type: uint8, int8 and float32.
 
-The three digit classifiers come from one training run (``models/train_digits.py``):
+The three digit classifiers come from one training run (``models/training/train_digits.py``):
 ``models/digits_int8.tflite`` (uint8 in/out, the demo model), and the test variants
 ``tests/data/digits_int8io.tflite`` (int8 in/out) and ``tests/data/digits_float32.tflite``
 (float in/out, trained on pixels / 255); see ``tests/data/README.md``. Each one goes
-through :class:`edged.inference.Engine` on frames of :class:`edged.scene.DigitScene` that
+through :class:`edged.inference.Engine` on frames of :class:`edged.demo.scene.DigitScene` that
 show the held-out digits, with scene seeds the training never used. Only edged's API is
 used here, so the tests run under every runtime edged supports (``EDGED_RUNTIME``).
 """
@@ -18,8 +18,8 @@ import cv2
 import numpy as np
 import pytest
 
+from edged.demo.scene import DigitScene
 from edged.inference import Engine
-from edged.scene import DigitScene
 
 ROOT = Path(__file__).resolve().parent.parent
 UINT8_MODEL = ROOT / "models" / "digits_int8.tflite"

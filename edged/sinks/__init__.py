@@ -1,26 +1,21 @@
-"""Result sinks: where results go. Each has ``start()``, ``publish(result)`` and ``close()``."""
+"""Result sinks: where results go. Each has ``start()``, ``publish(result)`` and ``close()``.
+
+Each kind of sink is chosen by the ``type`` field of its configuration; a kind registers its
+configuration class and its factory ``(cfg, ctx: SinkContext) -> Sink`` in
+:data:`edged.registry.SINKS` in the module of its implementation (importing this package
+registers the kinds it holds; the mqtt kind registers from :mod:`edged.config`).
+"""
 
 from __future__ import annotations
 
-from typing import Any
-
+from ..registry import SINKS, KindConfig
+from . import jsonl, log  # noqa: F401 - they register their kinds
 from .base import Sink, SinkContext
 
 
-def make_sink(cfg: Any, ctx: SinkContext) -> Sink:
-    if cfg.type == "log":
-        from .log import LogSink
-
-        return LogSink(cfg, ctx.stream)
-    if cfg.type == "jsonl":
-        from .jsonl import JsonlSink
-
-        return JsonlSink(cfg, ctx.stream)
-    if cfg.type == "mqtt":
-        from .mqtt import MqttSink
-
-        return MqttSink(cfg, ctx.stream, ctx.metrics)
-    raise ValueError(f"unknown sink type {cfg.type!r}")
+def make_sink(cfg: KindConfig, ctx: SinkContext) -> Sink:
+    """Build the sink a config section describes, for the stream ``ctx`` names (not yet started)."""
+    return SINKS.get(cfg.type).factory(cfg, ctx)
 
 
 __all__ = ["Sink", "SinkContext", "make_sink"]

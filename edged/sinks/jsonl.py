@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Literal
+
+from pydantic import Field
 
 from ..errors import ConfigError
+from ..registry import SINKS, StrictConfig
 from ..result import Result
-from .base import Sink
+from .base import Sink, SinkContext
+
+
+class JsonlSinkConfig(StrictConfig):
+    """Append every result as one JSON object per line to a file."""
+
+    type: Literal["jsonl"] = "jsonl"
+    path: str = Field(description="file to append to; its directory is created")
 
 
 class JsonlSink(Sink):
     name = "jsonl"
 
-    def __init__(self, cfg: Any, stream: str) -> None:
+    def __init__(self, cfg: JsonlSinkConfig, stream: str) -> None:
         self.path = Path(cfg.path)
         self.stream = stream
         self._fh: IO[str] | None = None
@@ -33,3 +43,10 @@ class JsonlSink(Sink):
         if self._fh is not None:
             self._fh.close()
             self._fh = None
+
+
+def _make(cfg: JsonlSinkConfig, ctx: SinkContext) -> JsonlSink:
+    return JsonlSink(cfg, ctx.stream)
+
+
+SINKS.register("jsonl", JsonlSinkConfig, _make)

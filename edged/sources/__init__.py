@@ -1,40 +1,20 @@
 """Frame sources behind one small protocol (see :class:`edged.sources.base.Source`).
 
-Each kind of source is chosen by the ``type`` field of its configuration.
+Each kind of source is chosen by the ``type`` field of its configuration; a kind registers
+its configuration class and its factory in :data:`edged.registry.SOURCES` in the module of
+its implementation (importing this package registers the kinds it holds).
 """
 
 from __future__ import annotations
 
-from typing import Any
-
+from ..registry import SOURCES, KindConfig
+from . import camera, images, network, video  # noqa: F401 - they register their kinds
 from .base import Frame, Source
 
 
-def make_source(cfg: Any, name: str = "") -> Source:
+def make_source(cfg: KindConfig, name: str = "") -> Source:
     """Build the source a config section describes (not yet opened)."""
-    kind = cfg.type
-    if kind == "synthetic":
-        from .synthetic import SyntheticSource
-
-        return SyntheticSource(cfg, name)
-    if kind == "video":
-        from .video import VideoFileSource
-
-        return VideoFileSource(cfg, name)
-    if kind == "images":
-        from .images import ImagesSource
-
-        return ImagesSource(cfg, name)
-    if kind == "camera":
-        from .camera import CameraSource
-
-        return CameraSource(cfg, name)
-    if kind in ("url", "gstreamer", "picamera2"):
-        from .network import GStreamerSource, NetworkSource, Picamera2Source
-
-        cls = {"url": NetworkSource, "gstreamer": GStreamerSource, "picamera2": Picamera2Source}[kind]
-        return cls(cfg, name)
-    raise ValueError(f"unknown source type {kind!r}")
+    return SOURCES.get(cfg.type).factory(cfg, name)
 
 
 __all__ = ["Frame", "Source", "make_source"]

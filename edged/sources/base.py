@@ -6,9 +6,12 @@ import re
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
+from pydantic import Field
+
+from ..registry import StrictConfig
 
 
 @dataclass
@@ -19,7 +22,16 @@ class Frame:
     monotonic: float  # time.monotonic() when capture started
     capture_seconds: float  # time spent grabbing and decoding this frame
     origin: str | None = None  # e.g. the file an image came from
-    truth: Any = None  # what a synthetic source drew
+    # what the source knows about the frame beyond its pixels, carried into the result as is
+    # (the demo's synthetic source: {"truth": what it drew}); the core never looks inside
+    annotations: Mapping[str, Any] | None = None
+
+
+class LiveSourceConfig(StrictConfig):
+    """What every live source (camera, network stream) shares: how it comes back."""
+
+    reconnect_min_seconds: float = Field(0.5, gt=0, le=3600, description="first wait before reconnecting")
+    reconnect_max_seconds: float = Field(30.0, gt=0, le=3600, description="the wait doubles up to this (with jitter)")
 
 
 def redact(url: str) -> str:
@@ -29,7 +41,7 @@ def redact(url: str) -> str:
 
 class Source:
     """Base class: pacing helpers and an interruptible wait. Subclasses implement
-    ``open`` and ``_grab`` (return ``(image, origin, truth)`` or None at the end).
+    ``open`` and ``_grab`` (return ``(image, origin, annotations)`` or None at the end).
 
     A *live* source (camera, network stream) raises :class:`~edged.errors.SourceError`
     when it loses its device or connection; the stream then calls ``release()`` and
@@ -72,7 +84,7 @@ class Source:
         return self.kind
 
     # -- reading
-    def _grab(self) -> tuple[np.ndarray, str | None, Any] | None:  # pragma: no cover - overridden
+    def _grab(self) -> tuple[np.ndarray, str | None, Mapping[str, Any] | None] | None:  # pragma: no cover - overridden
         raise NotImplementedError
 
     def _pace(self, fps: float | None) -> bool:
@@ -109,7 +121,7 @@ class Source:
         got = self._grab()
         if got is None:
             return None
-        image, origin, truth = got
-        frame = Frame(image, self._seq, wall, t0, time.monotonic() - t0, origin, truth)
+        image, origin, annotations = got
+        frame = Frame(image, self._seq, wall, t0, time.monotonic() - t0, origin, annotations)
         self._seq += 1
         return frame

@@ -7,18 +7,32 @@ again with backoff (see :mod:`edged.stream`).
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Literal, Optional, Union
 
 import cv2
+from pydantic import Field
 
 from ..errors import SourceError
+from ..registry import SOURCES
+from .base import LiveSourceConfig
 from .capture import CaptureSource
+
+
+class CameraSourceConfig(LiveSourceConfig):
+    """A local camera through OpenCV (V4L2 on Linux)."""
+
+    type: Literal["camera"] = "camera"
+    device: Union[int, str] = Field(0, description="camera index (0) or device path (/dev/video0)")
+    width: Optional[int] = Field(None, ge=1, description="requested frame width")
+    height: Optional[int] = Field(None, ge=1, description="requested frame height")
+    fps: Optional[float] = Field(None, gt=0, description="requested frame rate")
+    fourcc: Optional[str] = Field(None, min_length=4, max_length=4, description="pixel format, e.g. MJPG or YUYV")
 
 
 class CameraSource(CaptureSource):
     kind = "camera"
 
-    def __init__(self, cfg: Any, name: str = "") -> None:
+    def __init__(self, cfg: CameraSourceConfig, name: str = "") -> None:
         super().__init__(name)
         self.cfg = cfg
 
@@ -52,3 +66,6 @@ class CameraSource(CaptureSource):
         if c.fps:
             cap.set(cv2.CAP_PROP_FPS, c.fps)
         return cap
+
+
+SOURCES.register("camera", CameraSourceConfig, CameraSource)

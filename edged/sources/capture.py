@@ -9,7 +9,7 @@ soon as its read returns.
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, Mapping
 
 import cv2
 import numpy as np
@@ -40,7 +40,7 @@ class CaptureSource(Source):
             self.cap = cap
             self._release_pending = False
 
-    def _grab(self) -> tuple[np.ndarray, str | None, Any] | None:
+    def _grab(self) -> tuple[np.ndarray, str | None, Mapping[str, Any] | None] | None:
         with self._lock:
             if self.closed:
                 self._release_locked()

@@ -5,12 +5,14 @@ from __future__ import annotations
 import glob
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Mapping
 
 import cv2
 import numpy as np
+from pydantic import Field
 
 from ..errors import SourceError
+from ..registry import SOURCES, StrictConfig
 from .base import Source
 
 log = logging.getLogger(__name__)
@@ -41,10 +43,19 @@ def read_image(path: str | Path) -> np.ndarray:
     return image
 
 
+class ImagesSourceConfig(StrictConfig):
+    """An image file, a directory of images, or a glob pattern."""
+
+    type: Literal["images"] = "images"
+    path: str = Field(description="image file, directory, or glob such as 'frames/*.jpg'")
+    fps: float = Field(1.0, ge=0, description="images per second (0: as fast as possible)")
+    loop: bool = Field(True, description="start again after the last image")
+
+
 class ImagesSource(Source):
     kind = "images"
 
-    def __init__(self, cfg: Any, name: str = "") -> None:
+    def __init__(self, cfg: ImagesSourceConfig, name: str = "") -> None:
         super().__init__(name)
         self.cfg = cfg
         self.files: list[Path] = []
@@ -62,7 +73,7 @@ class ImagesSource(Source):
     def _fps(self) -> float | None:
         return self.cfg.fps or None
 
-    def _grab(self) -> tuple[np.ndarray, str | None, Any] | None:
+    def _grab(self) -> tuple[np.ndarray, str | None, Mapping[str, Any] | None] | None:
         for _ in range(len(self.files) + 1):
             if self._pos >= len(self.files):
                 if not self.cfg.loop or len(self._bad) == len(self.files):
@@ -77,3 +88,6 @@ class ImagesSource(Source):
                     self._bad.add(path)
                     log.warning("stream %s: skipping %s", self.name, exc)
         return None
+
+
+SOURCES.register("images", ImagesSourceConfig, ImagesSource)

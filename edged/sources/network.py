@@ -11,17 +11,55 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import Any
+from typing import Any, Literal, Mapping
 
 import cv2
 import numpy as np
+from pydantic import Field, field_validator
 
 from ..errors import SourceError
-from .base import Source, redact
+from ..registry import SOURCES
+from .base import LiveSourceConfig, Source, redact
 from .capture import CaptureSource
 
 log = logging.getLogger(__name__)
 _ENV_LOCK = threading.Lock()  # OPENCV_FFMPEG_CAPTURE_OPTIONS is process-wide: set it, open, restore
+
+
+class UrlSourceConfig(LiveSourceConfig):
+    """An IP camera or stream: RTSP, HTTP(S), MJPEG, through OpenCV's FFmpeg backend."""
+
+    type: Literal["url"] = "url"
+    url: str = Field(description="rtsp://, rtsps://, http:// or https:// URL; credentials in it are never logged")
+    transport: Literal["tcp", "udp"] = Field("tcp", description="RTSP transport")
+    open_timeout_seconds: float = Field(10.0, gt=0, le=300, description="give up opening after this")
+    read_timeout_seconds: float = Field(5.0, gt=0, le=300, description="no frame within this = connection lost")
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, v: str) -> str:
+        if not v.lower().startswith(("rtsp://", "rtsps://", "http://", "https://")):
+            raise ValueError("url must start with rtsp://, rtsps://, http:// or https://")
+        return v
+
+
+class GStreamerSourceConfig(LiveSourceConfig):
+    """A GStreamer pipeline ending in appsink (needs an OpenCV built with GStreamer)."""
+
+    type: Literal["gstreamer"] = "gstreamer"
+    pipeline: str = Field(
+        description="e.g. 'libcamerasrc ! video/x-raw,width=1280,height=720 ! videoconvert ! "
+        "video/x-raw,format=BGR ! appsink drop=true max-buffers=1'"
+    )
+
+
+class Picamera2SourceConfig(LiveSourceConfig):
+    """A Raspberry Pi camera through picamera2 (libcamera), when that module is importable."""
+
+    type: Literal["picamera2"] = "picamera2"
+    width: int = Field(1280, ge=16)
+    height: int = Field(720, ge=16)
+    fps: float = Field(30.0, gt=0)
 
 
 def ffmpeg_options(url: str, transport: str) -> str:
@@ -35,7 +73,7 @@ def ffmpeg_options(url: str, transport: str) -> str:
 class NetworkSource(CaptureSource):
     kind = "url"
 
-    def __init__(self, cfg: Any, name: str = "") -> None:
+    def __init__(self, cfg: UrlSourceConfig, name: str = "") -> None:
         super().__init__(name)
         self.cfg = cfg
 
@@ -80,7 +118,7 @@ class GStreamerSource(CaptureSource):
 
     kind = "gstreamer"
 
-    def __init__(self, cfg: Any, name: str = "") -> None:
+    def __init__(self, cfg: GStreamerSourceConfig, name: str = "") -> None:
         super().__init__(name)
         self.cfg = cfg
 
@@ -109,7 +147,7 @@ class Picamera2Source(Source):
     kind = "picamera2"
     live = True
 
-    def __init__(self, cfg: Any, name: str = "") -> None:
+    def __init__(self, cfg: Picamera2SourceConfig, name: str = "") -> None:
         super().__init__(name)
         self.cfg = cfg
         self.cam: Any = None
@@ -139,7 +177,7 @@ class Picamera2Source(Source):
             raise SourceError(f"cannot start the Raspberry Pi camera: {exc}") from None
         self.cam = cam
 
-    def _grab(self) -> tuple[np.ndarray, str | None, Any] | None:
+    def _grab(self) -> tuple[np.ndarray, str | None, Mapping[str, Any] | None] | None:
         if self.closed:
             return None
         try:
@@ -156,3 +194,8 @@ class Picamera2Source(Source):
                 cam.close()
             except Exception:
                 pass
+
+
+SOURCES.register("url", UrlSourceConfig, NetworkSource)
+SOURCES.register("gstreamer", GStreamerSourceConfig, GStreamerSource)
+SOURCES.register("picamera2", Picamera2SourceConfig, Picamera2Source)

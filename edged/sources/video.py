@@ -5,21 +5,33 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Mapping, Optional
 
 import cv2
 import numpy as np
+from pydantic import Field
 
 from ..errors import SourceError
+from ..registry import SOURCES, StrictConfig
 from .base import Source
 
 log = logging.getLogger(__name__)
 
 
+class VideoSourceConfig(StrictConfig):
+    """A video file, read with OpenCV (FFmpeg)."""
+
+    type: Literal["video"] = "video"
+    path: str = Field(description="video file (mp4, avi, mkv, ...)")
+    loop: bool = Field(True, description="start again at the end instead of ending the stream")
+    realtime: bool = Field(True, description="pace at the file's own frame rate (false: as fast as possible)")
+    fps: Optional[float] = Field(None, gt=0, description="override the frame rate used for pacing")
+
+
 class VideoFileSource(Source):
     kind = "video"
 
-    def __init__(self, cfg: Any, name: str = "") -> None:
+    def __init__(self, cfg: VideoSourceConfig, name: str = "") -> None:
         super().__init__(name)
         self.cfg = cfg
         self.path = Path(cfg.path)
@@ -50,13 +62,13 @@ class VideoFileSource(Source):
     def _fps(self) -> float | None:
         return self.fps if self.cfg.realtime else None
 
-    def _grab(self) -> tuple[np.ndarray, str | None, Any] | None:
+    def _grab(self) -> tuple[np.ndarray, str | None, Mapping[str, Any] | None] | None:
         with self._lock:
             if self.cap is None or self.closed:
                 return None
             return self._read()
 
-    def _read(self) -> tuple[np.ndarray, str | None, Any] | None:
+    def _read(self) -> tuple[np.ndarray, str | None, Mapping[str, Any] | None] | None:
         assert self.cap is not None, "open() first"
         ok, image = self.cap.read()
         if not ok and self.cfg.loop:
@@ -75,3 +87,6 @@ class VideoFileSource(Source):
             if self.cap is not None:
                 self.cap.release()
                 self.cap = None
+
+
+SOURCES.register("video", VideoSourceConfig, VideoFileSource)

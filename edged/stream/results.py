@@ -36,6 +36,6 @@ def build_result(stream: str, frame: Frame, out: Output, info: ModelInfo, queued
         classes=out.classes,
         objects=out.objects,
         source=frame.origin,
-        truth=frame.truth,
+        annotations=frame.annotations,
         latency_ms=latency,
     )

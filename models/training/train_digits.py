@@ -8,7 +8,7 @@ Data: scikit-learn's bundled copy of the UCI optical handwritten digits
 (8x8, values 0..16).  A fixed stratified split (test_size=0.25,
 random_state=0) gives the training digits and the held-out digits; the
 held-out ones are written to edged/data/digits_heldout.npz and are the only
-digits the demo scene (edged.scene.DigitScene) draws by default.
+digits the demo scene (edged.demo.scene.DigitScene) draws by default.
 
 Training images are DigitScene frames (640x480 BGR, mostly) rendered with the
 TRAIN digits, preprocessed exactly like the daemon does:
@@ -17,13 +17,13 @@ TRAIN digits, preprocessed exactly like the daemon does:
     float32 / 255.0        (the int8 model takes the uint8 pixels directly)
 
 Run from the repository root, in a venv with TensorFlow (see models/README.md):
-    .venv-train/bin/python models/train_digits.py
+    .venv-train/bin/python models/training/train_digits.py
 
 With --test-variants DIR the same trained model is also written, for edged's end-to-end
 tests, as DIR/digits_int8io.tflite (full-integer PTQ with int8 input and output) and
 DIR/digits_float32.tflite (plain float32 conversion); models/digits_int8.tflite is
 unchanged by the option (the variants are converted after it is written):
-    .venv-train/bin/python models/train_digits.py --test-variants tests/data
+    .venv-train/bin/python models/training/train_digits.py --test-variants tests/data
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ import time
 import zipfile
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
@@ -59,15 +59,15 @@ LABELS = [str(i) for i in range(10)]
 
 
 def import_scene():
-    """Import edged.scene (repo root on sys.path); fall back to loading the file."""
+    """Import edged.demo.scene (repo root on sys.path); fall back to loading the file."""
     sys.path.insert(0, str(REPO))
     try:
-        from edged import scene  # type: ignore
+        from edged.demo import scene  # type: ignore
 
         return scene
     except Exception as exc:  # e.g. edged/__init__ importing things not in this venv
-        print(f"note: 'import edged.scene' failed ({exc!r}); loading edged/scene.py directly")
-        spec = importlib.util.spec_from_file_location("edged_scene", REPO / "edged" / "scene.py")
+        print(f"note: 'import edged.demo.scene' failed ({exc!r}); loading edged/demo/scene.py directly")
+        spec = importlib.util.spec_from_file_location("edged_scene", REPO / "edged" / "demo" / "scene.py")
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
         return mod

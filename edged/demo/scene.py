@@ -8,18 +8,27 @@ function of ``(seed, index)``, so frames can be rendered in any order.
 
 The default digit set is ``edged/data/digits_heldout.npz``: the held-out split
 of scikit-learn's ``load_digits()`` that the demo model never trained on (see
-``models/train_digits.py``).
+``models/training/train_digits.py``).
+
+Both scenes share :class:`Scene`: ``render(index)`` returns the frame and what it
+shows (``truth(index)``), and ``annotation(truth)`` is that truth as the JSON value
+the synthetic source attaches to the frame (the ``truth`` key of a result).
 """
 
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from pathlib import Path
+from typing import Any, Dict, Generic, List, Optional, TypeVar, Union
 
 import cv2
 import numpy as np
 
-__all__ = ["load_digits", "DigitScene", "MultiDigitScene", "DEFAULT_DIGITS_FILE"]
+__all__ = ["load_digits", "Scene", "DigitScene", "MultiDigitScene", "DEFAULT_DIGITS_FILE"]
+
+T = TypeVar("T")  # what a scene's frame shows: its truth
+DigitBoxes = List[Dict[str, Any]]  # [{"label": "7", "box": {"xmin", "ymin", "xmax", "ymax"}}, ...]
 
 DEFAULT_DIGITS_FILE = "digits_heldout.npz"
 
@@ -38,16 +47,15 @@ def _default_digits_path() -> Path:
     try:
         from importlib import resources
 
-        pkg = __package__ or "edged"
-        p = resources.files(pkg) / "data" / DEFAULT_DIGITS_FILE
+        p = resources.files("edged.data") / DEFAULT_DIGITS_FILE
         if p.is_file():
             return Path(str(p))
     except Exception:  # not imported as a package / no resources support
         pass
-    return Path(__file__).resolve().parent / "data" / DEFAULT_DIGITS_FILE
+    return Path(__file__).resolve().parent.parent / "data" / DEFAULT_DIGITS_FILE
 
 
-def load_digits(path=None) -> tuple[np.ndarray, np.ndarray]:
+def load_digits(path: Union[str, Path, None] = None) -> tuple[np.ndarray, np.ndarray]:
     """Load a digits file (``images`` uint8 [N,8,8] 0..16, ``labels`` int64 [N]).
 
     ``path`` defaults to the bundled held-out split ``edged/data/digits_heldout.npz``.
@@ -60,7 +68,7 @@ def load_digits(path=None) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-def _check_digits(images, labels) -> tuple[np.ndarray, np.ndarray]:
+def _check_digits(images: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
     images = np.asarray(images)
     labels = np.asarray(labels)
     if images.ndim == 2 and images.shape[1] == 64:
@@ -83,15 +91,20 @@ def _rng(*keys: int) -> np.random.Generator:
 class _Segment:
     __slots__ = ("image_index", "label", "size", "glyph")
 
-    def __init__(self, image_index: int, label: int, size: int, glyph: np.ndarray):
+    def __init__(self, image_index: int, label: int, size: int, glyph: np.ndarray) -> None:
         self.image_index = image_index
         self.label = label
         self.size = size
         self.glyph = glyph
 
 
-class DigitScene:
-    """Deterministic synthetic scene: one large handwritten digit on a dark background."""
+class Scene(ABC, Generic[T]):
+    """What both scenes share: the drifting background, the digit set, the digit glyphs.
+
+    A subclass places the digits and says what frame ``index`` shows (``truth``, of type
+    ``T``), which ``render`` returns with the frame and ``annotation`` turns into the JSON
+    value of the frame's ``truth`` annotation.
+    """
 
     def __init__(
         self,
@@ -99,9 +112,9 @@ class DigitScene:
         height: int = 480,
         seed: int = 0,
         hold_frames: int = 30,
-        images=None,
-        labels=None,
-    ):
+        images: Any = None,
+        labels: Any = None,
+    ) -> None:
         width, height, hold_frames = int(width), int(height), int(hold_frames)
         if width < 16 or height < 16:
             raise ValueError("scene must be at least 16x16")
@@ -198,42 +211,23 @@ class DigitScene:
         return seg
 
     # ------------------------------------------------------------------ API
-    def truth(self, index: int) -> int:
-        """True digit label shown at frame ``index``."""
-        segment = int(index) // self.hold_frames
-        seg = self._segments.get(segment)
-        if seg is not None:
-            return seg.label
-        label = self._truth_cache.get(segment)
-        if label is None:
-            label = int(self.labels[self._choice(segment)])
-            if len(self._truth_cache) >= 64:
-                self._truth_cache.pop(next(iter(self._truth_cache)))
-            self._truth_cache[segment] = label
-        return label
+    @abstractmethod
+    def truth(self, index: int) -> T:
+        """What frame ``index`` shows."""
 
-    def render(self, index: int, out: np.ndarray | None = None) -> tuple[np.ndarray, int]:
-        """Render frame ``index`` as BGR uint8 [height,width,3]; returns (frame, label).
+    @abstractmethod
+    def render(self, index: int, out: Optional[np.ndarray] = None) -> tuple[np.ndarray, T]:
+        """Render frame ``index`` as BGR uint8 [height,width,3]; returns (frame, truth).
 
         If ``out`` (a uint8 [height,width,3] array) is given the frame is drawn
         into it and it is returned.
         """
-        index = int(index)
-        h, w = self.height, self.width
-        out = self._background(index, out)
-        seg = self._segment(index // self.hold_frames)
 
-        # Digit: smooth Lissajous drift, kept fully inside the frame.
-        s = seg.size
-        u = 0.5 + 0.5 * math.sin(2 * math.pi * index / self._mv_period[0] + self._mv_phase[0])
-        v = 0.5 + 0.5 * math.sin(2 * math.pi * index / self._mv_period[1] + self._mv_phase[1])
-        x = int(round(u * (w - s)))
-        y = int(round(v * (h - s)))
-        roi = out[y : y + s, x : x + s]
-        np.maximum(roi, seg.glyph, out=roi)
-        return out, seg.label
+    @abstractmethod
+    def annotation(self, truth: T) -> Dict[str, Any]:
+        """``truth`` as the JSON value a frame of this scene carries (its ``truth`` annotation)."""
 
-    def _background(self, index: int, out: np.ndarray | None) -> np.ndarray:
+    def _background(self, index: int, out: Optional[np.ndarray]) -> np.ndarray:
         """The background of frame ``index``: slowly panning texture + per-frame grain."""
         h, w = self.height, self.width
         if out is None:
@@ -258,6 +252,49 @@ class DigitScene:
         return out
 
 
+class DigitScene(Scene[int]):
+    """Deterministic synthetic scene: one large handwritten digit on a dark background."""
+
+    def truth(self, index: int) -> int:
+        """True digit label shown at frame ``index``."""
+        segment = int(index) // self.hold_frames
+        seg = self._segments.get(segment)
+        if seg is not None:
+            return seg.label
+        label = self._truth_cache.get(segment)
+        if label is None:
+            label = int(self.labels[self._choice(segment)])
+            if len(self._truth_cache) >= 64:
+                self._truth_cache.pop(next(iter(self._truth_cache)))
+            self._truth_cache[segment] = label
+        return label
+
+    def render(self, index: int, out: Optional[np.ndarray] = None) -> tuple[np.ndarray, int]:
+        """Render frame ``index`` as BGR uint8 [height,width,3]; returns (frame, label).
+
+        If ``out`` (a uint8 [height,width,3] array) is given the frame is drawn
+        into it and it is returned.
+        """
+        index = int(index)
+        h, w = self.height, self.width
+        out = self._background(index, out)
+        seg = self._segment(index // self.hold_frames)
+
+        # Digit: smooth Lissajous drift, kept fully inside the frame.
+        s = seg.size
+        u = 0.5 + 0.5 * math.sin(2 * math.pi * index / self._mv_period[0] + self._mv_phase[0])
+        v = 0.5 + 0.5 * math.sin(2 * math.pi * index / self._mv_period[1] + self._mv_phase[1])
+        x = int(round(u * (w - s)))
+        y = int(round(v * (h - s)))
+        roi = out[y : y + s, x : x + s]
+        np.maximum(roi, seg.glyph, out=roi)
+        return out, seg.label
+
+    def annotation(self, truth: int) -> Dict[str, Any]:
+        """``{"label": "7"}``."""
+        return {"label": str(truth)}
+
+
 # Multi-digit mode: glyph side as a fraction of the frame height, digits per segment.
 _MULTI_MIN_FRAC = 0.14
 _MULTI_MAX_FRAC = 0.36
@@ -265,7 +302,7 @@ _MULTI_MAX_DIGITS = 4
 _MULTI_GAP = 4  # pixels kept free between two glyphs
 
 
-class MultiDigitScene(DigitScene):
+class MultiDigitScene(Scene[DigitBoxes]):
     """Deterministic synthetic scene for detection: 1 to 4 digits of different sizes.
 
     The digits of a segment (``hold_frames`` frames) sit still at random places, never
@@ -274,7 +311,7 @@ class MultiDigitScene(DigitScene):
     glyph's square: ``xmin``, ``ymin``, ``xmax``, ``ymax``).
     """
 
-    def __init__(self, *args, max_digits: int = _MULTI_MAX_DIGITS, **kwargs):
+    def __init__(self, *args: Any, max_digits: int = _MULTI_MAX_DIGITS, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if max_digits < 1:
             raise ValueError("max_digits must be >= 1")
@@ -316,7 +353,7 @@ class MultiDigitScene(DigitScene):
         self._layouts[segment] = placed
         return placed
 
-    def truth(self, index: int) -> list[dict]:  # type: ignore[override]
+    def truth(self, index: int) -> DigitBoxes:
         """What frame ``index`` shows: ``[{"label": str, "box": {xmin, ymin, xmax, ymax}}, ...]``."""
         return [
             {
@@ -326,7 +363,7 @@ class MultiDigitScene(DigitScene):
             for x, y, seg in self._layout(int(index) // self.hold_frames)
         ]
 
-    def render(self, index: int, out: np.ndarray | None = None) -> tuple[np.ndarray, list[dict]]:  # type: ignore[override]
+    def render(self, index: int, out: Optional[np.ndarray] = None) -> tuple[np.ndarray, DigitBoxes]:
         """Render frame ``index`` as BGR uint8 [height,width,3]; returns (frame, truth)."""
         index = int(index)
         out = self._background(index, out)
@@ -334,3 +371,7 @@ class MultiDigitScene(DigitScene):
             roi = out[y : y + seg.size, x : x + seg.size]
             np.maximum(roi, seg.glyph, out=roi)
         return out, self.truth(index)
+
+    def annotation(self, truth: DigitBoxes) -> Dict[str, Any]:
+        """``{"objects": [{"label": "7", "box": {...}}, ...]}``."""
+        return {"objects": truth}

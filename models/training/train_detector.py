@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Rebuild edged's demo detector: models/digits_detector_int8.tflite.
 
-A small fully-convolutional detector for edged.scene.MultiDigitScene (1 to 4
+A small fully-convolutional detector for edged.demo.scene.MultiDigitScene (1 to 4
 handwritten digits of different sizes on the demo's background), trained with
 Keras, then full-integer post-training quantisation (uint8 input and output).
 
@@ -11,14 +11,14 @@ edged reads (docs/detectors.md): [1, N, 4 + 10] with N = 10x10 grid cells (strid
 per-class sigmoid scores. The decode uses only LOGISTIC, ADD, MUL, CONCATENATION
 and RESHAPE (fixed batch 1), which the Edge TPU maps.
 
-Data: the digits split of models/train_digits.py (scikit-learn's load_digits,
+Data: the digits split of models/training/train_digits.py (scikit-learn's load_digits,
 test_size=0.25, random_state=0): training scenes draw the training digits, the
 held-out scenes the held-out digits (edged/data/digits_heldout.npz) with unseen
 scene seeds. Frames are 640x480 and preprocessed as the daemon does with
 resize "stretch": cv2.resize(frame, (160, 160), INTER_LINEAR), BGR to RGB.
 
 Run from the repository root, in a venv with TensorFlow and edged (see models/README.md):
-    .venv-train/bin/python models/train_detector.py
+    .venv-train/bin/python models/training/train_detector.py
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 import cv2  # noqa: E402
@@ -74,7 +74,7 @@ def preprocess(frame_bgr: np.ndarray) -> np.ndarray:
 
 def render_set(images, labels, n: int, seed_base: int):
     """n renders: uint8 [n,SIZE,SIZE,3], training targets [n,GRID*GRID,4+NC+1] and the truths (frame pixels)."""
-    from edged.scene import MultiDigitScene
+    from edged.demo.scene import MultiDigitScene
 
     w, h = FRAME
     xs = np.empty((n, SIZE, SIZE, 3), np.uint8)
@@ -189,8 +189,8 @@ def average_precision(scores: list[float], tps: list[bool], n_truth: int) -> flo
 def evaluate(model_path: Path, frames_seed_base: int, images, labels, n: int, threshold: float):
     """Through edged's Engine (as the daemon runs it): mAP@0.5 (score threshold 0.05), and
     precision/recall at ``threshold``."""
+    from edged.demo.scene import MultiDigitScene
     from edged.inference import Engine
-    from edged.scene import MultiDigitScene
 
     eng_map = Engine.from_file(model_path, labels=str(OUT_LABELS), threshold=0.05, top_k=0, threads=2)
     w, h = FRAME
