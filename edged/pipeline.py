@@ -15,7 +15,7 @@ import queue
 import random
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -23,8 +23,11 @@ from .engine import Engine, EngineOptions
 from .errors import SourceError
 from .metrics import Metrics
 from .result import Result
-from .sinks import Sink, make_sink
+from .sinks import Sink, SinkContext, make_sink
 from .sources import Frame, Source, make_source
+
+if TYPE_CHECKING:
+    from .sinks.mqtt import MqttPool
 
 log = logging.getLogger(__name__)
 
@@ -98,13 +101,15 @@ def engine_options(model_cfg: Any) -> EngineOptions:
 class Stream:
     """One configured stream. Construct (loads the model), ``start()``, ``close()``."""
 
-    def __init__(self, cfg: Any, metrics: Metrics, engine: Engine | None = None) -> None:
+    def __init__(
+        self, cfg: Any, metrics: Metrics, engine: Engine | None = None, mqtt_pool: MqttPool | None = None
+    ) -> None:
         self.cfg = cfg
         self.id: str = cfg.id
         self.metrics = metrics
         self.engine = engine or Engine(cfg.model.path, engine_options(cfg.model))
         self.source: Source = make_source(cfg.source, self.id)
-        self.sinks: list[Sink] = [make_sink(s, self.id, metrics) for s in cfg.sinks]
+        self.sinks: list[Sink] = [make_sink(s, SinkContext(self.id, metrics, mqtt_pool)) for s in cfg.sinks]
         self.slot = LatestSlot()
         # The capture thread preprocesses each frame into one of three reused input buffers:
         # one being filled, one waiting in the slot, one being copied into the model's input.

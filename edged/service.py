@@ -18,6 +18,7 @@ from .metrics import Metrics
 from .model import EDGETPU_CUSTOM_OP
 from .pipeline import Stream
 from .sdnotify import Notifier
+from .sinks.mqtt import MqttPool
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,9 @@ class Service:
         self.tpus: list[Any] = []
         self.started = time.time()
         self._http_thread: threading.Thread | None = None
+        # the MQTT connections of every stream's sinks; their retained status is the device summary
+        self.mqtt_pool = MqttPool()
+        self.mqtt_pool.bind_summary(self.summary)
 
     # ---------------------------------------------------------------- lifecycle
     def start(self) -> None:
@@ -71,7 +75,7 @@ class Service:
         self.metrics.watch_temperatures(tpus)
         engines, self.workers = build_engines(self.config, self.metrics, tpus)
         try:
-            self.streams = [Stream(cfg, self.metrics, engines[cfg.id]) for cfg in self.config.streams]
+            self.streams = [Stream(cfg, self.metrics, engines[cfg.id], self.mqtt_pool) for cfg in self.config.streams]
         except BaseException:
             self._close_workers()
             raise
@@ -112,11 +116,6 @@ class Service:
 
     def _wire(self, stream: Stream) -> None:
         stream.sinks.append(HubSink(self.events))  # results to Server-Sent Events clients
-        # sinks that report on the whole device (the MQTT status) get the device summary
-        for sink in stream.sinks:
-            bind = getattr(sink, "bind_summary", None)
-            if bind is not None:
-                bind(self.summary)
 
     @property
     def address(self) -> str:
@@ -167,6 +166,7 @@ class Service:
         deadline = time.monotonic() + 1.0
         for s in self.streams:
             s.close(timeout=max(0.0, deadline - time.monotonic()))
+        self.mqtt_pool.close()  # none left open once every stream's sinks are closed
         self._close_workers()
         self._close_http()
         log.info("stopped")
@@ -337,7 +337,7 @@ class Service:
         try:
             engines, workers = build_engines(sub, self.metrics, self.tpus)
             try:
-                fresh = [Stream(new_by[s], self.metrics, engines[s]) for s in order]
+                fresh = [Stream(new_by[s], self.metrics, engines[s], self.mqtt_pool) for s in order]
             except BaseException:
                 for w in workers:
                     w.close()
@@ -371,7 +371,7 @@ class Service:
             if tpu:
                 self._restore(old)
             else:
-                back = [Stream(old_by[s.id], self.metrics, s.engine) for s in affected_old]
+                back = [Stream(old_by[s.id], self.metrics, s.engine, self.mqtt_pool) for s in affected_old]
                 for st in back:
                     self._wire(st)
                     st.start()
@@ -401,7 +401,7 @@ class Service:
         self._stop_streams(self.streams)
         self._close_workers()
         engines, self.workers = build_engines(old, self.metrics, self.tpus)
-        self.streams = [Stream(sc, self.metrics, engines[sc.id]) for sc in old.streams]
+        self.streams = [Stream(sc, self.metrics, engines[sc.id], self.mqtt_pool) for sc in old.streams]
         for s in self.streams:
             self._wire(s)
             s.start()
