@@ -16,10 +16,10 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
 from . import demo as _demo  # noqa: F401 - importing the package registers the synthetic source kind
+from . import sinks as _sinks  # noqa: F401 - importing the package registers its kinds
 from . import sources as _sources  # noqa: F401 - importing the package registers its kinds
 from .errors import ConfigError
 from .registry import SINKS, SOURCES, StrictConfig
-from .sinks import Sink, SinkContext  # importing the package registers its kinds
 from .sinks.log import LogSinkConfig
 
 # --------------------------------------------------------------------------- sources and sinks
@@ -27,82 +27,8 @@ from .sinks.log import LogSinkConfig
 # implementation and registers itself (edged.registry); importing the packages registers them.
 
 
-class MqttThinConfig(StrictConfig):
-    """Publish fewer results of a stream: on a change of its labels and/or at most N a second per label."""
-
-    on_change: bool = Field(
-        False,
-        description="publish a result only when its labels differ from the last published one's "
-        "(classification: the set of labels; detection: each label with its count)",
-    )
-    max_per_second: Optional[float] = Field(
-        None, gt=0, le=1000, description="at most this many results a second with any one label"
-    )
-    min_score: Optional[float] = Field(
-        None, ge=0, le=1, description="labels scoring below this do not count (default: every label in the result)"
-    )
-    heartbeat_seconds: float = Field(
-        60.0, ge=0, description="publish a result anyway when none was published for this long (0: never)"
-    )
-
-    @model_validator(mode="after")
-    def _a_rule(self) -> MqttThinConfig:
-        if not self.on_change and self.max_per_second is None:
-            raise ValueError("set on_change: true and/or max_per_second (or leave thin: out)")
-        return self
-
-
-class MqttSinkConfig(StrictConfig):
-    """Publish every result to an MQTT broker; QoS 1 results wait in an on-disk queue while it is away."""
-
-    type: Literal["mqtt"] = "mqtt"
-    host: str = Field("127.0.0.1", min_length=1, description="broker host name or address")
-    port: int = Field(1883, ge=1, le=65535, description="broker port (8883 is the usual TLS port)")
-    client_id: Optional[str] = Field(
-        None, min_length=1, description="MQTT client id (default: edged-<device>, shared by the sinks of one broker)"
-    )
-    username: Optional[str] = Field(None, description="user name for the broker")
-    password: Optional[str] = Field(None, description="password (prefer password_env)")
-    password_env: Optional[str] = Field(None, description="name of an environment variable holding the password")
-    tls: bool = Field(False, description="connect with TLS")
-    ca_file: Optional[str] = Field(None, description="CA certificates to verify the broker (default: the system's)")
-    qos: Literal[0, 1] = Field(
-        1, description="1: at least once, queued on disk while the broker is away; 0: at most once, never queued"
-    )
-    topic_prefix: str = Field("edged", min_length=1, description="results go to <prefix>/<device>/<stream>/result")
-    device: Optional[str] = Field(
-        None, description="device name in the topics (default: the top-level device:, else the host name)"
-    )
-    queue_path: Optional[str] = Field(
-        None, description="SQLite queue file (default: $STATE_DIRECTORY or ~/.local/state/edged, <stream>.mqtt.sqlite)"
-    )
-    queue_max: int = Field(10000, ge=1, description="results kept while the broker is away; then the oldest go")
-    status_interval: float = Field(
-        30.0, ge=1, le=3600, description="seconds between two publications of the retained device status"
-    )
-    thin: Optional[MqttThinConfig] = Field(None, description="publish fewer results (default: every result)")
-
-    @field_validator("topic_prefix", "device")
-    @classmethod
-    def _topic_level(cls, v: Optional[str]) -> Optional[str]:
-        if v is not None and any(c in v for c in "+#\0"):
-            raise ValueError("must not contain +, # or NUL")
-        return v
-
-
-def _make_mqtt_sink(cfg: MqttSinkConfig, ctx: SinkContext) -> Sink:
-    from .sinks.mqtt import MqttSink
-
-    return MqttSink(cfg, ctx.stream, ctx.metrics)
-
-
-SINKS.register("mqtt", MqttSinkConfig, _make_mqtt_sink)
-
 SourceConfig = SOURCES.union()
 SinkConfig = SINKS.union()
-
-# The old name, for tests/test_mqtt_connection.py until the MQTT package (another branch) imports the new one.
-MqttSink = MqttSinkConfig
 
 
 # --------------------------------------------------------------------------- model and stream

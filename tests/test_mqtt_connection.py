@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
 
-from edged.config import MqttSink as MqttConfig
 from edged.metrics import Metrics
 from edged.result import Result
+from edged.sinks.base import SinkContext
+from edged.sinks.mqtt.config import MqttSinkConfig as MqttConfig
 
 mqtt = pytest.importorskip("edged.sinks.mqtt")
 
@@ -19,18 +21,20 @@ def cfg(tmp_path: Path, sid: str, **over) -> MqttConfig:
 
 
 def test_a_reload_with_new_credentials_is_no_second_connection_to_warn_about(tmp_path, caplog) -> None:
-    old = mqtt.MqttSink(cfg(tmp_path, "a"), "a")
-    new = mqtt.MqttSink(cfg(tmp_path, "a", username="u", password="p"), "a")  # for a moment, both
+    pool = mqtt.MqttPool()  # the service's: one for every stream
+    old = mqtt.MqttSink(cfg(tmp_path, "a"), SinkContext("a", mqtt=pool))
+    new = mqtt.MqttSink(cfg(tmp_path, "a", username="u", password="p"), SinkContext("a", mqtt=pool))  # both, a moment
     old.close()
     new.close()
     assert new.conn is not old.conn and "separate connections" not in caplog.text
-    assert not mqtt._registry
+    assert not pool.connections()
 
 
 def test_same_settings_share_one_connection(tmp_path, caplog) -> None:
-    a = mqtt.MqttSink(cfg(tmp_path, "a", status_interval=20), "a")
-    b = mqtt.MqttSink(cfg(tmp_path, "b", status_interval=5), "b")
-    other = mqtt.MqttSink(cfg(tmp_path, "c", username="u", password="p"), "c")
+    pool = mqtt.MqttPool()  # the service's: one for every stream
+    a = mqtt.MqttSink(cfg(tmp_path, "a", status_interval=20), SinkContext("a", mqtt=pool))
+    b = mqtt.MqttSink(cfg(tmp_path, "b", status_interval=5), SinkContext("b", mqtt=pool))
+    other = mqtt.MqttSink(cfg(tmp_path, "c", username="u", password="p"), SinkContext("c", mqtt=pool))
     assert caplog.text.count("separate connections") == 1  # c and a, b would write one status topic
     try:
         assert a.conn is b.conn and other.conn is not a.conn
@@ -47,14 +51,61 @@ def test_same_settings_share_one_connection(tmp_path, caplog) -> None:
         }
     finally:
         a.close()
-        assert b.conn.key in mqtt._registry  # b still uses it
+        assert b.conn in pool.connections()  # b still uses it
         b.close()
         other.close()
-    assert not mqtt._registry
+    assert not pool.connections()
+
+
+class Listener:
+    """A ConnectionListener of the test's own: what the connection tells the sinks attached to it."""
+
+    def __init__(self, stream: str, qos: int = 1) -> None:
+        self.stream, self.qos = stream, qos
+        self.calls: list[str] = []
+
+    def connection_up(self) -> None:
+        self.calls.append("up")
+
+    def connection_down(self) -> None:
+        self.calls.append("down")
+
+    def backlog(self) -> str:
+        return f"{self.stream}: 7 queued"
+
+
+def test_the_connection_tells_its_listeners(tmp_path, caplog) -> None:
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.reasoncodes import ReasonCode
+
+    caplog.set_level(logging.INFO, logger="edged.sinks.mqtt")
+    pool = mqtt.MqttPool()
+    a, b = Listener("a"), Listener("b", qos=0)
+    conn = pool.acquire(cfg(tmp_path, "a"), a, "dev", None)
+    assert pool.acquire(cfg(tmp_path, "b"), b, "dev", None) is conn and conn.stream_ids() == ["a", "b"]
+    up = ReasonCode(PacketTypes.CONNACK, "Success")
+    lost = ReasonCode(PacketTypes.DISCONNECT, "Unspecified error")
+    try:  # paho's callbacks, called as its network thread would (nothing connects)
+        conn._on_connect(conn.client, None, None, up, None)
+        assert conn.connected.is_set()
+        conn._on_disconnect(conn.client, None, None, lost, None)
+        assert not conn.connected.is_set()
+        conn._on_connect(conn.client, None, None, up, None)
+    finally:
+        pool.release(conn, a)
+        assert pool.connections() == [conn]  # b still uses it
+        pool.release(conn, b)
+    assert not pool.connections()
+    assert a.calls == b.calls == ["up", "down", "up"]
+    assert "connected to 127.0.0.1:1 as edged-dev: streams a, b, status on edged/dev/status" in caplog.text
+    assert "lost (Unspecified error); queueing QoS 1 results, dropping QoS 0 ones, reconnecting" in caplog.text
+    assert "sending the queued results (a: 7 queued; b: 7 queued)" in caplog.text
+    assert "on connect" not in caplog.text and "on disconnect" not in caplog.text  # no exception in a callback
 
 
 def test_status_payloads_from_the_device_summary(tmp_path) -> None:
-    a = mqtt.MqttSink(cfg(tmp_path, "a"), "a")
+    pool = mqtt.MqttPool()
+    a = mqtt.MqttSink(cfg(tmp_path, "a"), SinkContext("a", mqtt=pool))
     summary = {
         "device": "dev",
         "version": "9.9",
@@ -63,7 +114,7 @@ def test_status_payloads_from_the_device_summary(tmp_path) -> None:
             {"id": "b", "state": "failed", "model": "n.tflite", "accelerator": "cpu", "fps": 0.0},
         ],
     }
-    a.bind_summary(lambda: summary)
+    pool.bind_summary(lambda: summary)  # as the service does, once
     try:
         online = json.loads(a.conn._payload("online"))
         assert online == {"state": "online", **summary}
@@ -82,7 +133,7 @@ def test_status_payloads_from_the_device_summary(tmp_path) -> None:
         def broken() -> dict:
             raise RuntimeError("boom")
 
-        a.bind_summary(broken)  # a failing summary: the streams of the connection instead, no exception
+        pool.bind_summary(broken)  # a failing summary: the streams of the connection instead, no exception
         assert [s["id"] for s in json.loads(a.conn._payload("online"))["streams"]] == ["a"]
     finally:
         a.close()
@@ -90,14 +141,14 @@ def test_status_payloads_from_the_device_summary(tmp_path) -> None:
 
 def test_thinned_and_dropped_are_counted(tmp_path) -> None:
     metrics = Metrics()
-    sink = mqtt.MqttSink(cfg(tmp_path, "a", qos=0, thin={"on_change": True}), "a", metrics)
+    sink = mqtt.MqttSink(cfg(tmp_path, "a", qos=0, thin={"on_change": True}), SinkContext("a", metrics))
     result = Result("a", 0, 0.0, "m", "cpu", "classification", 8, 8, classes=[{"id": 1, "label": "cat", "score": 0.9}])
     try:
         for _ in range(3):
             sink.publish(result)  # the first passes the thinning, and is dropped: not connected (QoS 0)
     finally:
         sink.close()
-    assert (sink.sent, sink.dropped, sink.thinned) == (0, 1, 2)
+    assert (sink.counts.sent, sink.counts.dropped, sink.counts.thinned) == (0, 1, 2)
     value = metrics.registry.get_sample_value
     assert value("edged_publish_total", {"sink": "mqtt:a", "outcome": "thinned"}) == 2
     assert value("edged_publish_total", {"sink": "mqtt:a", "outcome": "dropped"}) == 1

@@ -24,6 +24,7 @@ from ..inference import InferenceEngine
 from ..inference.placement import build_engines
 from ..metrics import Metrics
 from ..sdnotify import Notifier
+from ..sinks.mqtt import MqttPool
 from ..stream import Stream
 from ..worker import DeviceWorker
 from . import views
@@ -60,6 +61,8 @@ class Service:
         self.stop_event = threading.Event()
         self.http: Optional[ApiServer] = None
         self.events = EventHub(config.http.max_event_clients)
+        self.mqtt = MqttPool()  # one connection per broker, shared by the streams' mqtt sinks
+        self.mqtt.bind_summary(self.summary)  # the retained status tells of the whole device
         self.tpus: list[EdgeTpu] = []
         self.started = time.time()
         self._http_thread: Optional[threading.Thread] = None
@@ -119,13 +122,7 @@ class Service:
 
     def build_stream(self, cfg: StreamConfig, engine: InferenceEngine) -> Stream:
         """A stream with its source, its sinks and the event hub's sink (not started)."""
-        stream = build_stream(cfg, self.metrics, engine, [HubSink(self.events)])  # results to SSE clients
-        from ..sinks.mqtt import MqttSink
-
-        for sink in stream.sinks:  # the retained MQTT status tells of the whole device
-            if isinstance(sink, MqttSink):
-                sink.bind_summary(self.summary)
-        return stream
+        return build_stream(cfg, self.metrics, engine, [HubSink(self.events)], self.mqtt)  # results to SSE clients
 
     @property
     def address(self) -> str:
@@ -171,6 +168,7 @@ class Service:
         with self._lock:
             self.stop_streams(self.streams)
             self.close_workers()
+        self.mqtt.close()
         self._close_http()
         log.info("stopped")
 

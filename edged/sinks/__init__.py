@@ -11,6 +11,7 @@ from __future__ import annotations
 from ..registry import SINKS, KindConfig
 from . import jsonl, log  # noqa: F401 - they register their kinds
 from .base import Sink, SinkContext
+from .mqtt import config as _mqtt  # noqa: F401 - registers the mqtt kind
 
 
 def make_sink(cfg: KindConfig, ctx: SinkContext) -> Sink:

@@ -27,12 +27,40 @@ thread-safe: the stream's inference thread calls it).
 from __future__ import annotations
 
 import collections
-from typing import Any, Dict, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
+from pydantic import Field, model_validator
+
+from ..registry import StrictConfig
 from ..result import Result
 
 NOTHING = ""  # the label of a result without labels, for the rate limit
 Scene = Tuple[Tuple[str, int], ...]
+
+
+class MqttThinConfig(StrictConfig):
+    """Publish fewer results of a stream: on a change of its labels and/or at most N a second per label."""
+
+    on_change: bool = Field(
+        False,
+        description="publish a result only when its labels differ from the last published one's "
+        "(classification: the set of labels; detection: each label with its count)",
+    )
+    max_per_second: Optional[float] = Field(
+        None, gt=0, le=1000, description="at most this many results a second with any one label"
+    )
+    min_score: Optional[float] = Field(
+        None, ge=0, le=1, description="labels scoring below this do not count (default: every label in the result)"
+    )
+    heartbeat_seconds: float = Field(
+        60.0, ge=0, description="publish a result anyway when none was published for this long (0: never)"
+    )
+
+    @model_validator(mode="after")
+    def _a_rule(self) -> MqttThinConfig:
+        if not self.on_change and self.max_per_second is None:
+            raise ValueError("set on_change: true and/or max_per_second (or leave thin: out)")
+        return self
 
 
 class Thinner:
@@ -57,7 +85,7 @@ class Thinner:
         self.passed = self.thinned = 0
 
     @classmethod
-    def from_config(cls, cfg: Any) -> Thinner:
+    def from_config(cls, cfg: MqttThinConfig) -> Thinner:
         return cls(
             on_change=cfg.on_change,
             max_per_second=cfg.max_per_second,
