@@ -30,10 +30,12 @@ from typing import Any
 
 import numpy as np
 
+from .errors import AcceleratorError
+
 log = logging.getLogger(__name__)
 
 
-class WorkerFailure(Exception):
+class WorkerFailure(AcceleratorError):
     """The Edge TPU worker could not answer; ``reason`` is one line, ``kind`` a metric label."""
 
     def __init__(self, reason: str, kind: str) -> None:
