@@ -37,7 +37,8 @@ import numpy as np
 
 from ..errors import ConfigError, ModelError
 from ..preprocess import Preprocessor
-from .common import find_images, human_size, import_tensorflow, parse_floats, read_image
+from ..sources.images import read_image
+from .common import find_images, human_size, import_tensorflow, parse_floats
 from .parsers import QUANTIZATIONS
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"

@@ -32,7 +32,8 @@ from ..engine import Engine, EngineOptions
 from ..errors import ConfigError
 from ..model import read_labels
 from ..preprocess import dequantize
-from .common import format_table, human_size, list_images, parse_floats, read_image
+from ..sources.images import list_images, read_image
+from .common import format_table, human_size, parse_floats
 
 
 @dataclass
