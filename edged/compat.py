@@ -31,9 +31,7 @@ from typing import Any
 from . import tflite_schema
 from .edgetpu_ops import EDGETPU_OPS, NOT_SUPPORTED_HINTS, builtin_name
 from .errors import ModelError
-from .model import read_tflite_bytes
-
-EDGETPU_CUSTOM_OP = "edgetpu-custom-op"
+from .model import EDGETPU_CUSTOM_OP, read_tflite_bytes
 
 # The compiler's own status strings where it has one; ours where it says "unspecified".
 MAPPED = "Mapped to Edge TPU"

@@ -18,7 +18,8 @@ from . import tflite_schema
 from .errors import ConfigError, ModelError
 from .runtime import Runtime, get_runtime, native_banners_silenced
 
-EDGETPU_CUSTOM_OP = "edgetpu-custom-op"
+EDGETPU_CUSTOM_OP = "edgetpu-custom-op"  # the operator that holds a compiled Edge TPU segment
+EDGETPU_SUFFIX = "_edgetpu"  # foo_edgetpu.tflite is foo.tflite compiled for the Edge TPU: its CPU twin is foo.tflite
 SSD_CUSTOM_OP = "TFLite_Detection_PostProcess"
 
 
@@ -176,9 +177,15 @@ def read_labels(path: str | Path) -> dict[int, str]:
 def cpu_twin(path: str | Path) -> Path | None:
     """``foo_edgetpu.tflite`` -> ``foo.tflite`` (the uncompiled model), or None."""
     p = Path(path)
-    if p.stem.endswith("_edgetpu"):
-        return p.with_name(p.stem[: -len("_edgetpu")] + p.suffix)
+    if p.stem.endswith(EDGETPU_SUFFIX):
+        return p.with_name(p.stem[: -len(EDGETPU_SUFFIX)] + p.suffix)
     return None
+
+
+def edgetpu_twin(path: str | Path) -> Path:
+    """``foo.tflite`` -> ``foo_edgetpu.tflite``: the name edgetpu_compiler gives the model it compiles."""
+    p = Path(path)
+    return p.with_name(f"{p.stem}{EDGETPU_SUFFIX}{p.suffix}")
 
 
 _SSD_NAME_ROLES = {

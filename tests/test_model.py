@@ -16,6 +16,7 @@ from edged.model import (
     _spec,
     cpu_twin,
     detect_task,
+    edgetpu_twin,
     load_model,
     parse_labels,
     read_labels,
@@ -211,6 +212,8 @@ def test_error_messages_are_one_line(models_dir: Path) -> None:
 def test_cpu_twin_naming() -> None:
     assert cpu_twin("/m/foo_edgetpu.tflite") == Path("/m/foo.tflite")
     assert cpu_twin("/m/foo.tflite") is None
+    assert edgetpu_twin("/m/foo.tflite") == Path("/m/foo_edgetpu.tflite")  # what edgetpu_compiler writes
+    assert cpu_twin(edgetpu_twin("/m/foo.tflite")) == Path("/m/foo.tflite")
 
 
 def test_unknown_runtime_is_a_config_error() -> None:
