@@ -24,7 +24,7 @@ import multiprocessing
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing import shared_memory
 from typing import Any
 
@@ -158,7 +158,6 @@ class _Model:
     array: np.ndarray | None = None
     outputs: list[np.ndarray] | None = None
     first_inference_seconds: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def describe_exit(code: int | None) -> str:

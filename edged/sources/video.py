@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import threading
 from pathlib import Path
 from typing import Any
@@ -12,8 +11,6 @@ import numpy as np
 
 from ..errors import SourceError
 from .base import Source
-
-log = logging.getLogger(__name__)
 
 
 class VideoFileSource(Source):
@@ -25,7 +22,6 @@ class VideoFileSource(Source):
         self.path = Path(cfg.path)
         self.cap: cv2.VideoCapture | None = None
         self.fps: float | None = None
-        self._buf: np.ndarray | None = None
         self._lock = threading.Lock()  # read() and release() never overlap
 
     def open(self) -> None:
@@ -34,7 +30,7 @@ class VideoFileSource(Source):
         cap = cv2.VideoCapture(str(self.path), cv2.CAP_FFMPEG)
         if not cap.isOpened():
             raise SourceError(f"cannot open video file {self.path}: not a video OpenCV/FFmpeg can read")
-        ok, first = cap.read()
+        ok, _ = cap.read()
         if not ok:
             cap.release()
             raise SourceError(f"video file {self.path} has no readable frame")
