@@ -10,6 +10,7 @@ import pytest
 
 from edged import tflite_schema
 from edged.errors import ConfigError, ModelError
+from edged.labels import parse_labels, read_labels
 from edged.model import (
     Quantization,
     TensorSpec,
@@ -18,8 +19,6 @@ from edged.model import (
     detect_task,
     edgetpu_twin,
     load_model,
-    parse_labels,
-    read_labels,
     resolve_ssd_outputs,
 )
 from edged.runtime import get_runtime

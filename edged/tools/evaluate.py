@@ -30,7 +30,7 @@ import numpy as np
 
 from ..engine import Engine, EngineOptions
 from ..errors import ConfigError
-from ..model import read_labels
+from ..labels import read_labels
 from ..preprocess import dequantize
 from ..sources.images import list_images, read_image
 from .common import format_table, human_size, parse_floats
