@@ -12,6 +12,7 @@ from typing import Any
 
 from . import __version__
 from .errors import ConfigError, EdgedError
+from .runtime import RUNTIMES
 
 log = logging.getLogger("edged")
 
@@ -41,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     ins.add_argument("model")
     ins.add_argument("--json", action="store_true", help="machine-readable output")
-    ins.add_argument("--runtime", default="auto", choices=("auto", "ai_edge_litert", "tflite_runtime", "tensorflow"))
+    ins.add_argument("--runtime", default="auto", choices=("auto", *RUNTIMES))
 
     cfg = sub.add_parser("config", help="check or print configurations")
     csub = cfg.add_subparsers(dest="config_command", metavar="ACTION")
@@ -71,7 +72,7 @@ def _add_infer(sub: Any) -> None:
     inf.add_argument("--max-detections", type=int, help="YOLO detectors: objects kept after NMS, at most (300)")
     inf.add_argument("--yolo-boxes", choices=("auto", "normalized", "pixels"), help="YOLO detectors: box units (auto)")
     inf.add_argument("--interpolation", choices=("linear", "nearest", "area"), default="linear")
-    inf.add_argument("--runtime", choices=("auto", "ai_edge_litert", "tflite_runtime", "tensorflow"), default="auto")
+    inf.add_argument("--runtime", choices=("auto", *RUNTIMES), default="auto")
     inf.add_argument("--threads", type=int, help="interpreter threads (default: all cores)")
     inf.add_argument("--mean", type=float, nargs="+", help="normalisation mean (default: raw pixels)")
     inf.add_argument("--std", type=float, nargs="+", help="normalisation std (default: raw pixels)")

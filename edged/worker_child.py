@@ -119,12 +119,16 @@ def output_views(info: Any, buf: Any) -> list[np.ndarray]:
     """Arrays for each output tensor, laid out one after another (8-byte aligned) in ``buf``."""
     views, offset = [], 0
     for t in info.outputs:
-        dtype = np.dtype(t.dtype)
-        count = int(np.prod(t.shape))
-        views.append(np.ndarray(t.shape, dtype=dtype, buffer=buf, offset=offset))
-        offset += -(-count * dtype.itemsize // 8) * 8
+        views.append(np.ndarray(t.shape, dtype=np.dtype(t.dtype), buffer=buf, offset=offset))
+        offset += _slot(t)
     return views
 
 
 def outputs_size(info: Any) -> int:
-    return sum(-(-int(np.prod(t.shape)) * np.dtype(t.dtype).itemsize // 8) * 8 for t in info.outputs) or 8
+    """The bytes of the output block (at least 8: a block is never empty)."""
+    return sum(_slot(t) for t in info.outputs) or 8
+
+
+def _slot(t: Any) -> int:
+    """The bytes an output tensor takes in the block: its size rounded up to 8."""
+    return -(-int(np.prod(t.shape)) * np.dtype(t.dtype).itemsize // 8) * 8
