@@ -44,6 +44,9 @@ def test_checker_finds_each_kind(tmp_path: Path) -> None:
         "edged/sinks/demo.py:hasattr duck: hasattr(sink, 'start')",
     }
     allow = {"edged/sinks/demo.py:long-module", "edged/sinks/demo.py:long-function gone"}
-    lines = structure.report(tmp_path, allow)
+    legitimate = {"edged/sinks/demo.py:hasattr duck: hasattr(sink, 'start')": "a reason", "edged/x.py:gone": "?"}
+    lines = structure.report(tmp_path, allow, legitimate)
     assert len(lines) == 5 and not any(line.startswith("edged/sinks/demo.py:long-module ") for line in lines)
-    assert lines[-1].startswith("edged/sinks/demo.py:long-function gone  (stale entry")
+    assert not any(line.startswith("edged/sinks/demo.py:hasattr") for line in lines)
+    assert lines[-2].startswith("edged/sinks/demo.py:long-function gone  (stale entry in tests/structure_allow.txt")
+    assert lines[-1].startswith("edged/x.py:gone  (stale entry in LEGITIMATE")
