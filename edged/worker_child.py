@@ -31,8 +31,7 @@ def _load_delegate(runtime: Any, library: str, options: dict[str, str]) -> Any:
     try:
         return runtime.load_delegate(library, options)
     except (ValueError, OSError) as exc:
-        text = " ".join(str(exc).split())
-        raise WorkerFailure(f"delegate did not load: {text}", "delegate") from None
+        raise WorkerFailure(f"delegate did not load: {_one_line(exc)}", "delegate") from None
 
 
 def child_main(conn: Any, runtime_name: str) -> None:
@@ -63,7 +62,7 @@ def child_main(conn: Any, runtime_name: str) -> None:
         except WorkerFailure as exc:
             conn.send(("err", exc.reason, exc.kind))
         except Exception as exc:  # never die on a request: say what went wrong instead
-            conn.send(("err", f"{op} failed: {type(exc).__name__}: {' '.join(str(exc).split())}", "model"))
+            conn.send(("err", f"{op} failed: {type(exc).__name__}: {_one_line(exc)}", "model"))
 
 
 def _load(msg: tuple[Any, ...], runtime: Any, runtime_name: str, models: dict[str, dict[str, Any]]) -> tuple[Any, ...]:
@@ -108,7 +107,7 @@ def _infer(msg: tuple[Any, ...], models: dict[str, dict[str, Any]]) -> tuple[Any
     try:
         interp.invoke()
     except Exception as exc:
-        raise WorkerFailure(f"invoke failed: {' '.join(str(exc).split())}", "invoke") from None
+        raise WorkerFailure(f"invoke failed: {_one_line(exc)}", "invoke") from None
     seconds = time.perf_counter() - t0
     for tensor, view in m["outputs"]:  # outputs go back through shared memory too
         np.copyto(view, tensor())
@@ -132,3 +131,8 @@ def outputs_size(info: Any) -> int:
 def _slot(t: Any) -> int:
     """The bytes an output tensor takes in the block: its size rounded up to 8."""
     return -(-int(np.prod(t.shape)) * np.dtype(t.dtype).itemsize // 8) * 8
+
+
+def _one_line(exc: BaseException) -> str:
+    """An error's text on one line (a reply's reason is one line)."""
+    return " ".join(str(exc).split())
