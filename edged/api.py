@@ -25,12 +25,17 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from . import __version__
 from .errors import ConfigError
 from .metrics import CONTENT_TYPE_LATEST
+
+if TYPE_CHECKING:
+    from .config import HttpConfig
+    from .daemon import Service
+    from .stream import Stream
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +65,7 @@ def is_loopback(host: str) -> bool:
     return bool(infos) and all(ipaddress.ip_address(i[4][0].split("%")[0]).is_loopback for i in infos)
 
 
-def access_rules(http_cfg: Any, host: str) -> tuple[Optional[str], frozenset[str]]:
+def access_rules(http_cfg: HttpConfig, host: str) -> tuple[Optional[str], frozenset[str]]:
     """The token the API requires (None: open) and the paths answered without it.
 
     A token configured (``http.token``, or the variable ``http.token_env`` names) is always
@@ -85,7 +90,9 @@ class ApiServer(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 32
 
-    def __init__(self, addr: tuple[str, int], service: Any, token: Optional[str], open_paths: frozenset[str]) -> None:
+    def __init__(
+        self, addr: tuple[str, int], service: Service, token: Optional[str], open_paths: frozenset[str]
+    ) -> None:
         if ":" in addr[0]:
             self.address_family = socket.AF_INET6
         self.service = service
@@ -138,7 +145,7 @@ class ApiServer(ThreadingHTTPServer):
             self._openapi = (json.dumps(spec, indent=1) + "\n").encode()
         return self._openapi
 
-    def snapshot(self, stream: Any) -> Optional[bytes]:
+    def snapshot(self, stream: Stream) -> Optional[bytes]:
         """The latest frame of ``stream`` with its result drawn, as JPEG; encoded once per frame."""
         pair = stream.latest_frame
         if pair is None:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .errors import ConfigError, EdgedError
+from .runtime import RUNTIMES
 
 if TYPE_CHECKING:
     from .inference import InferenceEngine
@@ -32,32 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--log-level", choices=("debug", "info", "warning", "error"))
     run.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this many seconds")
 
-    inf = sub.add_parser("infer", help="run a model on images; one JSON result a line on stdout")
-    inf.add_argument("--model", "-m", required=True, help=".tflite model")
-    inf.add_argument("--labels", "-l", help="labels file")
-    inf.add_argument("--top-k", "-k", type=int, default=3, help="classes or objects kept (default 3)")
-    inf.add_argument("--threshold", "-t", type=float, help="minimum score (default 0.1 classes, 0.5 objects)")
-    inf.add_argument("--resize", choices=("stretch", "letterbox"), default="stretch")
-    inf.add_argument("--iou-threshold", type=float, help="YOLO detectors: NMS overlap above which a box goes (0.45)")
-    inf.add_argument("--max-detections", type=int, help="YOLO detectors: objects kept after NMS, at most (300)")
-    inf.add_argument("--yolo-boxes", choices=("auto", "normalized", "pixels"), help="YOLO detectors: box units (auto)")
-    inf.add_argument("--interpolation", choices=("linear", "nearest", "area"), default="linear")
-    inf.add_argument("--runtime", choices=("auto", "ai_edge_litert", "tflite_runtime", "tensorflow"), default="auto")
-    inf.add_argument("--threads", type=int, help="interpreter threads (default: all cores)")
-    inf.add_argument("--mean", type=float, nargs="+", help="normalisation mean (default: raw pixels)")
-    inf.add_argument("--std", type=float, nargs="+", help="normalisation std (default: raw pixels)")
-    inf.add_argument(
-        "--accelerator", choices=("auto", "edgetpu", "cpu"), default="auto",
-        help="auto: the Edge TPU when the model is compiled for it and the delegate loads, else the CPU twin",
-    )  # fmt: skip
-    inf.add_argument("--device", help="Edge TPU selector: usb, usb:N, pci, pci:N, :N")
-    inf.add_argument("--cpu-model", help="CPU twin of an Edge TPU model (default: the name without _edgetpu)")
-    inf.add_argument("--edgetpu-library", help="delegate library (default: libedgetpu.so.1 on Linux)")
-    inf.add_argument(
-        "--delegate-option", action="append", default=[], metavar="KEY=VALUE",
-        help="option for the Edge TPU delegate, e.g. Performance=Max (repeatable)",
-    )  # fmt: skip
-    inf.add_argument("images", nargs="+", metavar="IMAGE")
+    _add_infer(sub)
 
     ins = sub.add_parser(
         "inspect",
@@ -69,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     ins.add_argument("model")
     ins.add_argument("--json", action="store_true", help="machine-readable output")
-    ins.add_argument("--runtime", default="auto", choices=("auto", "ai_edge_litert", "tflite_runtime", "tensorflow"))
+    ins.add_argument("--runtime", default="auto", choices=("auto", *RUNTIMES))
 
     cfg = sub.add_parser("config", help="check or print configurations")
     csub = cfg.add_subparsers(dest="config_command", metavar="ACTION")
@@ -85,6 +61,36 @@ def _parser() -> argparse.ArgumentParser:
 
     add_commands(sub)
     return p
+
+
+def _add_infer(sub: Any) -> None:
+    """``edged infer``: its options are a model config section's, on the command line."""
+    inf = sub.add_parser("infer", help="run a model on images; one JSON result a line on stdout")
+    inf.add_argument("--model", "-m", required=True, help=".tflite model")
+    inf.add_argument("--labels", "-l", help="labels file")
+    inf.add_argument("--top-k", "-k", type=int, default=3, help="classes or objects kept (default 3)")
+    inf.add_argument("--threshold", "-t", type=float, help="minimum score (default 0.1 classes, 0.5 objects)")
+    inf.add_argument("--resize", choices=("stretch", "letterbox"), default="stretch")
+    inf.add_argument("--iou-threshold", type=float, help="YOLO detectors: NMS overlap above which a box goes (0.45)")
+    inf.add_argument("--max-detections", type=int, help="YOLO detectors: objects kept after NMS, at most (300)")
+    inf.add_argument("--yolo-boxes", choices=("auto", "normalized", "pixels"), help="YOLO detectors: box units (auto)")
+    inf.add_argument("--interpolation", choices=("linear", "nearest", "area"), default="linear")
+    inf.add_argument("--runtime", choices=("auto", *RUNTIMES), default="auto")
+    inf.add_argument("--threads", type=int, help="interpreter threads (default: all cores)")
+    inf.add_argument("--mean", type=float, nargs="+", help="normalisation mean (default: raw pixels)")
+    inf.add_argument("--std", type=float, nargs="+", help="normalisation std (default: raw pixels)")
+    inf.add_argument(
+        "--accelerator", choices=("auto", "edgetpu", "cpu"), default="auto",
+        help="auto: the Edge TPU when the model is compiled for it and the delegate loads, else the CPU twin",
+    )  # fmt: skip
+    inf.add_argument("--device", help="Edge TPU selector: usb, usb:N, pci, pci:N, :N")
+    inf.add_argument("--cpu-model", help="CPU twin of an Edge TPU model (default: the name without _edgetpu)")
+    inf.add_argument("--edgetpu-library", help="delegate library (default: libedgetpu.so.1 on Linux)")
+    inf.add_argument(
+        "--delegate-option", action="append", default=[], metavar="KEY=VALUE",
+        help="option for the Edge TPU delegate, e.g. Performance=Max (repeatable)",
+    )  # fmt: skip
+    inf.add_argument("images", nargs="+", metavar="IMAGE")
 
 
 # ---------------------------------------------------------------------------- commands
@@ -173,21 +179,31 @@ def _one_or_list(v: list[float] | None) -> float | list[float] | None:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    info, runtime_version, graph, report = _inspect(args.model, args.runtime)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    _print_inspect(info, runtime_version, graph, report)
+    return 0
+
+
+def _inspect(model: str, runtime: str) -> tuple[dict[str, Any], str, Any, Any]:
+    """What ``edged inspect`` reports, as its JSON; the runtime's version, the graph and the Edge TPU report."""
     from . import compat
     from .model import load_model
 
-    data, graph, report = compat.inspect_file(args.model)  # not a model / corrupt: the one-line error
+    data, graph, report = compat.inspect_file(model)  # not a model / corrupt: the one-line error
     sg = graph.subgraphs[0]
     info: dict[str, Any]
     runtime_version = ""
     try:
-        loaded = load_model(args.model, args.runtime)
+        loaded = load_model(model, runtime)
         info = loaded.info.to_dict()
         runtime_version = loaded.runtime.version
     except EdgedError as exc:  # compiled for the Edge TPU, no runtime, not an image model...: still a report
         from pathlib import Path
 
-        p = Path(args.model)
+        p = Path(model)
         info = {
             "path": str(p.resolve()),
             "name": p.name,
@@ -204,9 +220,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     info["subgraphs"] = len(graph.subgraphs)
     info["operators"] = [{"operator": n, "count": c} for n, c in compat.operator_counts(graph)]
     info["edgetpu"] = report.to_dict()
-    if args.json:
-        print(json.dumps(info, indent=2))
-        return 0
+    return info, runtime_version, graph, report
+
+
+def _print_inspect(info: dict[str, Any], runtime_version: str, graph: Any, report: Any) -> None:
+    from . import compat
+
     print(f"model:    {info['path']}")
     print(f"size:     {info['size_bytes']} bytes, sha256 {info['sha256']}")
     if info["runtime"]:
@@ -241,7 +260,6 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print(f"  {o['operator']:<32} {o['count']}")
     for line in compat.format_report(report):
         print(line)
-    return 0
 
 
 def cmd_config(args: argparse.Namespace) -> int:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .model import cpu_twin
+from .model import cpu_twin, edgetpu_twin
 
 USB_IDS = {
     ("1a6e", "089a"): "Global Unichip (Coral USB, before firmware load)",
@@ -293,6 +293,6 @@ def model_pair(path: str | Path, cpu_path: str | Path | None = None) -> tuple[Pa
     twin = cpu_twin(p)
     if twin is not None:
         return p, cpu if cpu is not None else (twin if twin.is_file() else None)
-    compiled = p.with_name(f"{p.stem}_edgetpu{p.suffix}")
-    edgetpu = compiled if cpu_twin(compiled) == p and compiled.is_file() else None
+    compiled = edgetpu_twin(p)
+    edgetpu = compiled if compiled.is_file() else None
     return edgetpu, cpu if cpu is not None else p

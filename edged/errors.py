@@ -27,3 +27,12 @@ class SourceError(EdgedError):
 
 class AcceleratorError(EdgedError):
     """An accelerator (Edge TPU delegate) cannot be loaded or used."""
+
+
+class WorkerFailure(AcceleratorError):
+    """The Edge TPU worker could not answer; ``reason`` is one line, ``kind`` a metric label."""
+
+    def __init__(self, reason: str, kind: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.kind = kind  # delegate | crash | hang | invoke | model

@@ -17,6 +17,7 @@ from prometheus_client import (
     generate_latest,
 )
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics import MetricWrapperBase
 
 from . import __version__
 
@@ -56,6 +57,20 @@ class Metrics:
         self.registry = r = CollectorRegistry(auto_describe=True)
         self.build_info = Gauge("edged_build_info", "edged version (value is always 1)", ["version"], registry=r)
         self.build_info.labels(__version__).set(1)
+        self._define_stream_metrics(r)
+        self._define_stream_state_metrics(r)
+        self._define_sink_metrics(r)
+        self._define_edgetpu_metrics(r)
+        self._tpus: list[EdgeTpu] = []
+        r.register(_TemperatureCollector(self))
+        # the series labelled by stream (its first label), which remove_stream drops
+        self._per_stream: tuple[MetricWrapperBase, ...] = (
+            self.stage_duration, self.frame_latency, self.frames, self.inferences, self.errors, self.model_info,
+            self.stream_up, self.source_up, self.source_reconnects, self.last_result, self.accelerator_active,
+            self.fallbacks, self.first_inference,
+        )  # fmt: skip
+
+    def _define_stream_metrics(self, r: CollectorRegistry) -> None:
         self.stage_duration = Histogram(
             "edged_stage_duration_seconds",
             "Time a frame spends in each pipeline stage: capture (grab and decode), queue (waiting "
@@ -87,6 +102,8 @@ class Metrics:
             ["stream", "stage"],
             registry=r,
         )
+
+    def _define_stream_state_metrics(self, r: CollectorRegistry) -> None:
         self.model_info = Gauge(
             "edged_model_info",
             "The model a stream runs (value is always 1)",
@@ -117,6 +134,8 @@ class Metrics:
             ["stream"],
             registry=r,
         )
+
+    def _define_sink_metrics(self, r: CollectorRegistry) -> None:
         self.publish_total = Counter(
             "edged_publish_total",
             "Results handed to a publishing sink (sink=mqtt:<stream>), by outcome: sent (acknowledged by "
@@ -132,7 +151,7 @@ class Metrics:
             registry=r,
         )
 
-        # Edge TPU
+    def _define_edgetpu_metrics(self, r: CollectorRegistry) -> None:
         self.accelerator_up = Gauge(
             "edged_accelerator_up",
             "1 while the Edge TPU worker of a device is up and answering",
@@ -164,8 +183,6 @@ class Metrics:
             ["stream", "device"],
             registry=r,
         )
-        self._tpus: list[EdgeTpu] = []
-        r.register(_TemperatureCollector(self))
 
     def watch_temperatures(self, tpus: list[EdgeTpu]) -> None:
         """Export ``edged_edgetpu_temperature_celsius`` for the TPUs that have a sysfs temperature."""
@@ -208,20 +225,27 @@ class Metrics:
         With ``keep_counters`` the counters and histograms stay (the stream comes back under the
         same id and they go on counting, so rates stay right); gauges such as the model info go.
         """
-        for metric in vars(self).values():
-            names = getattr(metric, "_labelnames", ())
-            if "stream" not in names or (keep_counters and not isinstance(metric, Gauge)):
+        for metric in self._per_stream:
+            if keep_counters and not isinstance(metric, Gauge):
                 continue
-            at = names.index("stream")
-            for key in list(getattr(metric, "_metrics", {})):
-                if key[at] == stream:
+            for values in _label_values(metric):
+                if values[0] == stream:
                     try:
-                        metric.remove(*key)
+                        metric.remove(*values)
                     except KeyError:
                         pass
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _label_values(metric: MetricWrapperBase) -> set[tuple[str, ...]]:
+    """The label values of every series ``metric`` has now (read from what it exports)."""
+    out = set()
+    for family in metric.collect():
+        for sample in family.samples:
+            out.add(tuple(v for k, v in sample.labels.items() if k not in ("le", "quantile")))
+    return out
 
 
 class StreamMetrics:

@@ -15,10 +15,12 @@ from typing import Any
 import numpy as np
 
 from . import tflite_schema
-from .errors import ConfigError, ModelError
+from .errors import ModelError
+from .labels import read_labels as read_labels  # re-exported: engine.py and bench/ import it from here
 from .runtime import Runtime, get_runtime, native_banners_silenced
 
-EDGETPU_CUSTOM_OP = "edgetpu-custom-op"
+EDGETPU_CUSTOM_OP = "edgetpu-custom-op"  # the operator that holds a compiled Edge TPU segment
+EDGETPU_SUFFIX = "_edgetpu"  # foo_edgetpu.tflite is foo.tflite compiled for the Edge TPU: its CPU twin is foo.tflite
 SSD_CUSTOM_OP = "TFLite_Detection_PostProcess"
 
 
@@ -124,61 +126,21 @@ class LoadedModel:
     runtime: Runtime
 
 
-# --------------------------------------------------------------------------- labels
-
-
-_PAIR = re.compile(r"^\s*(\d+)[\s:,]+(.*\S)\s*$")
-
-
-def parse_labels(text: str) -> dict[int, str]:
-    """Labels in either common format, as pycoral reads them.
-
-    * one label a line: the line number (from 0) is the id;
-    * ``ID label`` pairs (``0 person``, ``0: person``, ``0,person``): the number is the id.
-
-    A file is read as pairs only when every non-empty line is a pair, so a plain list whose
-    labels happen to start with a digit is not misread. Blank lines in a plain list keep
-    their line number (some label files leave gaps for unused ids).
-    """
-    lines = text.splitlines()
-    nonblank = [ln for ln in lines if ln.strip()]
-    if nonblank and all(_PAIR.match(ln) for ln in nonblank):
-        out: dict[int, str] = {}
-        for ln in nonblank:
-            m = _PAIR.match(ln)
-            assert m is not None
-            out[int(m.group(1))] = m.group(2)
-        return out
-    return {i: ln.strip() for i, ln in enumerate(lines) if ln.strip()}
-
-
-def read_labels(path: str | Path) -> dict[int, str]:
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"labels file not found: {p}") from None
-    except IsADirectoryError:
-        raise ConfigError(f"labels path is a directory, not a file: {p}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"labels file is not UTF-8 text: {p}") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read labels file {p}: {exc.strerror}") from None
-    labels = parse_labels(text)
-    if not labels:
-        raise ConfigError(f"labels file is empty: {p}")
-    return labels
-
-
 # --------------------------------------------------------------------------- task detection
 
 
 def cpu_twin(path: str | Path) -> Path | None:
     """``foo_edgetpu.tflite`` -> ``foo.tflite`` (the uncompiled model), or None."""
     p = Path(path)
-    if p.stem.endswith("_edgetpu"):
-        return p.with_name(p.stem[: -len("_edgetpu")] + p.suffix)
+    if p.stem.endswith(EDGETPU_SUFFIX):
+        return p.with_name(p.stem[: -len(EDGETPU_SUFFIX)] + p.suffix)
     return None
+
+
+def edgetpu_twin(path: str | Path) -> Path:
+    """``foo.tflite`` -> ``foo_edgetpu.tflite``: the name edgetpu_compiler gives the model it compiles."""
+    p = Path(path)
+    return p.with_name(f"{p.stem}{EDGETPU_SUFFIX}{p.suffix}")
 
 
 _SSD_NAME_ROLES = {

@@ -231,20 +231,48 @@ def detect_yolo(
     if rows.shape[0] < 5 or rows.shape[1] == 0:
         return []
     class_rows = rows[4:]
-    quantized = scale > 0.0 and a.dtype in (np.uint8, np.int8)
+    picked = _yolo_candidates(class_rows, a.dtype, scale, zero_point, threshold)
+    if picked is None:
+        return []
+    cand, scale = picked
+    sub = class_rows[:, cand]
+    cls = sub.argmax(axis=0)
+    scores = dequantize(sub[cls, np.arange(cand.size)], scale, zero_point)
+    xyxy = _yolo_boxes(rows, cand, scale, zero_point, box_format, input_width, input_height)
+    cap = max(0, max_detections if top_k is None else min(top_k, max_detections))
+    keep = nms(xyxy, scores, cls, iou_threshold, cap)
+    if keep.size == 0:
+        return []
+    return _objects(xyxy[keep], cls[keep], scores[keep], labels, transform)
+
+
+def _yolo_candidates(
+    class_rows: np.ndarray, dtype: np.dtype, scale: float, zero_point: int, threshold: float
+) -> tuple[np.ndarray, float] | None:
+    """The anchors whose best class score reaches ``threshold``, and the scale to dequantise them
+    with (0 for a float output); None when no anchor can."""
+    quantized = scale > 0.0 and dtype in (np.uint8, np.int8)
     if quantized:
-        q = quantized_threshold(threshold, scale, zero_point, a.dtype)
+        q = quantized_threshold(threshold, scale, zero_point, dtype)
         if q is None:
-            return []
+            return None
         cand = np.flatnonzero(class_rows.max(axis=0) >= q)
     else:
         scale = 0.0  # a float output is used as it is
         cand = np.flatnonzero(class_rows.max(axis=0) >= np.float32(threshold))
-    if cand.size == 0:
-        return []
-    sub = class_rows[:, cand]
-    cls = sub.argmax(axis=0)
-    scores = dequantize(sub[cls, np.arange(cand.size)], scale, zero_point)
+    return None if cand.size == 0 else (cand, scale)
+
+
+def _yolo_boxes(
+    rows: np.ndarray,
+    cand: np.ndarray,
+    scale: float,
+    zero_point: int,
+    box_format: str,
+    input_width: int,
+    input_height: int,
+) -> np.ndarray:
+    """The candidates' boxes ``[K, 4]`` as ``x0, y0, x1, y1`` in input pixels."""
     box = dequantize(rows[:4, cand], scale, zero_point).astype(np.float64)
     normalized = box_format == "normalized"
     if box_format == "auto":
@@ -254,9 +282,4 @@ def detect_yolo(
     if normalized:
         cx, bw = cx * input_width, bw * input_width
         cy, bh = cy * input_height, bh * input_height
-    xyxy = np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], axis=1)
-    cap = max(0, max_detections if top_k is None else min(top_k, max_detections))
-    keep = nms(xyxy, scores, cls, iou_threshold, cap)
-    if keep.size == 0:
-        return []
-    return _objects(xyxy[keep], cls[keep], scores[keep], labels, transform)
+    return np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], axis=1)

@@ -208,7 +208,7 @@ class Tensor:
     scales: tuple[float, ...] = ()
     zero_points: tuple[int, ...] = ()
     quantized_dimension: int = 0
-    is_variable: bool = False
+    is_variable: bool = False  # read (and so bounds-checked) with the rest of the table
 
     @property
     def dtype(self) -> str:
@@ -233,14 +233,11 @@ class Operator:
     outputs: tuple[int, ...]
     options_type: int
     options: _Table | None = field(default=None, repr=False, compare=False)
-    custom_options_size: int = 0
+    custom_options_size: int = 0  # read (and so bounds-checked): a damaged custom options vector is refused
 
     def option(self, index: int, fmt: str, default: int) -> int:
         """A scalar field of the operator's builtin options table (its default when absent)."""
         return default if self.options is None else self.options.scalar(index, "<" + fmt, default)
-
-    def option_vector(self, index: int, fmt: str) -> tuple:
-        return () if self.options is None else self.options.vector(index, fmt)
 
 
 @dataclass

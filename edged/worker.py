@@ -24,125 +24,19 @@ import multiprocessing
 import signal
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing import shared_memory
 from typing import Any
 
 import numpy as np
 
+from .errors import WorkerFailure
+from .worker_child import child_main, output_views, outputs_size
+
 log = logging.getLogger(__name__)
 
 
-class WorkerFailure(Exception):
-    """The Edge TPU worker could not answer; ``reason`` is one line, ``kind`` a metric label."""
-
-    def __init__(self, reason: str, kind: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.kind = kind  # delegate | crash | hang | invoke | model
-
-
-# --------------------------------------------------------------------------- the child
-
-
-def _load_delegate(runtime: Any, library: str, options: dict[str, str]) -> Any:
-    import ctypes
-
-    try:  # check the library itself first: a missing one is the usual case, and is worth saying so
-        ctypes.CDLL(library)
-    except OSError as exc:
-        detail = str(exc).replace(f"{library}: ", "")
-        raise WorkerFailure(f"delegate library not found: {library} ({detail})", "delegate") from None
-    if runtime.load_delegate is None:
-        raise WorkerFailure(f"the {runtime.name} runtime cannot load external delegates", "delegate")
-    try:
-        return runtime.load_delegate(library, options)
-    except (ValueError, OSError) as exc:
-        text = " ".join(str(exc).split())
-        raise WorkerFailure(f"delegate did not load: {text}", "delegate") from None
-
-
-def _child(conn: Any, runtime_name: str) -> None:
-    """The worker's main loop: load / attach / infer / quit requests, one at a time."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when the worker stops
-    from .errors import EdgedError
-    from .model import load_model
-    from .runtime import get_runtime
-
-    runtime = get_runtime(runtime_name)
-    models: dict[str, dict[str, Any]] = {}
-    while True:
-        try:
-            msg = conn.recv()
-        except (EOFError, OSError):
-            return
-        op = msg[0]
-        try:
-            if op == "quit":
-                conn.send(("ok",))
-                return
-            if op == "load":
-                _, key, path, library, options, threads = msg
-                delegate = _load_delegate(runtime, library, options)
-                try:
-                    loaded = load_model(path, runtime_name, threads, delegates=[delegate])
-                except EdgedError as exc:
-                    raise WorkerFailure(str(exc), "model") from None
-                models[key] = {"loaded": loaded, "delegate": delegate}
-                conn.send(("ok", loaded.info, runtime.version))
-            elif op == "attach":
-                _, key, in_name, out_name = msg
-                m = models[key]
-                # the parent owns the blocks and unlinks them; spawned children share its resource
-                # tracker, so attaching here adds no second registration to undo
-                m["shm"] = [shared_memory.SharedMemory(name=in_name), shared_memory.SharedMemory(name=out_name)]
-                info = m["loaded"].info
-                m["input"] = np.ndarray(info.input.shape, dtype=np.dtype(info.input.dtype), buffer=m["shm"][0].buf)
-                interp = m["loaded"].interpreter
-                m["tensor"] = interp.tensor(info.input.index)
-                m["outputs"] = [
-                    (interp.tensor(t.index), view) for t, view in zip(info.outputs, output_views(info, m["shm"][1].buf))
-                ]
-                conn.send(("ok",))
-            elif op == "infer":
-                m = models[msg[1]]
-                interp = m["loaded"].interpreter
-                view = m["tensor"]()
-                np.copyto(view, m["input"])
-                del view
-                t0 = time.perf_counter()
-                try:
-                    interp.invoke()
-                except Exception as exc:
-                    raise WorkerFailure(f"invoke failed: {' '.join(str(exc).split())}", "invoke") from None
-                seconds = time.perf_counter() - t0
-                for tensor, view in m["outputs"]:  # outputs go back through shared memory too
-                    np.copyto(view, tensor())
-                conn.send(("ok", seconds))
-            else:
-                conn.send(("err", f"unknown request {op!r}", "invoke"))
-        except WorkerFailure as exc:
-            conn.send(("err", exc.reason, exc.kind))
-        except Exception as exc:  # never die on a request: say what went wrong instead
-            conn.send(("err", f"{op} failed: {type(exc).__name__}: {' '.join(str(exc).split())}", "model"))
-
-
-def output_views(info: Any, buf: Any) -> list[np.ndarray]:
-    """Arrays for each output tensor, laid out one after another (8-byte aligned) in ``buf``."""
-    views, offset = [], 0
-    for t in info.outputs:
-        dtype = np.dtype(t.dtype)
-        count = int(np.prod(t.shape))
-        views.append(np.ndarray(t.shape, dtype=dtype, buffer=buf, offset=offset))
-        offset += -(-count * dtype.itemsize // 8) * 8
-    return views
-
-
-def outputs_size(info: Any) -> int:
-    return sum(-(-int(np.prod(t.shape)) * np.dtype(t.dtype).itemsize // 8) * 8 for t in info.outputs) or 8
-
-
-# --------------------------------------------------------------------------- the parent
+# --------------------------------------------------------------------------- the parent (the child: edged.worker_child)
 
 
 @dataclass
@@ -156,7 +50,6 @@ class _Model:
     array: np.ndarray | None = None
     outputs: list[np.ndarray] | None = None
     first_inference_seconds: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def describe_exit(code: int | None) -> str:
@@ -228,7 +121,7 @@ class DeviceWorker:
 
         runtime_name = get_runtime(self.runtime).name
         proc = self._ctx.Process(
-            target=_child, args=(child, runtime_name), name=f"edged-edgetpu-{self.label}", daemon=True
+            target=child_main, args=(child, runtime_name), name=f"edged-edgetpu-{self.label}", daemon=True
         )
         proc.start()
         child.close()

@@ -1,4 +1,4 @@
-"""The Edge TPU compatibility report of ``edged inspect`` (edged/compat.py), without TensorFlow.
+"""The Edge TPU compatibility report of ``edged inspect`` (edged/compat*.py), without TensorFlow.
 
 The small models in tests/data/compat/ are built by tests/make_compat_models.py (TensorFlow);
 the last test rebuilds them when TensorFlow is importable and checks the same reports. The

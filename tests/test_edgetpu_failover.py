@@ -27,6 +27,8 @@ from helpers import Collect, scrape, wait_for
 from edged.config import config_from_dict
 from edged.daemon import Service
 from edged.daemon.views import stream_status
+from edged.errors import AcceleratorError
+from edged.worker import WorkerFailure
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "mobilenet_v1_0.25_128_quant.tflite"
@@ -40,6 +42,13 @@ def no_tpus_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "empty_dev").mkdir()
     monkeypatch.setenv("EDGED_SYSFS_ROOT", str(tmp_path / "empty_sys"))
     monkeypatch.setenv("EDGED_DEV_ROOT", str(tmp_path / "empty_dev"))
+
+
+def test_worker_failure_is_an_accelerator_error() -> None:
+    """One hierarchy: a worker failure that reaches the CLI is a one-line error with exit code 1."""
+    exc = WorkerFailure("no result within 1 s; worker killed", "hang")
+    assert isinstance(exc, AcceleratorError) and exc.exit_code == 1
+    assert str(exc) == exc.reason and exc.kind == "hang"
 
 
 @pytest.fixture(scope="session")

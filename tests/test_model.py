@@ -10,15 +10,15 @@ import pytest
 
 from edged import tflite_schema
 from edged.errors import ConfigError, ModelError
+from edged.labels import parse_labels, read_labels
 from edged.model import (
     Quantization,
     TensorSpec,
     _spec,
     cpu_twin,
     detect_task,
+    edgetpu_twin,
     load_model,
-    parse_labels,
-    read_labels,
     resolve_ssd_outputs,
 )
 from edged.runtime import get_runtime
@@ -211,6 +211,8 @@ def test_error_messages_are_one_line(models_dir: Path) -> None:
 def test_cpu_twin_naming() -> None:
     assert cpu_twin("/m/foo_edgetpu.tflite") == Path("/m/foo.tflite")
     assert cpu_twin("/m/foo.tflite") is None
+    assert edgetpu_twin("/m/foo.tflite") == Path("/m/foo_edgetpu.tflite")  # what edgetpu_compiler writes
+    assert cpu_twin(edgetpu_twin("/m/foo.tflite")) == Path("/m/foo.tflite")
 
 
 def test_unknown_runtime_is_a_config_error() -> None:

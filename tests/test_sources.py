@@ -14,6 +14,7 @@ from edged.errors import SourceError
 from edged.sources import make_source
 from edged.sources.camera import CameraSourceConfig as CameraCfg
 from edged.sources.images import ImagesSourceConfig as ImagesCfg
+from edged.sources.images import list_images, read_image
 from edged.sources.video import VideoSourceConfig as VideoCfg
 
 
@@ -84,6 +85,20 @@ def test_images_directory_glob_and_bad_files(images_dir: Path, tmp_path: Path) -
     assert seen == ["a.jpg", "a.jpg", "a.jpg"]
     with pytest.raises(SourceError, match="no images found"):
         make_source(ImagesCfg(path=str(tmp_path / "nothing" / "*.png")), "i").open()
+
+
+def test_read_image_errors_and_listing(tmp_path: Path) -> None:
+    """One owner for image files (the daemon's sources and the toolchain): one error class per fault."""
+    (tmp_path / "b.jpg").write_text("broken")
+    (tmp_path / "dir.png").mkdir()
+    with pytest.raises(SourceError, match=r"cannot decode image .*b\.jpg: not an image format OpenCV reads"):
+        read_image(tmp_path / "b.jpg")
+    with pytest.raises(SourceError, match="image not found"):
+        read_image(tmp_path / "none.png")
+    with pytest.raises(SourceError, match="image path is not a file"):
+        read_image(tmp_path / "dir.png")
+    assert list_images(tmp_path) == [tmp_path / "b.jpg"]  # a folder named like an image is not one
+    assert list_images(str(tmp_path / "*.jpg")) == [tmp_path / "b.jpg"]
 
 
 def test_synthetic_source_is_deterministic_and_knows_the_truth() -> None:

@@ -140,6 +140,12 @@ def test_eval_errors(capsys: pytest.CaptureFixture[str], scene_folder: Path, tmp
     rc, _, err = run(capsys, "eval", tmp_path / "missing.tflite", "--data", scene_folder)
     assert rc == 2 and "model file not found" in err
     assert len(err.strip().splitlines()) == 1
+    broken = tmp_path / "broken"
+    shutil.copytree(scene_folder, broken)
+    (broken / "3" / "zz.png").write_text("not a png")  # the same fault, the same error as a source's: SourceError
+    rc, _, err = run(capsys, "eval", DEMO, "--data", broken)
+    assert rc == 1 and f"cannot decode image {broken / '3' / 'zz.png'}: not an image format OpenCV reads" in err
+    assert len(err.strip().splitlines()) == 1
 
 
 # --------------------------------------------------------------------------- bench

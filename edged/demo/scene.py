@@ -68,7 +68,7 @@ def load_digits(path: Union[str, Path, None] = None) -> tuple[np.ndarray, np.nda
     return images, labels
 
 
-def _check_digits(images: Any, labels: Any) -> tuple[np.ndarray, np.ndarray]:
+def _check_digits(images: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     images = np.asarray(images)
     labels = np.asarray(labels)
     if images.ndim == 2 and images.shape[1] == 64:
@@ -112,8 +112,8 @@ class Scene(ABC, Generic[T]):
         height: int = 480,
         seed: int = 0,
         hold_frames: int = 30,
-        images: Any = None,
-        labels: Any = None,
+        images: Optional[np.ndarray] = None,
+        labels: Optional[np.ndarray] = None,
     ) -> None:
         width, height, hold_frames = int(width), int(height), int(hold_frames)
         if width < 16 or height < 16:

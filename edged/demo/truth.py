@@ -67,13 +67,13 @@ class DetectionTally:
         return self.tp / self.truths if self.truths else 1.0
 
 
-def _drawn_objects(truth: Any, result: Result) -> Optional[Sequence[Mapping[str, Any]]]:
+def _drawn_objects(truth: object, result: Result) -> Optional[Sequence[Mapping[str, Any]]]:
     """The drawn digits when both the scene drew boxes and the model detects objects, else None."""
     objects = truth.get("objects") if isinstance(truth, Mapping) else None
     return objects if objects is not None and result.objects is not None else None
 
 
-def _label(truth: Any) -> Any:
+def _label(truth: object) -> object:
     return truth.get("label") if isinstance(truth, Mapping) else truth
 
 
@@ -85,7 +85,7 @@ class TruthScorer:
         self.hits = 0
         self.seen = 0
 
-    def add(self, value: Any, result: Result) -> None:
+    def add(self, value: object, result: Result) -> None:
         drawn = _drawn_objects(value, result)
         if drawn is not None:
             self.tally.add(result.objects or [], drawn or [])
@@ -94,7 +94,7 @@ class TruthScorer:
             if result.classes and result.classes[0]["label"] == _label(value):
                 self.hits += 1
 
-    def note(self, value: Any, result: Result) -> Optional[ScoreNote]:
+    def note(self, value: object, result: Result) -> Optional[ScoreNote]:
         drawn = _drawn_objects(value, result)
         if drawn is not None:
             t, n_truth = self.tally, len(drawn or [])

@@ -35,10 +35,10 @@ class ScoreNote:
 class AnnotationScorer(Protocol):
     """Judges the results of one stream against one annotation (one per log sink and key)."""
 
-    def add(self, value: Any, result: Result) -> None:
+    def add(self, value: object, result: Result) -> None:
         """Take one result carrying the annotation ``value`` (every result, logged or not)."""
 
-    def note(self, value: Any, result: Result) -> Optional[ScoreNote]:
+    def note(self, value: object, result: Result) -> Optional[ScoreNote]:
         """What the line of ``result`` (a logged one, after ``add``) says about it, if anything."""
 
 

@@ -16,22 +16,24 @@ from ..registry import SOURCES, StrictConfig
 from .base import Source
 
 log = logging.getLogger(__name__)
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"}
+# the image files edged reads, everywhere: a source's folder or glob, and the toolchain's --data folders
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".webp", ".tif", ".tiff")
 
 
-def list_images(spec: str) -> list[Path]:
+def list_images(spec: str | Path) -> list[Path]:
+    """The image files a spec names: a folder's (directly in it), one file, or a glob; sorted."""
     p = Path(spec)
     if p.is_dir():
-        return sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
+        return sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
     if p.is_file():
         return [p]
-    if glob.has_magic(spec):
-        return sorted(Path(q) for q in glob.glob(spec) if Path(q).is_file())
+    if glob.has_magic(str(spec)):
+        return sorted(Path(q) for q in glob.glob(str(spec)) if Path(q).is_file())
     return []
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """Read an image as BGR uint8, or raise SourceError with a one-line reason."""
+    """An image as BGR uint8 [H,W,3], as the sources deliver frames; else a one-line SourceError."""
     p = Path(path)
     if not p.exists():
         raise SourceError(f"image not found: {p}")

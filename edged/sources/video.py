@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import threading
 from pathlib import Path
 from typing import Any, Literal, Mapping, Optional
@@ -14,8 +13,6 @@ from pydantic import Field
 from ..errors import SourceError
 from ..registry import SOURCES, StrictConfig
 from .base import Source
-
-log = logging.getLogger(__name__)
 
 
 class VideoSourceConfig(StrictConfig):
@@ -37,7 +34,6 @@ class VideoFileSource(Source):
         self.path = Path(cfg.path)
         self.cap: cv2.VideoCapture | None = None
         self.fps: float | None = None
-        self._buf: np.ndarray | None = None
         self._lock = threading.Lock()  # read() and release() never overlap
 
     def open(self) -> None:
@@ -46,7 +42,7 @@ class VideoFileSource(Source):
         cap = cv2.VideoCapture(str(self.path), cv2.CAP_FFMPEG)
         if not cap.isOpened():
             raise SourceError(f"cannot open video file {self.path}: not a video OpenCV/FFmpeg can read")
-        ok, first = cap.read()
+        ok, _ = cap.read()
         if not ok:
             cap.release()
             raise SourceError(f"video file {self.path} has no readable frame")

@@ -105,13 +105,6 @@ def bench_cpu(model: str | Path, threads: int, warmup: int, runs: int, runtime: 
     }
 
 
-def tpu_model_for(model: Path) -> Path | None:
-    from ..edgetpu import model_pair
-
-    tpu, _ = model_pair(model)
-    return tpu
-
-
 def bench_edgetpu(model: Path, warmup: int, runs: int, library: str | None, selector: str | None) -> dict[str, Any]:
     """The model on an Edge TPU worker (raises WorkerFailure when the delegate or model fails)."""
     from ..edgetpu import default_library
@@ -163,8 +156,8 @@ def run_bench(
     library: str | None = None,
     device: str | None = None,
 ) -> dict[str, Any]:
-    from ..edgetpu import list_edge_tpus
-    from ..model import EDGETPU_CUSTOM_OP, cpu_twin
+    from ..edgetpu import list_edge_tpus, model_pair
+    from ..model import EDGETPU_CUSTOM_OP
     from ..worker import WorkerFailure
 
     p = Path(model)
@@ -172,10 +165,8 @@ def run_bench(
         raise ConfigError("--warmup must be 0 or more and --runs at least 1")
     if not p.is_file():
         raise ModelError(f"model file not found: {p}" if not p.exists() else f"model path is not a file: {p}")
-    cpu_model: Path | None = p
-    if p.stem.endswith("_edgetpu"):  # an Edge TPU model: its CPU twin runs on the CPU
-        twin = cpu_twin(p)
-        cpu_model = twin if twin is not None and twin.is_file() else None
+    # an Edge TPU model: its CPU twin (when beside it) runs on the CPU; a CPU model: its Edge TPU twin on the TPU
+    tpu_model, cpu_model = model_pair(p)
     doc: dict[str, Any] = {"model": str(p.resolve()), "size_bytes": p.stat().st_size}
     if cpu_model is not None:
         info = load_model(cpu_model, runtime).info
@@ -189,7 +180,6 @@ def run_bench(
             doc["results"].append(bench_cpu(cpu_model, t, warmup, runs, runtime))
     tpu_status: dict[str, Any] = {"mode": edgetpu, "ran": False}
     if edgetpu != "off":
-        tpu_model = p if p.stem.endswith("_edgetpu") else tpu_model_for(p)
         if edgetpu == "on" and tpu_model is None:
             tpu_model = p  # as asked: the model itself with the delegate
         found = list_edge_tpus()

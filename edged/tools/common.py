@@ -1,15 +1,16 @@
-"""What the toolchain's commands share: image folders, preprocessing options, tables."""
+"""What the toolchain's commands share: image folders, preprocessing options, tables.
+
+Image files are listed and read by :mod:`edged.sources.images` (one owner, one error class).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
-
 from ..errors import ConfigError, EdgedError
+from ..sources.images import IMAGE_SUFFIXES
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".webp", ".tif", ".tiff")
 CONVERT_HINT = "install the convert extra: pip install 'edged[convert]'"
 
 
@@ -31,11 +32,6 @@ def import_tensorflow() -> Any:
     return tf
 
 
-def list_images(folder: Path) -> list[Path]:
-    """The image files directly in ``folder``, sorted by name."""
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-
-
 def find_images(folder: str | Path, recursive: bool = True) -> list[Path]:
     """Every image in ``folder`` (and its subfolders), sorted; one-line errors for a bad folder."""
     d = Path(folder)
@@ -48,16 +44,6 @@ def find_images(folder: str | Path, recursive: bool = True) -> list[Path]:
     if not found:
         raise ConfigError(f"no images in {d} (looked for {', '.join(IMAGE_SUFFIXES)})")
     return found
-
-
-def read_image(path: Path) -> np.ndarray:
-    """A BGR uint8 [H,W,3] image, as the daemon's sources deliver frames."""
-    import cv2
-
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise ConfigError(f"cannot read image {path} (not an image OpenCV can decode)")
-    return img
 
 
 def parse_floats(text: str | None) -> float | list[float] | None:

@@ -36,8 +36,10 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..errors import ConfigError, ModelError
+from ..model import edgetpu_twin
 from ..preprocess import Preprocessor
-from .common import find_images, human_size, import_tensorflow, parse_floats, read_image
+from ..sources.images import read_image
+from .common import find_images, human_size, import_tensorflow, parse_floats
 from .parsers import QUANTIZATIONS
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -241,7 +243,7 @@ def compile_for_edgetpu(model: Path) -> tuple[Path | None, str]:
     proc = subprocess.run(
         [exe, "-s", "-o", str(model.parent), str(model)], capture_output=True, text=True, timeout=600, check=False
     )
-    compiled = model.with_name(f"{model.stem}_edgetpu{model.suffix}")
+    compiled = edgetpu_twin(model)
     report = (proc.stdout + proc.stderr).strip()
     return (compiled if proc.returncode == 0 and compiled.is_file() else None), report
 

@@ -31,9 +31,10 @@ import numpy as np
 from ..config import ModelConfig
 from ..errors import ConfigError
 from ..inference import Engine
-from ..model import read_labels
+from ..labels import read_labels
 from ..preprocess import dequantize
-from .common import format_table, human_size, list_images, parse_floats, read_image
+from ..sources.images import list_images, read_image
+from .common import format_table, human_size, parse_floats
 
 
 @dataclass

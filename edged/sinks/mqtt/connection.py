@@ -15,10 +15,13 @@ import ssl
 import sys
 import threading
 import time
-from typing import Any, Callable, Dict, Optional, Protocol, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Protocol, Tuple
 
 from ... import __version__
 from ...errors import ConfigError
+
+if TYPE_CHECKING:
+    from .config import MqttSinkConfig
 
 log = logging.getLogger("edged.sinks.mqtt")  # the name the log lines have always carried
 
@@ -62,7 +65,13 @@ class Connection:
     """One paho client, shared by the mqtt sinks with the same broker settings; owns the status topic."""
 
     def __init__(
-        self, key: Tuple[Any, ...], cfg: Any, device: str, client_id: str, password: Optional[str], stream: str
+        self,
+        key: Tuple[Any, ...],
+        cfg: MqttSinkConfig,
+        device: str,
+        client_id: str,
+        password: Optional[str],
+        stream: str,
     ) -> None:
         import paho.mqtt.client as mqtt
 

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Any, Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
 
 from .connection import Connection, ConnectionListener, Summary
+
+if TYPE_CHECKING:
+    from .config import MqttSinkConfig
 
 log = logging.getLogger("edged.sinks.mqtt")  # the name the log lines have always carried
 
@@ -28,7 +31,7 @@ class MqttPool:
         self._summary: Optional[Summary] = None
 
     @staticmethod
-    def key(cfg: Any, device: str, password: Optional[str]) -> Key:
+    def key(cfg: MqttSinkConfig, device: str, password: Optional[str]) -> Key:
         return (
             cfg.host,
             cfg.port,
@@ -53,7 +56,9 @@ class MqttPool:
             for conn in self._conns.values():
                 conn.bind_summary(fn)
 
-    def acquire(self, cfg: Any, listener: ConnectionListener, device: str, password: Optional[str]) -> Connection:
+    def acquire(
+        self, cfg: MqttSinkConfig, listener: ConnectionListener, device: str, password: Optional[str]
+    ) -> Connection:
         """The connection for these broker settings, ``listener`` attached: the existing one, or a new one."""
         key = self.key(cfg, device, password)
         stream = listener.stream
@@ -88,7 +93,7 @@ class MqttPool:
 
     # ------------------------------------------------------------------ helpers (under the lock)
     @staticmethod
-    def _client_id(cfg: Any, device: str, stream: str, taken: set[str]) -> str:
+    def _client_id(cfg: MqttSinkConfig, device: str, stream: str, taken: set[str]) -> str:
         """The configured client id, else the device's name, made unique among this pool's connections."""
         if cfg.client_id is not None:
             return cfg.client_id

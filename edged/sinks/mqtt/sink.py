@@ -10,7 +10,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import TYPE_CHECKING, Any, Dict, Optional
 
 from ...errors import ConfigError
 from ...result import Result
@@ -18,6 +18,10 @@ from ..base import Sink, SinkContext
 from ..thin import Thinner
 from .pool import MqttPool
 from .store import MessageStore
+
+if TYPE_CHECKING:
+    from ...metrics import Metrics
+    from .config import MqttSinkConfig
 
 log = logging.getLogger("edged.sinks.mqtt")  # the name the log lines have always carried
 
@@ -41,7 +45,7 @@ class Counts:
     and by tests.
     """
 
-    def __init__(self, label: str, metrics: Any = None) -> None:
+    def __init__(self, label: str, metrics: Optional[Metrics] = None) -> None:
         self._lock = threading.Lock()
         self._n: Dict[str, int] = dict.fromkeys(OUTCOMES, 0)
         self._metrics: Dict[str, Any] = {}
@@ -82,7 +86,7 @@ class MqttSink(Sink):
 
     name = "mqtt"
 
-    def __init__(self, cfg: Any, ctx: SinkContext) -> None:
+    def __init__(self, cfg: MqttSinkConfig, ctx: SinkContext) -> None:
         stream = ctx.stream
         try:
             import paho.mqtt.client as mqtt
