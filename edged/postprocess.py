@@ -6,11 +6,11 @@ Pure functions over numpy arrays, in the manner of pycoral's adapters.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 
 from .preprocess import Transform, dequantize
+from .result import Box, Class, Object
 
 
 def label_for(labels: dict[int, str] | None, class_id: int) -> str:
@@ -21,7 +21,7 @@ def label_for(labels: dict[int, str] | None, class_id: int) -> str:
 
 def classify(
     scores: np.ndarray, top_k: int = 3, threshold: float = 0.0, labels: dict[int, str] | None = None
-) -> list[dict[str, Any]]:
+) -> list[Class]:
     """The ``top_k`` classes whose (dequantised) score is at least ``threshold``, best first."""
     s = np.asarray(scores, dtype=np.float32).reshape(-1)
     k = max(0, min(top_k, s.size))
@@ -29,11 +29,7 @@ def classify(
         return []
     idx = np.argpartition(-s, k - 1)[:k] if k < s.size else np.arange(s.size)
     idx = idx[np.argsort(-s[idx], kind="stable")]
-    return [
-        {"id": int(i), "label": label_for(labels, int(i)), "score": round(float(s[i]), 5)}
-        for i in idx
-        if s[i] >= threshold
-    ]
+    return [Class(int(i), label_for(labels, int(i)), round(float(s[i]), 5)) for i in idx if s[i] >= threshold]
 
 
 def classify_quantized(
@@ -43,7 +39,7 @@ def classify_quantized(
     top_k: int = 3,
     threshold: float = 0.0,
     labels: dict[int, str] | None = None,
-) -> list[dict[str, Any]]:
+) -> list[Class]:
     """:func:`classify` on a quantised output, dequantising only the entries it keeps."""
     flat = np.asarray(q).reshape(-1)
     if scale == 0.0:
@@ -56,7 +52,7 @@ def classify_quantized(
     values = dequantize(flat[idx], scale, zero_point)
     order = np.argsort(-values, kind="stable")
     return [
-        {"id": int(idx[o]), "label": label_for(labels, int(idx[o])), "score": round(float(values[o]), 5)}
+        Class(int(idx[o]), label_for(labels, int(idx[o])), round(float(values[o]), 5))
         for o in order
         if values[o] >= threshold
     ]
@@ -73,7 +69,7 @@ def detect(
     threshold: float = 0.5,
     labels: dict[int, str] | None = None,
     top_k: int | None = None,
-) -> list[dict[str, Any]]:
+) -> list[Object]:
     """Objects of an SSD (TFLite_Detection_PostProcess) output above ``threshold``.
 
     ``boxes`` are ``[ymin, xmin, ymax, xmax]`` normalised to the model input; they are
@@ -97,7 +93,9 @@ def detect(
     return _objects(xyxy, c[keep], s[keep], labels, transform)
 
 
-def _objects(xyxy: np.ndarray, cls: np.ndarray, scores: np.ndarray, labels: Any, transform: Any) -> list[dict]:
+def _objects(
+    xyxy: np.ndarray, cls: np.ndarray, scores: np.ndarray, labels: dict[int, str] | None, transform: Transform
+) -> list[Object]:
     """Boxes in input pixels (x0, y0, x1, y1 rows) -> result objects in source pixels, clipped to the frame."""
     x0, y0 = transform.to_source(xyxy[:, 0], xyxy[:, 1])
     x1, y1 = transform.to_source(xyxy[:, 2], xyxy[:, 3])
@@ -107,19 +105,8 @@ def _objects(xyxy: np.ndarray, cls: np.ndarray, scores: np.ndarray, labels: Any,
     out = []
     for j in range(len(xyxy)):
         cid = int(cls[j])
-        out.append(
-            {
-                "id": cid,
-                "label": label_for(labels, cid),
-                "score": round(float(scores[j]), 5),
-                "box": {
-                    "xmin": round(float(x0[j]), 1),
-                    "ymin": round(float(y0[j]), 1),
-                    "xmax": round(float(x1[j]), 1),
-                    "ymax": round(float(y1[j]), 1),
-                },
-            }
-        )
+        box = Box(round(float(x0[j]), 1), round(float(y0[j]), 1), round(float(x1[j]), 1), round(float(y1[j]), 1))
+        out.append(Object(cid, label_for(labels, cid), round(float(scores[j]), 5), box))
     return out
 
 
@@ -209,7 +196,7 @@ def detect_yolo(
     box_format: str = "auto",
     labels: dict[int, str] | None = None,
     top_k: int | None = None,
-) -> list[dict[str, Any]]:
+) -> list[Object]:
     """Objects of an Ultralytics YOLO (v8/v11) output ``[1, 4 + C, N]`` (or ``[1, N, 4 + C]``
     when not ``channels_first``), in the same form as :func:`detect`.
 

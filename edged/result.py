@@ -69,13 +69,15 @@ class Result:
     task: str  # "classification" | "detection"
     frame_width: int
     frame_height: int
-    classes: list[dict[str, Any]] | None = None
-    objects: list[dict[str, Any]] | None = None
+    classes: list[Class] | None = None
+    objects: list[Object] | None = None
     latency_ms: dict[str, float] = field(default_factory=dict)
     source: str | None = None  # image path for one-shot inference
     # what the source attached to the frame (the demo's synthetic source: {"truth": ...}), opaque
     # to the core; to_dict() adds each key to the JSON (never over a key of the schema)
     annotations: Mapping[str, Any] | None = None
+
+    _json: str | None = field(default=None, init=False, repr=False, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -91,9 +93,9 @@ class Result:
         if self.source is not None:
             d["source"] = self.source
         if self.task == "classification":
-            d["classes"] = self.classes or []
+            d["classes"] = [c.to_dict() for c in self.classes or []]
         else:
-            d["objects"] = self.objects or []
+            d["objects"] = [o.to_dict() for o in self.objects or []]
         d["latency_ms"] = {k: round(v, 3) for k, v in self.latency_ms.items()}
         for key, value in (self.annotations or {}).items():
             if value is not None and key not in d:
@@ -101,14 +103,17 @@ class Result:
         return d
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False)
+        """The JSON of :meth:`to_dict`, made once (every sink of a stream sends the same text)."""
+        if self._json is None:
+            self._json = json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False)
+        return self._json
 
     def summary(self) -> str:
         """A short human line: the best classes or the objects found."""
         if self.task == "classification":
-            items = [f"{c['label']} {c['score']:.2f}" for c in (self.classes or [])[:3]]
+            items = [f"{c.label} {c.score:.2f}" for c in (self.classes or [])[:3]]
         else:
-            items = [f"{o['label']} {o['score']:.2f}" for o in (self.objects or [])[:5]]
+            items = [f"{o.label} {o.score:.2f}" for o in (self.objects or [])[:5]]
             more = len(self.objects or []) - 5
             if more > 0:
                 items.append(f"+{more} more")

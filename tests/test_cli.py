@@ -457,3 +457,10 @@ def test_config_default_passes_check(tmp_path: Path) -> None:
     check = edged("config", "check", f)
     assert check.returncode == 0, check.stderr
     assert "OK" in check.stdout
+
+
+def test_run_with_a_bad_listen_address_is_a_configuration_error() -> None:
+    """Like every configuration error: one line and exit 2 (systemd's RestartPreventExitStatus)."""
+    proc = edged("run", "--listen", "nowhere", "--duration", "1")
+    assert_one_error(proc, "listen must be HOST:PORT", "'nowhere'")
+    assert proc.returncode == 2

@@ -12,6 +12,7 @@ from edged.demo.scene import MultiDigitScene, load_digits
 from edged.demo.truth import DetectionTally, match_truth, read_box
 from edged.inference import Engine
 from edged.model import load_model
+from edged.result import Box, Object
 
 ROOT = Path(__file__).resolve().parents[1]
 DETECTOR = ROOT / "models" / "digits_detector_int8.tflite"
@@ -20,6 +21,10 @@ LABELS = ROOT / "models" / "digits_labels.txt"
 
 def _box(x0: float, y0: float, x1: float, y1: float) -> dict[str, float]:
     return {"xmin": x0, "ymin": y0, "xmax": x1, "ymax": y1}
+
+
+def _object(label: str, score: float, x0: float, y0: float, x1: float, y1: float) -> Object:
+    return Object(int(label), label, score, Box(x0, y0, x1, y1))
 
 
 def test_multi_digit_scene_truth_is_the_drawn_boxes() -> None:
@@ -45,12 +50,12 @@ def test_multi_digit_scene_truth_is_the_drawn_boxes() -> None:
 
 def test_match_truth_and_running_precision_recall() -> None:
     truth = [{"label": "7", "box": _box(0, 0, 100, 100)}, {"label": "2", "box": _box(200, 200, 260, 260)}]
-    right = {"label": "7", "score": 0.9, "box": _box(5, 5, 105, 105)}  # IoU 0.82
-    duplicate = {"label": "7", "score": 0.6, "box": _box(0, 0, 95, 100)}  # same digit again: a false positive
-    wrong_label = {"label": "1", "score": 0.8, "box": _box(200, 200, 260, 260)}
-    loose = {"label": "2", "score": 0.7, "box": _box(200, 200, 320, 260)}  # IoU 0.5 exactly: counts
-    too_loose = {"label": "2", "score": 0.7, "box": _box(200, 200, 330, 260)}  # IoU 0.46
-    assert read_box(loose).iou(read_box(truth[1])) == pytest.approx(0.5)
+    right = _object("7", 0.9, 5, 5, 105, 105)  # IoU 0.82
+    duplicate = _object("7", 0.6, 0, 0, 95, 100)  # same digit again: a false positive
+    wrong_label = _object("1", 0.8, 200, 200, 260, 260)
+    loose = _object("2", 0.7, 200, 200, 320, 260)  # IoU 0.5 exactly: counts
+    too_loose = _object("2", 0.7, 200, 200, 330, 260)  # IoU 0.46
+    assert loose.box.iou(read_box(truth[1])) == pytest.approx(0.5)
     assert match_truth([right], truth) == 1
     assert match_truth([duplicate, right], truth) == 1
     assert match_truth([wrong_label], truth) == 0

@@ -139,7 +139,7 @@ def test_worker_fault_moves_to_cpu_and_back(fault: str, fake_libs, plain_models,
         kind = "hang" if fault == "hang" else "crash"
         assert m[("edged_fallbacks_total", (("reason", kind), ("stream", "cam")))] == 1
         # the same labels as the CPU path's results: the top class does not change with the accelerator
-        assert cpu[0].classes and cpu[0].classes[0]["label"] == sink.results[0].classes[0]["label"]
+        assert cpu[0].classes and cpu[0].classes[0].label == sink.results[0].classes[0].label
         # once the worker is restarted (probe every 0.2-1 s), the stream moves back
         back = wait_for(
             lambda: [r for r in sink.since(cpu[0].timestamp) if r.accelerator == "edgetpu"],

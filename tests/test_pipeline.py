@@ -87,7 +87,7 @@ def test_fast_source_slow_model_drops_instead_of_queueing(models_dir: Path, imag
     # results come in increasing sequence order with gaps where frames were dropped
     seqs = [r.seq for r in sink.results]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
-    assert all(r.classes and r.classes[0]["label"] == "Egyptian cat" for r in sink.results)
+    assert all(r.classes and r.classes[0].label == "Egyptian cat" for r in sink.results)
     m = _samples(metrics)
     assert m[("edged_frames_total", (("outcome", "processed"), ("stream", "fast")))] == stream.metrics.processed
     assert m[("edged_frames_total", (("outcome", "dropped"), ("stream", "fast")))] == stream.metrics.dropped

@@ -65,8 +65,8 @@ def test_streams_naming_one_model_share_one_engine_fairly(models_dir: Path, imag
         b.metrics.processed,
     )
     # and each stream got its own answers through the shared model
-    assert a.latest and {o["label"] for o in a.latest.objects or []} >= {"person"}
-    assert b.latest and "kite" in {o["label"] for o in b.latest.objects or []}
+    assert a.latest and {o.label for o in a.latest.objects or []} >= {"person"}
+    assert b.latest and "kite" in {o.label for o in b.latest.objects or []}
 
 
 def test_unknown_shared_model_is_a_config_error() -> None:

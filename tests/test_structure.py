@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import structure
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,3 +51,14 @@ def test_checker_finds_each_kind(tmp_path: Path) -> None:
     assert not any(line.startswith("edged/sinks/demo.py:hasattr") for line in lines)
     assert lines[-2].startswith("edged/sinks/demo.py:long-function gone  (stale entry in tests/structure_allow.txt")
     assert lines[-1].startswith("edged/x.py:gone  (stale entry in LEGITIMATE")
+
+
+def test_every_package_of_edged_is_installed() -> None:
+    """A package under edged/ that pyproject.toml does not list is missing from the installed daemon."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11 and later
+    root = Path(__file__).resolve().parent.parent
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(root).parts) for p in (root / "edged").rglob("__init__.py")} | {
+        "edged.models"
+    }
+    assert found == listed, f"not listed: {sorted(found - listed)}; listed, not there: {sorted(listed - found)}"

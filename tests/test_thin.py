@@ -6,19 +6,19 @@ import pytest
 
 from edged.config import config_from_dict
 from edged.errors import ConfigError
-from edged.result import Result
+from edged.result import Box, Class, Object, Result
 from edged.sinks.thin import Thinner
 
 
 def cls(*labels: str, scores: tuple[float, ...] = ()) -> Result:
     scores = scores or tuple(0.9 for _ in labels)
-    classes = [{"id": i, "label": label, "score": s} for i, (label, s) in enumerate(zip(labels, scores))]
+    classes = [Class(i, label, s) for i, (label, s) in enumerate(zip(labels, scores))]
     return Result("s", 0, 0.0, "m", "cpu", "classification", 10, 10, classes=classes)
 
 
 def det(*labels: str, scores: tuple[float, ...] = ()) -> Result:
     scores = scores or tuple(0.9 for _ in labels)
-    objects = [{"id": 0, "label": label, "score": s, "box": [0, 0, 1, 1]} for label, s in zip(labels, scores)]
+    objects = [Object(0, label, s, Box(0, 0, 1, 1)) for label, s in zip(labels, scores)]
     return Result("s", 0, 0.0, "m", "cpu", "detection", 10, 10, objects=objects)
 
 
@@ -85,7 +85,7 @@ def test_max_per_second_never_exceeded_for_any_label() -> None:
     published = [(t_, r) for t_, r in timeline if t.admit(r, t_)]
     last: dict[str, float] = {}
     for when, r in published:
-        for label in [c["label"] for c in r.classes] or [""]:
+        for label in [c.label for c in r.classes] or [""]:
             assert when - last.get(label, -1e9) >= 0.25 - 1e-9, (label, when, last[label])
             last[label] = when
     assert len(published) >= 30  # and it does publish: about 4 a second

@@ -99,7 +99,7 @@ def test_eval_json_on_the_demo_model_matches_the_daemons_engine(
     for folder in sorted(scene_folder.iterdir()):
         for f in sorted(folder.iterdir()):
             classes = engine.process(cv2.imread(str(f))).classes
-            hits += bool(classes) and classes[0]["label"] == folder.name
+            hits += bool(classes) and classes[0].label == folder.name
     assert rec["correct_top1"] == hits
 
 

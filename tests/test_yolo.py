@@ -23,6 +23,7 @@ from edged.inference import Engine
 from edged.model import Quantization, TensorSpec, detect_task, resolve_yolo_output, yolo_anchor_count
 from edged.postprocess import detect_yolo, nms, quantized_threshold
 from edged.preprocess import compute_transform, dequantize
+from edged.result import Object
 
 DATA = Path(__file__).resolve().parent / "data" / "yolo"
 
@@ -97,7 +98,8 @@ def reference_decode(
     return out
 
 
-def _same(objects: list[dict[str, Any]], expected: list[dict[str, Any]]) -> None:
+def _same(found: list[Object], expected: list[dict[str, Any]]) -> None:
+    objects = [o.to_dict() for o in found]
     assert [o["id"] for o in objects] == [e["id"] for e in expected]
     for o, e in zip(objects, expected):
         assert o["score"] == pytest.approx(e["score"], abs=1e-4)
@@ -141,7 +143,7 @@ def test_engine_matches_reference(name: str, frame_size: tuple[int, int], resize
     )  # fmt: skip
     assert out.objects is not None and len(out.objects) >= 5
     _same(out.objects, expected)
-    assert all(set(o) == {"id", "label", "score", "box"} for o in out.objects)
+    assert all(set(o.to_dict()) == {"id", "label", "score", "box"} for o in out.objects)
 
 
 def test_known_objects_of_the_float_model() -> None:
@@ -150,14 +152,12 @@ def test_known_objects_of_the_float_model() -> None:
     objects = engine.process(_frame(WIDTH, HEIGHT)).objects or []
     # anchor 1 is suppressed by anchor 0 (same class), anchor 5 scores below 0.5
     order = [0, 7, 2, 6, 3, 4]
-    assert [(o["id"], o["score"]) for o in objects] == [
-        (int(np.argmax(DESIGNED[a][0])), max(DESIGNED[a][0])) for a in order
-    ]
+    assert [(o.id, o.score) for o in objects] == [(int(np.argmax(DESIGNED[a][0])), max(DESIGNED[a][0])) for a in order]
     for o, a in zip(objects, order):
         cx, cy, w, h = DESIGNED[a][1]
         want = [max(cx - w / 2, 0), max(cy - h / 2, 0), min(cx + w / 2, WIDTH), min(cy + h / 2, HEIGHT)]
-        assert list(o["box"].values()) == pytest.approx(want, abs=0.05)
-    assert objects[-1]["box"]["xmax"] == WIDTH and objects[-1]["box"]["ymax"] == HEIGHT  # clipped
+        assert list(o.box.to_dict().values()) == pytest.approx(want, abs=0.05)
+    assert objects[-1].box.xmax == WIDTH and objects[-1].box.ymax == HEIGHT  # clipped
 
 
 def test_labels_top_k_and_config_keys(tmp_path: Path) -> None:
@@ -166,7 +166,7 @@ def test_labels_top_k_and_config_keys(tmp_path: Path) -> None:
     labels.write_text("cat\ndog\nbird\n")
     frame = _frame(WIDTH, HEIGHT)
     objs = Engine.from_file(path, labels=str(labels), top_k=2).process(frame).objects or []
-    assert [(o["id"], o["label"]) for o in objs] == [(0, "cat"), (0, "cat")]
+    assert [(o.id, o.label) for o in objs] == [(0, "cat"), (0, "cat")]
     # a looser NMS keeps anchor 1 (IoU 0.77 with anchor 0); max_detections caps the result
     loose = Engine.load(ModelConfig(path=str(path), top_k=0, iou_threshold=0.9)).process(frame)
     assert len(loose.objects or []) == 7
@@ -174,7 +174,7 @@ def test_labels_top_k_and_config_keys(tmp_path: Path) -> None:
     assert len(capped.objects or []) == 3
     # the box format forced wrong: normalised boxes read as pixels are sub-pixel boxes
     wrong = Engine.load(ModelConfig(path=str(path), top_k=0, yolo_boxes="pixels")).process(frame)
-    assert all(o["box"]["xmax"] < 2 for o in wrong.objects or [])
+    assert all(o.box.xmax < 2 for o in wrong.objects or [])
     right = Engine.load(ModelConfig(path=str(path), top_k=0, yolo_boxes="normalized")).process(frame)
     auto = Engine.from_file(path, top_k=0).process(frame)
     assert right.objects == auto.objects
@@ -328,8 +328,8 @@ def test_box_format_auto_and_errors() -> None:
     b = detect_yolo(normalised, transform, WIDTH, HEIGHT)
     c = detect_yolo(normalised, transform, WIDTH, HEIGHT, box_format="normalized")
     assert a == c
-    assert [o["id"] for o in a] == [o["id"] for o in b]
+    assert [o.id for o in a] == [o.id for o in b]
     for o, p in zip(a, b):
-        assert list(o["box"].values()) == pytest.approx(list(p["box"].values()), abs=0.11)
+        assert list(o.box.to_dict().values()) == pytest.approx(list(p.box.to_dict().values()), abs=0.11)
     with pytest.raises(ValueError):
         detect_yolo(pixels, transform, WIDTH, HEIGHT, box_format="xyxy")

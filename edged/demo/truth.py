@@ -11,33 +11,30 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Optional, Sequence
 
-from ..result import Box, Result
+from ..result import Box, Object, Result
 from ..sinks.log import ScoreNote, register_scorer
 
 TRUTH_IOU = 0.5  # a detection is right when it overlaps a drawn digit of its label by at least this
 
 
 def read_box(item: Mapping[str, Any]) -> Box:
-    """The box of a detected object or a drawn digit: the one place a box is read."""
+    """The box of a drawn digit (an annotation: a mapping, as the scene drew it)."""
     b = item["box"]
     return Box(b["xmin"], b["ymin"], b["xmax"], b["ymax"])
 
 
-def match_truth(
-    objects: Sequence[Mapping[str, Any]], truth: Sequence[Mapping[str, Any]], iou_min: float = TRUTH_IOU
-) -> int:
+def match_truth(objects: Sequence[Object], truth: Sequence[Mapping[str, Any]], iou_min: float = TRUTH_IOU) -> int:
     """How many of ``objects`` are true positives: taken best score first, a detection matches
     the unmatched truth box of the same label that it overlaps most, at IoU >= ``iou_min``
     (each truth box matches at most one detection; the others are false positives)."""
     used = [False] * len(truth)
     truth_boxes = [read_box(t) for t in truth]
     tp = 0
-    for o in sorted(objects, key=lambda o: -float(o.get("score", 0.0))):
-        box = read_box(o)
+    for o in sorted(objects, key=lambda o: -o.score):
         best, bi = iou_min, -1
         for j, t in enumerate(truth):
-            if not used[j] and str(t["label"]) == str(o["label"]):
-                v = box.iou(truth_boxes[j])
+            if not used[j] and str(t["label"]) == o.label:
+                v = o.box.iou(truth_boxes[j])
                 if v >= best:
                     best, bi = v, j
         if bi >= 0:
@@ -52,7 +49,7 @@ class DetectionTally:
     def __init__(self) -> None:
         self.frames = self.tp = self.detections = self.truths = 0
 
-    def add(self, objects: Sequence[Mapping[str, Any]], truth: Sequence[Mapping[str, Any]]) -> None:
+    def add(self, objects: Sequence[Object], truth: Sequence[Mapping[str, Any]]) -> None:
         self.frames += 1
         self.tp += match_truth(objects, truth)
         self.detections += len(objects)
@@ -91,7 +88,7 @@ class TruthScorer:
             self.tally.add(result.objects or [], drawn or [])
         elif result.classes is not None:
             self.seen += 1
-            if result.classes and result.classes[0]["label"] == _label(value):
+            if result.classes and result.classes[0].label == _label(value):
                 self.hits += 1
 
     def note(self, value: object, result: Result) -> Optional[ScoreNote]:

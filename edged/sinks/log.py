@@ -52,8 +52,7 @@ def register_scorer(key: str, factory: Callable[[], AnnotationScorer]) -> None:
 
 def _boxes(objects: list[dict[str, Any]], most: int = 5) -> str:
     items = [
-        f"{o['label']} {o['score']:.2f} at ({o['box']['xmin']:.0f},{o['box']['ymin']:.0f})-"
-        f"({o['box']['xmax']:.0f},{o['box']['ymax']:.0f})"
+        f"{o.label} {o.score:.2f} at ({o.box.xmin:.0f},{o.box.ymin:.0f})-({o.box.xmax:.0f},{o.box.ymax:.0f})"
         for o in objects[:most]
     ]
     if len(objects) > most:

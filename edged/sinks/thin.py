@@ -95,9 +95,7 @@ class Thinner:
 
     def scene(self, result: Result) -> Scene:
         items = (result.classes if result.task == "classification" else result.objects) or []
-        labels = [
-            str(i.get("label")) for i in items if self.min_score is None or float(i.get("score", 0.0)) >= self.min_score
-        ]
+        labels = [i.label for i in items if self.min_score is None or i.score >= self.min_score]
         if result.task == "classification":
             return tuple((label, 1) for label in sorted(set(labels)))
         return tuple(sorted(collections.Counter(labels).items()))

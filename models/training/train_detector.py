@@ -204,7 +204,7 @@ def evaluate(model_path: Path, frames_seed_base: int, images, labels, n: int, th
         k += 1
         for seg in range(min(SEGMENTS_PER_SEED, n - i)):
             frame, truth = sc.render(seg * HOLD + 11)
-            objs = eng_map.process(frame).objects or []
+            objs = [o.to_dict() for o in eng_map.process(frame).objects or []]  # as in the JSON result
             n_truth += len(truth)
             for c in per_class:
                 oc = [o for o in objs if o["label"] == c]
