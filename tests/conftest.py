@@ -2,17 +2,31 @@
 
 Where it is absent, the tests that need it skip with a reason; with
 EDGED_REQUIRE_TESTDATA=1 (set by .ci/run) its absence fails the whole run instead.
+
+What the tests share besides fixtures is the package ``tests/support`` (put on ``sys.path``
+here). Tests that start a process or a server are marked ``system``: ``pytest -m "not system"``
+runs the others. ``--long`` makes outages and loads last as long as in a soak test.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parent
+if str(TESTS) not in sys.path:  # ``import support`` whatever pytest's import mode
+    sys.path.insert(0, str(TESTS))
+
+import support.durations  # noqa: E402
+from support.daemon import Daemon  # noqa: E402
+
+# modules marked system here, not in the module: those whose owners mark them at merge
+SYSTEM_MODULES = {"test_mqtt.py"}
 
 
 def _find_testdata() -> Path | None:
@@ -25,6 +39,26 @@ def _find_testdata() -> Path | None:
 
 
 TESTDATA = _find_testdata()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--long",
+        action="store_true",
+        default=False,
+        help="outages and loads last their long durations (support.durations; or EDGED_LONG_TESTS=1)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("long"):
+        support.durations.LONG = True
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in SYSTEM_MODULES:
+            item.add_marker(pytest.mark.system)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -57,3 +91,19 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture
+def daemons():
+    """Start daemons (``daemons(tmp, config, args, ...)``: a :class:`support.daemon.Daemon`);
+    each is killed at the end of the test if it still runs, whatever the test did."""
+    started: list[Daemon] = []
+
+    def start(*args, **kwargs) -> Daemon:
+        d = Daemon(*args, **kwargs)
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        d.kill()

@@ -14,8 +14,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from servers import free_port
-from test_api import TOKEN, Daemon, non_loopback_address, two_streams, wait_ready
+from support.client import free_port, non_loopback_address
+from support.configs import TOKEN, two_streams
+from support.daemon import Daemon
+
+pytestmark = pytest.mark.system  # Chromium and edged, each in a subprocess
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
 # as the machine's own probe starts it: no sandbox (root), no GPU, no calls home
@@ -61,9 +64,9 @@ def watch(page) -> dict[str, list[str]]:
 def test_live_page_shows_streams_results_snapshot_and_chart(tmp_path, testdata, browser) -> None:
     port = free_port()
     d = Daemon(tmp_path, streams_config(testdata, f"127.0.0.1:{port}"))
-    base = f"http://127.0.0.1:{port}"
+    base = d.base
     try:
-        wait_ready(base, d)
+        d.wait_ready()
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         seen = watch(page)
         page.goto(base + "/")
@@ -120,8 +123,9 @@ def test_live_page_asks_for_the_token_off_loopback(tmp_path, testdata, browser) 
     port = free_port()
     d = Daemon(tmp_path, streams_config(testdata, f"{host}:{port}"), env={"EDGED_API_TOKEN": TOKEN})
     base = f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}"
+    assert d.base == base
     try:
-        wait_ready(base, d, TOKEN)
+        d.wait_ready(TOKEN)
         page = browser.new_page()
         seen = watch(page)
         page.goto(base + "/")

@@ -19,21 +19,15 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
-from helpers import wait_for
-from prometheus_client.parser import text_string_to_metric_families
-from servers import free_port
-from test_api import ROOT, Daemon, wait_ready
-from test_observability_kit import (
-    ALERTS,
-    DASHBOARD,
-    RULES,
-    SCRAPE,
-    dashboard_exprs,
-    grafana_to_promql,
-    metric_names,
-    require_tool,
-)
+from support.client import free_port, scrape
+from support.daemon import ROOT, Daemon
+from support.kit import ALERTS, DASHBOARD, RULES, SCRAPE, dashboard_exprs, grafana_to_promql, metric_names
+from support.tools import require_tool
+from support.wait import wait_for
+
+pytestmark = pytest.mark.system  # Prometheus and edged, each in a subprocess
 
 FPS = 10
 DEVICE = "promtest"
@@ -111,9 +105,7 @@ def kit_config(edged_port: int) -> dict[str, Any]:
 
 def exported_now(port: int) -> set[str]:
     """The series names the running daemon serves at /metrics."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        text = r.read().decode()
-    return {s.name for fam in text_string_to_metric_families(text) for s in fam.samples}
+    return {name for name, _ in scrape(port)}
 
 
 def active(prom: Prometheus, name: str) -> list[dict[str, Any]]:
@@ -145,7 +137,7 @@ def test_prometheus_scrapes_edged_and_answers_latency_and_frame_rate(tmp_path) -
     d = Daemon(tmp_path / "edged", config, env=env)
     prom = None
     try:
-        wait_ready(f"http://127.0.0.1:{port}", d)
+        d.wait_ready()
         prom = Prometheus(binary, tmp_path / "prometheus", kit_config(port))
         wait_for(prom.ready, 20, "Prometheus to be ready", interval=0.1)
 
