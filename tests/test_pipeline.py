@@ -7,8 +7,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from helpers import Collect
 from prometheus_client.parser import text_string_to_metric_families
+from support.sinks import Collect
+from support.wait import wait_for
 
 from edged.config import config_from_dict
 from edged.metrics import Metrics
@@ -72,9 +73,12 @@ def test_fast_source_slow_model_drops_instead_of_queueing(models_dir: Path, imag
     sink = Collect()
     stream.sinks.append(sink)
     with stream:
-        deadline = time.monotonic() + 20
-        while (stream.processed < 15 or stream.dropped < 5) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(
+            lambda: stream.processed >= 15 and stream.dropped >= 5,
+            20,
+            lambda: f"15 frames processed and 5 dropped ({stream.processed}, {stream.dropped})",
+            interval=0.05,
+        )
     assert stream.processed >= 15 and stream.dropped >= 5, (stream.processed, stream.dropped)
     produced = stream.source._seq
     # every produced frame was either processed, dropped, or is the one left in the slot at shutdown
@@ -142,9 +146,7 @@ def test_inference_error_is_counted_and_stream_keeps_running(models_dir: Path) -
 
     stream.engine.run_prepared = flaky  # type: ignore[method-assign]
     with stream:
-        deadline = time.monotonic() + 10
-        while stream.processed < 3 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(lambda: stream.processed >= 3, 10, "3 frames processed", interval=0.05)
     assert stream.processed >= 3 and stream.state in ("stopped", "running")
     assert _samples(metrics)[("edged_stream_errors_total", (("stage", "inference"), ("stream", "err")))] == 3
     assert stream.last_error == "inference: invoke failed"
