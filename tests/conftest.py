@@ -10,8 +10,10 @@ runs the others. ``--long`` makes outages and loads last as long as in a soak te
 
 from __future__ import annotations
 
+import multiprocessing.process
 import os
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -107,3 +109,34 @@ def daemons():
     yield start
     for d in started:
         d.kill()
+
+
+@pytest.fixture(autouse=True)
+def _check_the_system_marker(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
+    """With EDGED_CHECK_SYSTEM_MARKS=1, a test not marked ``system`` that starts a process or
+    listens on a socket fails, naming what it started (a check of the marks, not run by default)."""
+    if os.environ.get("EDGED_CHECK_SYSTEM_MARKS") != "1" or request.node.get_closest_marker("system"):
+        yield
+        return
+    started: list[str] = []
+    popen_init, process_start = subprocess.Popen.__init__, multiprocessing.process.BaseProcess.start
+    listen = socket.socket.listen
+
+    def checked_popen_init(self, args, *a, **kw):
+        started.append(f"process {str(args)[:160]}")
+        popen_init(self, args, *a, **kw)
+
+    def checked_process_start(self):
+        started.append(f"process {self.name}")
+        process_start(self)
+
+    def checked_listen(self, *a):
+        started.append(f"a listening socket {self.getsockname()}")
+        return listen(self, *a)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", checked_popen_init)
+    monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", checked_process_start)
+    monkeypatch.setattr(socket.socket, "listen", checked_listen)
+    yield
+    if started:
+        pytest.fail(f"not marked system, but started {'; '.join(sorted(set(started)))}", pytrace=False)
