@@ -2,17 +2,33 @@
 
 Where it is absent, the tests that need it skip with a reason; with
 EDGED_REQUIRE_TESTDATA=1 (set by .ci/run) its absence fails the whole run instead.
+
+What the tests share besides fixtures is the package ``tests/support`` (put on ``sys.path``
+here). Tests that start a process or a server are marked ``system``: ``pytest -m "not system"``
+runs the others. ``--long`` makes outages and loads last as long as in a soak test.
 """
 
 from __future__ import annotations
 
+import multiprocessing.process
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+TESTS = Path(__file__).resolve().parent
+if str(TESTS) not in sys.path:  # ``import support`` whatever pytest's import mode
+    sys.path.insert(0, str(TESTS))
+
+import support.durations  # noqa: E402
+from support.daemon import Daemon  # noqa: E402
+
+# modules marked system here, not in the module: those whose owners mark them at merge
+SYSTEM_MODULES = {"test_mqtt.py"}
 
 
 def _find_testdata() -> Path | None:
@@ -25,6 +41,26 @@ def _find_testdata() -> Path | None:
 
 
 TESTDATA = _find_testdata()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--long",
+        action="store_true",
+        default=False,
+        help="outages and loads last their long durations (support.durations; or EDGED_LONG_TESTS=1)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("long"):
+        support.durations.LONG = True
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in SYSTEM_MODULES:
+            item.add_marker(pytest.mark.system)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
@@ -57,3 +93,50 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+@pytest.fixture
+def daemons():
+    """Start daemons (``daemons(tmp, config, args, ...)``: a :class:`support.daemon.Daemon`);
+    each is killed at the end of the test if it still runs, whatever the test did."""
+    started: list[Daemon] = []
+
+    def start(*args, **kwargs) -> Daemon:
+        d = Daemon(*args, **kwargs)
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        d.kill()
+
+
+@pytest.fixture(autouse=True)
+def _check_the_system_marker(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
+    """With EDGED_CHECK_SYSTEM_MARKS=1, a test not marked ``system`` that starts a process or
+    listens on a socket fails, naming what it started (a check of the marks, not run by default)."""
+    if os.environ.get("EDGED_CHECK_SYSTEM_MARKS") != "1" or request.node.get_closest_marker("system"):
+        yield
+        return
+    started: list[str] = []
+    popen_init, process_start = subprocess.Popen.__init__, multiprocessing.process.BaseProcess.start
+    listen = socket.socket.listen
+
+    def checked_popen_init(self, args, *a, **kw):
+        started.append(f"process {str(args)[:160]}")
+        popen_init(self, args, *a, **kw)
+
+    def checked_process_start(self):
+        started.append(f"process {self.name}")
+        process_start(self)
+
+    def checked_listen(self, *a):
+        started.append(f"a listening socket {self.getsockname()}")
+        return listen(self, *a)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", checked_popen_init)
+    monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", checked_process_start)
+    monkeypatch.setattr(socket.socket, "listen", checked_listen)
+    yield
+    if started:
+        pytest.fail(f"not marked system, but started {'; '.join(sorted(set(started)))}", pytrace=False)

@@ -11,118 +11,19 @@ import http.client
 import json
 import re
 import socket
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
-from pathlib import Path
 from typing import Any, Optional
 
 import cv2
 import jsonschema
 import numpy as np
 import pytest
-import yaml
-from helpers import wait_for
-from servers import free_port
+from support.client import free_port, get, non_loopback_address, raw
+from support.configs import TOKEN, two_streams
+from support.daemon import ROOT, Daemon
+from support.wait import wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
-TOKEN = "s3cret-token-for-the-tests-0123"
-
-
-class Daemon:
-    def __init__(self, tmp: Path, config: dict[str, Any], env: Optional[dict[str, str]] = None) -> None:
-        import os
-
-        self.cfg = tmp / "edged.yaml"
-        self.cfg.write_text(yaml.safe_dump(config))
-        self.err = tmp / "edged.stderr"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edged", "run", "-c", str(self.cfg)],
-            cwd=tmp,
-            stdout=subprocess.DEVNULL,
-            stderr=self.err.open("w"),
-            env={**os.environ, **(env or {})},
-        )
-
-    @property
-    def stderr(self) -> str:
-        return self.err.read_text()
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        return self.proc.returncode
-
-
-def get(base: str, path: str, token: Optional[str] = None, timeout: float = 5.0) -> tuple[int, dict, bytes]:
-    req = urllib.request.Request(base + path, headers={"Authorization": f"Bearer {token}"} if token else {})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, dict(r.headers), r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, dict(e.headers), e.read()
-
-
-def raw(port: int, data: bytes, host: str = "127.0.0.1") -> tuple[int, bytes]:
-    """Send ``data`` as is; the status code and body of the answer."""
-    with socket.create_connection((host, port), 5) as s:
-        s.sendall(data)
-        s.shutdown(socket.SHUT_WR)
-        chunks = []
-        while True:
-            b = s.recv(65536)
-            if not b:
-                break
-            chunks.append(b)
-    reply = b"".join(chunks)
-    head, _, body = reply.partition(b"\r\n\r\n")
-    return int(head.split()[1]), body
-
-
-def wait_ready(base: str, d: Daemon, token: Optional[str] = None, timeout: float = 60.0) -> None:
-    def ready() -> bool:
-        assert d.proc.poll() is None, d.stderr
-        try:
-            return get(base, "/readyz", token, timeout=1)[0] == 200
-        except OSError:
-            return False
-
-    wait_for(ready, timeout, "the daemon to be ready")
-
-
-def two_streams(testdata: Path, listen: str, device: str, demo_fps: float, det_fps: float) -> dict[str, Any]:
-    """A classifier on the demo's synthetic digits ("demo") and the SSD on a testdata image ("det")."""
-    return {
-        "device": device,
-        "listen": listen,
-        "streams": [
-            {
-                "id": "demo",
-                "source": {"type": "synthetic", "fps": demo_fps},
-                "model": {
-                    "path": str(ROOT / "models/digits_int8.tflite"),
-                    "labels": str(ROOT / "models/digits_labels.txt"),
-                },
-                "sinks": [],
-            },
-            {
-                "id": "det",
-                "source": {"type": "images", "path": str(testdata / "images/kite_and_cold.jpg"), "fps": det_fps},
-                "model": {
-                    "path": str(testdata / "models/ssd_mobilenet_v1_coco_quant_postprocess.tflite"),
-                    "labels": str(testdata / "models/coco_labels.txt"),
-                },
-                "sinks": [],
-            },
-        ],
-    }
+pytestmark = pytest.mark.system  # every test talks to a daemon in a subprocess
 
 
 @pytest.fixture(scope="module")
@@ -132,10 +33,9 @@ def api(tmp_path_factory, testdata):
     config = two_streams(testdata, f"127.0.0.1:{port}", device="apitest", demo_fps=20, det_fps=5)
     config["http"] = {"max_event_clients": 2}
     d = Daemon(tmp, config)
-    base = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(base, d)
-        yield base, port, d
+        d.wait_ready()
+        yield d.base, port, d
     finally:
         d.stop()
     assert "Traceback" not in d.stderr, d.stderr
@@ -263,15 +163,21 @@ def test_snapshot_is_the_frame_with_its_boxes(api, testdata) -> None:
 
 
 def read_events(
-    port: int, query: str = "", seconds: float = 2.0, token: Optional[str] = None, host: str = "127.0.0.1"
+    port: int,
+    query: str = "",
+    seconds: float = 2.0,
+    token: Optional[str] = None,
+    host: str = "127.0.0.1",
+    enough: Optional[int] = None,
 ) -> list[tuple[str, dict]]:
+    """The result events of ``seconds`` of /api/v1/events (or fewer: until ``enough`` have come)."""
     conn = http.client.HTTPConnection(host, port, timeout=5)
     conn.request("GET", "/api/v1/events" + query, headers={"Authorization": f"Bearer {token}"} if token else {})
     r = conn.getresponse()
     assert r.status == 200 and r.getheader("Content-Type") == "text/event-stream", r.status
     buf, events = b"", []
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and (enough is None or len(events) < enough):
         buf += r.read1(65536)
         while b"\n\n" in buf:
             block, buf = buf.split(b"\n\n", 1)
@@ -321,7 +227,7 @@ def test_event_clients_are_bounded_and_queries_checked(api) -> None:
             c.close()
     # a client that went away frees its place (noticed within about a second)
     wait_for(lambda: clients() == 0, 5, "the clients to be gone")
-    assert read_events(port, seconds=0.5) is not None
+    assert read_events(port, seconds=0.5, enough=1) is not None
 
 
 # ---------------------------------------------------------------------------- bad requests
@@ -394,18 +300,6 @@ def test_connections_are_bounded(api) -> None:
 # ---------------------------------------------------------------------------- the token
 
 
-def non_loopback_address() -> str:
-    """An address of this machine that is not loopback (0.0.0.0 if it has none)."""
-    try:
-        out = subprocess.run(["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True, timeout=5).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        out = ""
-    for addr in re.findall(r"inet (\d+\.\d+\.\d+\.\d+)/", out):
-        if not addr.startswith("127."):
-            return addr
-    return "0.0.0.0"
-
-
 def small_config(listen: str, **http: Any) -> dict[str, Any]:
     return {
         "device": "authtest",
@@ -424,7 +318,7 @@ def small_config(listen: str, **http: Any) -> dict[str, Any]:
 
 def test_off_loopback_without_a_token_refuses_to_start(tmp_path) -> None:
     d = Daemon(tmp_path, small_config(f"0.0.0.0:{free_port()}"), env={"EDGED_API_TOKEN": ""})
-    assert d.proc.wait(30) == 2
+    assert d.wait(30) == 2
     err = d.stderr.strip().splitlines()
     assert len(err) == 1 and "needs an API token" in err[0] and "EDGED_API_TOKEN" in err[0], err
 
@@ -435,8 +329,9 @@ def test_off_loopback_the_api_rejects_unauthenticated_requests(tmp_path) -> None
     d = Daemon(tmp_path, small_config(f"{host}:{port}", open=["/healthz"]), env={"EDGED_API_TOKEN": TOKEN})
     connect = "127.0.0.1" if host == "0.0.0.0" else host
     base = f"http://{connect}:{port}"
+    assert d.base == base
     try:
-        wait_ready(base, d, TOKEN)
+        d.wait_ready(TOKEN)
         for path in ("/api/v1/status", "/readyz", "/metrics", "/api/v1/streams/demo/latest", "/api/v1/events"):
             status, headers, body = get(base, path)
             assert status == 401 and headers.get("WWW-Authenticate", "").startswith("Bearer"), (path, status)
@@ -444,7 +339,7 @@ def test_off_loopback_the_api_rejects_unauthenticated_requests(tmp_path) -> None
             assert get(base, path, token="wrong-token-0123456789")[0] == 401, path
         assert get(base, "/api/v1/status", token=TOKEN)[0] == 200
         assert get(base, "/metrics", token=TOKEN)[0] == 200
-        assert read_events(port, token=TOKEN, seconds=1.5, host=connect)
+        assert read_events(port, token=TOKEN, seconds=1.5, host=connect, enough=1)
         # open by configuration, and the page (a static file with no data)
         assert get(base, "/healthz")[0] == 200
         status, _, page = get(base, "/")

@@ -15,6 +15,9 @@ from typing import Any
 
 import pytest
 
+pytestmark = pytest.mark.system  # every test runs ``python -m edged``
+
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # The reference scores come from one runtime; testdata/README.md says other kernels and resize

@@ -236,6 +236,7 @@ def test_reference_compiled_model_recognised(models_dir: Path) -> None:
 # --------------------------------------------------------------------------------- the CLI
 
 
+@pytest.mark.system  # edged in a subprocess
 def test_cli_json_leaky_relu() -> None:
     proc = edged("inspect", "--json", DATA / "leaky_relu_int8.tflite")
     assert proc.returncode == 0, proc.stderr
@@ -250,6 +251,7 @@ def test_cli_json_leaky_relu() -> None:
     assert info["task"] == "classification" and info["inputs"][0]["dtype"] == "int8"
 
 
+@pytest.mark.system  # edged in a subprocess
 def test_cli_human_leaky_relu() -> None:
     proc = edged("inspect", DATA / "leaky_relu_int8.tflite")
     assert proc.returncode == 0, proc.stderr
@@ -263,6 +265,7 @@ def test_cli_human_leaky_relu() -> None:
     assert "(the cut): #1 LEAKY_RELU" in proc.stdout
 
 
+@pytest.mark.system  # edged in a subprocess
 def test_cli_model_without_interpreter_still_reported() -> None:
     # a 4-D output is no task edged knows, so the interpreter part fails: the report goes on
     proc = edged("inspect", "--json", DATA / "dynamic_int8.tflite")
@@ -276,6 +279,7 @@ def test_cli_model_without_interpreter_still_reported() -> None:
     assert "Dynamic-sized tensors are not supported" in human.stdout
 
 
+@pytest.mark.system  # edged in a subprocess
 def test_cli_compiled_model(models_dir: Path) -> None:
     proc = edged("inspect", "--json", models_dir / "mobilenet_v1_0.25_128_quant_edgetpu.tflite")
     assert proc.returncode == 0, proc.stderr
@@ -288,6 +292,7 @@ def test_cli_compiled_model(models_dir: Path) -> None:
     assert human.returncode == 0 and "compiled for the Edge TPU: 1 edgetpu-custom-op" in human.stdout
 
 
+@pytest.mark.system  # edged in a subprocess
 def test_cli_ssd_human(models_dir: Path) -> None:
     proc = edged("inspect", models_dir / "ssd_mobilenet_v1_coco_quant_postprocess.tflite")
     assert proc.returncode == 0, proc.stderr
@@ -296,6 +301,7 @@ def test_cli_ssd_human(models_dir: Path) -> None:
     assert "[boxes]" in proc.stdout  # the interpreter part is still there
 
 
+@pytest.mark.system  # edged in a subprocess
 def test_cli_reference_invalid_models(models_dir: Path) -> None:
     # an unknown custom operator: no interpreter, but a report (the custom op is the cut)
     proc = edged("inspect", "--json", models_dir / "invalid" / "custom_op_unresolved.tflite")
@@ -309,6 +315,7 @@ def test_cli_reference_invalid_models(models_dir: Path) -> None:
     assert proc.stderr.count("\n") == 1 and "is corrupt or truncated" in proc.stderr
 
 
+@pytest.mark.system  # edged in a subprocess
 @pytest.mark.parametrize("content", [b"not a model at all", b""])
 def test_cli_not_a_model_one_line_error(tmp_path: Path, content: bytes) -> None:
     f = tmp_path / "x.tflite"
@@ -318,6 +325,7 @@ def test_cli_not_a_model_one_line_error(tmp_path: Path, content: bytes) -> None:
     assert proc.stderr.strip().count("\n") == 0 and "is not a TFLite model" in proc.stderr
 
 
+@pytest.mark.system  # edged in a subprocess
 def test_cli_missing_file_one_line_error(tmp_path: Path) -> None:
     proc = edged("inspect", "--json", tmp_path / "nope.tflite")
     assert (
@@ -359,6 +367,7 @@ def _inspect_bytes(data: bytes) -> compat.CompatReport:
 # ------------------------------------------------------------------ rebuilt with TensorFlow
 
 
+@pytest.mark.system  # edged in a subprocess
 def test_rebuilt_models_give_the_same_reports(tmp_path: Path) -> None:
     pytest.importorskip("tensorflow")
     proc = subprocess.run(

@@ -13,130 +13,23 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
+from support.client import Samples, get, sample, scrape
+from support.daemon import ROOT
+from support.wait import wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.system  # every test runs ``python -m edged run``
+
 MODEL = "mobilenet_v2_1.0_224_quant.tflite"
 STAGES = ("capture", "queue", "preprocess", "inference", "postprocess", "publish")
 XNNPACK_BANNER = "INFO: Created TensorFlow Lite XNNPACK delegate"
 
 
 # ---------------------------------------------------------------------------- helpers
-
-
-class Daemon:
-    """``python -m edged run ...`` with stdout/stderr in files (no pipe can fill up)."""
-
-    def __init__(self, args: list[Any], cwd: Path, logdir: Path) -> None:
-        self.out_path, self.err_path = logdir / "edged.stdout", logdir / "edged.stderr"
-        self._out, self._err = self.out_path.open("w"), self.err_path.open("w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edged", "run", *map(str, args)],
-            cwd=cwd,
-            stdout=self._out,
-            stderr=self._err,
-            stdin=subprocess.DEVNULL,
-        )
-
-    @property
-    def stderr(self) -> str:
-        return self.err_path.read_text()
-
-    def wait(self, timeout: float) -> int:
-        try:
-            return self.proc.wait(timeout)
-        finally:
-            if self.proc.poll() is not None:
-                self._out.close()
-                self._err.close()
-
-    def stop(self, sig: int, timeout: float = 10.0) -> tuple[int, float]:
-        """Send ``sig``; return (exit code, seconds it took to exit)."""
-        t0 = time.monotonic()
-        self.proc.send_signal(sig)
-        rc = self.wait(timeout)
-        return rc, time.monotonic() - t0
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
-        self._out.close()
-        self._err.close()
-
-
-@pytest.fixture
-def daemons():
-    started: list[Daemon] = []
-
-    def start(args: list[Any], cwd: Path, logdir: Path) -> Daemon:
-        d = Daemon(args, cwd, logdir)
-        started.append(d)
-        return d
-
-    yield start
-    for d in started:  # never leave a daemon behind, whatever the test did
-        d.kill()
-
-
-def wait_until(pred: Callable[[], Any], timeout: float, interval: float = 0.05, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-
-
-def http(url: str, method: str = "GET") -> tuple[int, bytes]:
-    req = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
-    try:
-        with urllib.request.urlopen(req, timeout=5) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-
-
-def wait_healthy(d: Daemon, port: int, timeout: float = 20.0) -> dict[str, Any]:
-    def probe() -> dict[str, Any] | None:
-        assert d.proc.poll() is None, f"edged exited early ({d.proc.returncode}):\n{d.stderr}"
-        try:
-            code, body = http(f"http://127.0.0.1:{port}/healthz")
-        except OSError:
-            return None
-        return json.loads(body) if code == 200 else None
-
-    return wait_until(probe, timeout, what="/healthz 200")
-
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def scrape(port: int) -> Samples:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    code, body = http(f"http://127.0.0.1:{port}/metrics")
-    assert code == 200
-    out: Samples = {}
-    for family in text_string_to_metric_families(body.decode()):
-        for s in family.samples:
-            out[(s.name, frozenset(s.labels.items()))] = s.value
-    return out
-
-
-def sample(samples: Samples, name: str, **labels: str) -> float:
-    key = (name, frozenset(labels.items()))
-    assert key in samples, f"no sample {name}{labels}"
-    return samples[key]
 
 
 def one_error_line(stderr: str) -> str:
@@ -200,25 +93,28 @@ def test_video_stream_metrics_results_and_signal_shutdown(
 ) -> None:
     jsonl = tmp_path / "results.jsonl"
     cfg = video_config(tmp_path / "edged.yaml", cat_video, models_dir, jsonl)
-    d = daemons(["--config", cfg, "--listen", f"127.0.0.1:{free_port}"], tmp_path, tmp_path)
+    d = daemons(tmp_path, cfg, listen=f"127.0.0.1:{free_port}")
     base = f"http://127.0.0.1:{free_port}"
 
-    health = wait_healthy(d, free_port)
+    health = d.wait_healthy()
     assert health["status"] == "ok" and health["streams"] == {"cat": "running"}
     started = time.monotonic()
-    assert http(f"{base}/no/such/path")[0] == 404
-    assert http(f"{base}/metrics", method="POST")[0] == 405
-    time.sleep(max(0.0, run_seconds - (time.monotonic() - started)))
+    assert get(base, "/no/such/path")[0] == 404
+    assert get(base, "/metrics", method="POST")[0] == 405
+    time.sleep(max(0.0, run_seconds - (time.monotonic() - started)))  # not synchronisation: run that long
 
-    m = scrape(free_port)
-    for _ in range(5):  # a scrape can catch one frame between two counters; try again
-        if metrics_consistent(m, "cat"):
-            break
-        time.sleep(0.03)
+    # a scrape can catch one frame between two counters: scrape again until one agrees (the
+    # assertions below check the same equalities)
+    def consistent() -> Samples | None:
         m = scrape(free_port)
+        return m if metrics_consistent(m, "cat") else None
+
+    m = wait_for(consistent, 0.5, "a scrape whose counters agree", interval=0.03)
     assert d.proc.poll() is None, d.stderr
 
-    rc, took = d.stop(sig)
+    t0 = time.monotonic()
+    rc = d.stop(sig)
+    took = time.monotonic() - t0
     assert rc == 0, f"exit {rc} after {signal.Signals(sig).name}:\n{d.stderr[-3000:]}"
     assert took < 2.0, f"took {took:.2f}s to exit after {signal.Signals(sig).name}"
     assert "Traceback" not in d.stderr
@@ -282,7 +178,7 @@ def test_video_stream_stops_cleanly_mid_decode(daemons, tmp_path: Path, images_d
     for i in range(2):
         logdir = tmp_path / f"run{i}"
         logdir.mkdir()
-        d = daemons(["--config", cfg, "--duration", 0.5], tmp_path, logdir)
+        d = daemons(logdir, cfg, ["--duration", 0.5], cwd=tmp_path)
         try:
             outcomes.append(d.wait(10))
         except subprocess.TimeoutExpired:
@@ -297,7 +193,7 @@ def test_embedded_default_demo_runs(daemons, tmp_path: Path, free_port: int) -> 
     """No --config: the bundled digits detector on the synthetic scene of 1 to 4 digits; the log
     shows the boxes and the running precision and recall (models/digits_detector_int8.tflite must exist)."""
     assert (ROOT / "models" / "digits_detector_int8.tflite").is_file(), "the embedded demo model is missing"
-    d = daemons(["--listen", f"127.0.0.1:{free_port}", "--duration", 4], tmp_path, tmp_path)
+    d = daemons(tmp_path, None, ["--duration", 4], listen=f"127.0.0.1:{free_port}")
     t0 = time.monotonic()
     rc = d.wait(30)
     err = d.stderr
@@ -330,11 +226,7 @@ def test_log_format_json(daemons, tmp_path: Path, images_dir: Path, models_dir: 
         f"    model: {{path: '{models_dir / MODEL}', labels: '{models_dir / 'imagenet_labels.txt'}'}}\n"
         "    sinks: [{type: log, interval: 0}]\n"
     )
-    d = daemons(
-        ["--config", cfg, "--listen", f"127.0.0.1:{free_port}", "--log-format", "json", "--duration", 1.5],
-        tmp_path,
-        tmp_path,
-    )
+    d = daemons(tmp_path, cfg, ["--log-format", "json", "--duration", 1.5], listen=f"127.0.0.1:{free_port}")
     assert d.wait(20) == 0, d.stderr
     records = []
     for line in d.stderr.splitlines():
@@ -377,7 +269,7 @@ def test_images_directory_processed_once_then_exits(
         f"    model: {{path: '{models_dir / MODEL}', labels: '{models_dir / 'imagenet_labels.txt'}'}}\n"
         f"    sinks: [{{type: log, interval: 0}}, {{type: jsonl, path: '{jsonl}'}}]\n"
     )
-    d = daemons(["--config", cfg, "--listen", f"127.0.0.1:{free_port}"], tmp_path, tmp_path)
+    d = daemons(tmp_path, cfg, listen=f"127.0.0.1:{free_port}")
     rc = d.wait(20)  # exits by itself
     assert rc == 0, d.stderr
     assert "every stream has finished" in d.stderr
@@ -399,7 +291,7 @@ def test_listen_port_taken(daemons, tmp_path: Path, cat_video: Path, models_dir:
         cfg = video_config(
             tmp_path / "edged.yaml", cat_video, models_dir, tmp_path / "r.jsonl", listen=f"127.0.0.1:{port}"
         )
-        d = daemons(["--config", cfg], tmp_path, tmp_path)
+        d = daemons(tmp_path, cfg)
         rc = d.wait(20)
     err = d.stderr
     assert rc != 0
@@ -411,7 +303,7 @@ def test_listen_port_taken(daemons, tmp_path: Path, cat_video: Path, models_dir:
 def test_missing_video_file(daemons, tmp_path: Path, models_dir: Path, free_port: int) -> None:
     missing = tmp_path / "no_such_clip.avi"
     cfg = video_config(tmp_path / "edged.yaml", missing, models_dir, tmp_path / "r.jsonl")
-    d = daemons(["--config", cfg, "--listen", f"127.0.0.1:{free_port}"], tmp_path, tmp_path)
+    d = daemons(tmp_path, cfg, listen=f"127.0.0.1:{free_port}")
     rc = d.wait(20)
     assert rc != 0
     line = one_error_line(d.stderr)

@@ -20,6 +20,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+pytestmark = pytest.mark.system  # every test runs a script or a tool (bash, shellcheck, ansible)
+
+
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
 INSTALL = DEPLOY / "install.sh"

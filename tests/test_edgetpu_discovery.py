@@ -369,6 +369,7 @@ def _devices(sys_root: Path, dev_root: Path, *args: str) -> subprocess.Completed
     )
 
 
+@pytest.mark.system  # edged in a subprocess
 def test_cli_devices_lists_them(tree: tuple[Path, Path]) -> None:
     sys_root, dev_root = tree
     proc = _devices(sys_root, dev_root)
@@ -395,6 +396,7 @@ def test_cli_devices_lists_them(tree: tuple[Path, Path]) -> None:
     assert "no Edge TPU found" not in proc.stdout
 
 
+@pytest.mark.system  # edged in a subprocess
 def test_cli_devices_json(tree: tuple[Path, Path]) -> None:
     proc = _devices(*tree, "--json")
     assert proc.returncode == 0, proc.stderr
@@ -407,6 +409,7 @@ def test_cli_devices_json(tree: tuple[Path, Path]) -> None:
     assert isinstance(out["library"]["found"], bool)
 
 
+@pytest.mark.system  # edged in a subprocess
 def test_cli_devices_none_found_is_not_an_error(tmp_path: Path) -> None:
     sys_root, dev_root = tmp_path / "sys", tmp_path / "dev"
     _usb(sys_root, "usb1", "1d6b", "0002")

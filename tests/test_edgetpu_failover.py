@@ -1,6 +1,6 @@
 """The Edge TPU path without a TPU, at its real boundaries.
 
-A stand-in for libedgetpu (tests/fake_edgetpu/fake_edgetpu.c) is compiled here with the
+A stand-in for libedgetpu (tests/fake_edgetpu/fake_edgetpu.c) is compiled (support.fake_edgetpu) with the
 system C compiler into a build that loads and claims no nodes, and one that refuses to
 load. edged loads it exactly as it loads libedgetpu: ``load_delegate`` in a spawned
 worker process, the model prepared with the delegate, frames through shared memory.
@@ -14,15 +14,17 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import Collect, scrape, wait_for
+from support import fake_edgetpu
+from support.client import scrape
+from support.daemon import ROOT, Daemon
+from support.sinks import Collect
+from support.wait import wait_for
 
 from edged.config import config_from_dict
 from edged.daemon import Service
@@ -30,7 +32,8 @@ from edged.daemon.views import stream_status
 from edged.errors import AcceleratorError
 from edged.worker import WorkerFailure
 
-ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.system  # Edge TPU worker processes, the daemon's listener
+
 MODEL = "mobilenet_v1_0.25_128_quant.tflite"
 TPU_MODEL = "mobilenet_v1_0.25_128_quant_edgetpu.tflite"
 
@@ -62,14 +65,8 @@ def plain_models(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 @pytest.fixture(scope="session")
 def fake_libs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    cc = shutil.which("cc") or shutil.which("gcc")
-    assert cc, "a C compiler (cc) is needed to build the stand-in delegate; .ci/run installs gcc"
     out = tmp_path_factory.mktemp("fake_edgetpu")
-    src = ROOT / "tests" / "fake_edgetpu" / "fake_edgetpu.c"
-    libs = {"load": out / "libfake_edgetpu.so", "refuse": out / "libfake_refuse.so"}
-    subprocess.run([cc, "-shared", "-fPIC", "-Wall", "-Werror", "-o", libs["load"], src], check=True)
-    subprocess.run([cc, "-shared", "-fPIC", "-Wall", "-Werror", "-DFAKE_REFUSE", "-o", libs["refuse"], src], check=True)
-    return libs
+    return {"load": fake_edgetpu.build(out), "refuse": fake_edgetpu.build(out, refuse=True)}
 
 
 def healthz(port: int) -> int:
@@ -206,7 +203,12 @@ def test_refusing_delegate_auto_runs_on_cpu_twin_then_moves_when_fault_clears(
         # the Edge TPU and the stand-in claims none of its nodes, so the stream stays on the CPU
         link.unlink()
         link.symlink_to(fake_libs["load"])
-        time.sleep(1.5)
+        # the next probe (every 0.2-1 s) loads it and finds no node claimed: the worker stays down
+        wait_for(
+            lambda: "claimed none of its nodes" in (svc.workers[0].last_reason or ""),
+            10,
+            lambda: f"a probe with the loading build (last reason: {svc.workers[0].last_reason})",
+        )
         assert svc.workers[0].up is False
         assert "claimed none of its nodes" in (svc.workers[0].last_reason or "")
         assert sinks["cam"].results[-1].accelerator == "cpu"
@@ -264,20 +266,14 @@ def test_strict_mode_exits_with_one_line(fake_libs, models_dir, images_dir, free
             }
         )
     )
-    proc = subprocess.run(
-        [sys.executable, "-m", "edged", "run", "--config", str(cfg_path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-    )
-    assert proc.returncode != 0
-    lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    d = Daemon(tmp_path, cfg_path, cwd=ROOT)
+    assert d.wait(60) != 0
+    lines = [ln for ln in d.stderr.splitlines() if ln.strip()]
     assert lines == [
         "edged: error: stream cam: accelerator is edgetpu but the Edge TPU delegate did not load "
         f"(delegate did not load: Failed to load delegate from {fake_libs['refuse']} "
         "fake edgetpu: no Edge TPU device found)"
-    ], proc.stderr
+    ], d.stderr
 
 
 def test_options_and_devices_reach_the_delegate_one_worker_per_tpu(

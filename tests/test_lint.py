@@ -6,6 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.system  # ruff in a subprocess
+
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from edged.metrics import Metrics
-from edged.result import Result
+from edged.result import Class, Result
 from edged.sinks.base import SinkContext
 from edged.sinks.mqtt.config import MqttSinkConfig as MqttConfig
 
@@ -142,7 +142,7 @@ def test_status_payloads_from_the_device_summary(tmp_path) -> None:
 def test_thinned_and_dropped_are_counted(tmp_path) -> None:
     metrics = Metrics()
     sink = mqtt.MqttSink(cfg(tmp_path, "a", qos=0, thin={"on_change": True}), SinkContext("a", metrics))
-    result = Result("a", 0, 0.0, "m", "cpu", "classification", 8, 8, classes=[{"id": 1, "label": "cat", "score": 0.9}])
+    result = Result("a", 0, 0.0, "m", "cpu", "classification", 8, 8, classes=[Class(1, "cat", 0.9)])
     try:
         for _ in range(3):
             sink.publish(result)  # the first passes the thinning, and is dropped: not connected (QoS 0)

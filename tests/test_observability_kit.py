@@ -11,40 +11,30 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import re
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 
 import pytest
 import yaml
-
-ROOT = Path(__file__).resolve().parent.parent
-KIT = ROOT / "deploy" / "prometheus"
-SCRAPE = KIT / "prometheus.yml"
-RULES = KIT / "edged-alerts.yml"
-RULE_TESTS = KIT / "edged-alerts.test.yml"
-TARGETS_EXAMPLE = KIT / "edged-targets" / "boards.yml.example"
-DASHBOARD = ROOT / "deploy" / "grafana" / "edged-dashboard.json"
+from support.kit import (
+    ALERTS,
+    DASHBOARD,
+    KIT,
+    RULE_TESTS,
+    RULES,
+    SCRAPE,
+    TARGETS_EXAMPLE,
+    alert_rules,
+    dashboard_exprs,
+    grafana_to_promql,
+    metric_names,
+)
+from support.tools import require_tool
 
 # Prometheus's own series the kit may use besides edged's
 PROMETHEUS_SERIES = {"up"}
-
-
-def find_tool(name: str) -> str | None:
-    return shutil.which(name) or (f"/usr/bin/{name}" if os.path.exists(f"/usr/bin/{name}") else None)
-
-
-def require_tool(name: str) -> str:
-    """The path of a program of Debian's prometheus package; skip without it, fail with EDGED_REQUIRE_TOOLS=1."""
-    path = find_tool(name)
-    if path is None:
-        if os.environ.get("EDGED_REQUIRE_TOOLS") == "1":
-            pytest.fail(f"{name} is not installed (apt-get install prometheus) and EDGED_REQUIRE_TOOLS=1")
-        pytest.skip(f"{name} not installed (apt-get install prometheus)")
-    return path
 
 
 def test_a_missing_tool_skips_here_and_fails_in_ci(monkeypatch) -> None:
@@ -66,55 +56,6 @@ def run(*args: str, cwd: Path = KIT) -> subprocess.CompletedProcess:
 
 
 # ---------------------------------------------------------------------------- PromQL helpers
-
-
-def alert_rules(path: Path = RULES) -> list[dict[str, Any]]:
-    return [r for g in yaml.safe_load(path.read_text())["groups"] for r in g["rules"] if "alert" in r]
-
-
-def dashboard_exprs(dash: dict[str, Any]) -> list[str]:
-    """Every PromQL expression of a dashboard: panel targets and templating queries."""
-    out = []
-
-    def panels(ps: list[dict[str, Any]]) -> Iterable[dict[str, Any]]:
-        for p in ps:
-            yield p
-            yield from panels(p.get("panels", []))
-
-    for p in panels(dash["panels"]):
-        out += [t["expr"] for t in p.get("targets", [])]
-    for v in dash["templating"]["list"]:
-        if v["type"] == "query":
-            q = v["query"]["query"] if isinstance(v["query"], dict) else v["query"]
-            m = re.fullmatch(r"\s*label_values\((.*),\s*\w+\)\s*", q)
-            assert m, f"variable {v['name']}: not a label_values(<selector>, <label>) query: {q}"
-            out.append(m.group(1))
-    return out
-
-
-def grafana_to_promql(expr: str) -> str:
-    """A dashboard expression as Prometheus gets it: interval variables as 1m, the others as `.*`."""
-    expr = re.sub(r"\$__(rate_interval|interval|range)\b", "1m", expr)
-    return re.sub(r"\$\{?\w+\}?", ".*", expr)
-
-
-_KEYWORDS = {"and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring", "group_left", "group_right"}
-_KEYWORDS |= {"inf", "nan", "start", "end"}
-
-
-def metric_names(expr: str) -> set[str]:
-    """The metric names a PromQL expression selects (bare names and ``{__name__="..."}``)."""
-    expr = grafana_to_promql(expr)
-    names = set(re.findall(r'__name__\s*=\s*"([^"]*)"', expr))
-    expr = re.sub(r'"(?:\\.|[^"\\])*"|\'(?:\\.|[^\'\\])*\'|`[^`]*`', '""', expr)  # strings
-    expr = re.sub(r"\{[^}]*\}", " ", expr)  # label matchers
-    expr = re.sub(r"\[[^\]]*\]", " ", expr)  # ranges and subqueries
-    expr = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", expr)  # label lists
-    for m in re.finditer(r"(?<![\w.:])([A-Za-z_:][\w:]*)(\s*\()?", expr):
-        word, call = m.group(1), m.group(2)
-        if not call and word.lower() not in _KEYWORDS:
-            names.add(word)
-    return names
 
 
 def exported_metrics() -> set[str]:
@@ -140,6 +81,7 @@ def unknown_metrics(exprs: Iterable[str], known: set[str]) -> dict[str, set[str]
 # ---------------------------------------------------------------------------- scrape configuration
 
 
+@pytest.mark.system  # promtool
 def test_scrape_config_is_valid_with_its_token_and_targets(promtool, tmp_path) -> None:
     kit = tmp_path / "prometheus"
     shutil.copytree(KIT, kit)
@@ -186,18 +128,8 @@ def test_scrape_config_labels_boards_and_sends_the_token_off_loopback() -> None:
 
 # ---------------------------------------------------------------------------- alert rules
 
-ALERTS = [
-    "EdgedDown",
-    "EdgedNoResults",
-    "EdgedSourceDown",
-    "EdgedFellBackToCPU",
-    "EdgedFrameRateLow",
-    "EdgedFrameLatencyHigh",
-    "EdgedPublishQueueGrowing",
-    "EdgedTPUHot",
-]
 
-
+@pytest.mark.system  # promtool
 def test_rules_are_valid(promtool, tmp_path) -> None:
     proc = run(promtool, "check", "rules", "--lint=all", "--lint-fatal", "edged-alerts.yml")
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -220,6 +152,7 @@ def test_every_alert_has_severity_summary_and_description() -> None:
         assert len(r["annotations"]["description"]) > 150, r["alert"]  # says what it means and what to do
 
 
+@pytest.mark.system  # promtool
 def test_rule_unit_tests_pass(promtool) -> None:
     proc = run(promtool, "test", "rules", "edged-alerts.test.yml")
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -252,7 +185,9 @@ MUTATIONS = {
 }
 
 
+@pytest.mark.system  # promtool
 @pytest.mark.parametrize("alert", ALERTS)
+@pytest.mark.system  # promtool
 def test_rule_unit_tests_catch_a_changed_condition(promtool, tmp_path, alert) -> None:
     old, new = MUTATIONS[alert]
     text = RULES.read_text()
@@ -381,6 +316,7 @@ def test_dashboard_has_the_panel(kind, metric, detail) -> None:
         assert t["format"] == "heatmap" and t["legendFormat"] == "{{le}}"
 
 
+@pytest.mark.system  # promtool
 def test_dashboard_queries_parse(promtool, tmp_path) -> None:
     """promtool parses each dashboard query, given to it as a recording rule."""
     exprs = dashboard_exprs(json.loads(DASHBOARD.read_text()))

@@ -14,8 +14,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from servers import free_port
-from test_api import TOKEN, Daemon, non_loopback_address, two_streams, wait_ready
+from support.client import free_port, non_loopback_address
+from support.configs import TOKEN, two_streams
+from support.daemon import Daemon
+
+pytestmark = pytest.mark.system  # Chromium and edged, each in a subprocess
 
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else None)
 # as the machine's own probe starts it: no sandbox (root), no GPU, no calls home
@@ -40,8 +43,8 @@ def streams_config(testdata: Path, listen: str) -> dict:
     return two_streams(testdata, listen, device="pagetest", demo_fps=15, det_fps=4)
 
 
-@pytest.fixture
-def browser():
+@pytest.fixture(scope="module")
+def browser():  # one Chromium for the module: each test opens its own page (its own context)
     with sync_api.sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
@@ -61,9 +64,9 @@ def watch(page) -> dict[str, list[str]]:
 def test_live_page_shows_streams_results_snapshot_and_chart(tmp_path, testdata, browser) -> None:
     port = free_port()
     d = Daemon(tmp_path, streams_config(testdata, f"127.0.0.1:{port}"))
-    base = f"http://127.0.0.1:{port}"
+    base = d.base
     try:
-        wait_ready(base, d)
+        d.wait_ready()
         page = browser.new_page(viewport={"width": 1280, "height": 900})
         seen = watch(page)
         page.goto(base + "/")
@@ -94,7 +97,20 @@ def test_live_page_shows_streams_results_snapshot_and_chart(tmp_path, testdata, 
         assert page.inner_text("#conn") == "live"
         assert page.inner_text("#device") == "pagetest"
         assert page.inner_text("#stream-demo .fps") not in ("", "-")
-        page.wait_for_timeout(700)  # one more chart frame
+        # a chart frame drawn with them (every 500 ms): the demo's line, its colour #3e9bff, on the canvas
+        page.wait_for_function(
+            """() => {
+                const c = document.querySelector('#chart');
+                const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+                let n = 0;
+                for (let i = 0; i < d.length; i += 4)
+                    if (Math.abs(d[i] - 62) < 40 && Math.abs(d[i + 1] - 155) < 40 && Math.abs(d[i + 2] - 255) < 40
+                        && d[i + 3] > 200) n++;
+                return n > 30;
+            }""",
+            polling=100,
+            timeout=5000,
+        )
         png = page.screenshot(full_page=True)
         (tmp_path / "page.png").write_bytes(png)
         shot = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_COLOR)
@@ -120,8 +136,9 @@ def test_live_page_asks_for_the_token_off_loopback(tmp_path, testdata, browser) 
     port = free_port()
     d = Daemon(tmp_path, streams_config(testdata, f"{host}:{port}"), env={"EDGED_API_TOKEN": TOKEN})
     base = f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{port}"
+    assert d.base == base
     try:
-        wait_ready(base, d, TOKEN)
+        d.wait_ready(TOKEN)
         page = browser.new_page()
         seen = watch(page)
         page.goto(base + "/")

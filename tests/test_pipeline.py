@@ -7,8 +7,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from helpers import Collect
 from prometheus_client.parser import text_string_to_metric_families
+from support.sinks import Collect
+from support.wait import wait_for
 
 from edged.config import config_from_dict
 from edged.daemon.wiring import build_stream
@@ -74,9 +75,12 @@ def test_fast_source_slow_model_drops_instead_of_queueing(models_dir: Path, imag
     sink = Collect()
     stream.sinks.append(sink)
     with stream:
-        deadline = time.monotonic() + 20
-        while (stream.metrics.processed < 15 or stream.metrics.dropped < 5) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(
+            lambda: stream.metrics.processed >= 15 and stream.metrics.dropped >= 5,
+            20,
+            lambda: f"15 frames processed and 5 dropped ({stream.metrics.processed}, {stream.metrics.dropped})",
+            interval=0.05,
+        )
     assert stream.metrics.processed >= 15 and stream.metrics.dropped >= 5, (
         stream.metrics.processed,
         stream.metrics.dropped,
@@ -150,9 +154,7 @@ def test_inference_error_is_counted_and_stream_keeps_running(models_dir: Path) -
 
     stream.engine.run = flaky  # type: ignore[method-assign]
     with stream:
-        deadline = time.monotonic() + 10
-        while stream.metrics.processed < 3 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(lambda: stream.metrics.processed >= 3, 10, "3 frames processed", interval=0.05)
     assert stream.metrics.processed >= 3 and stream.state in ("stopped", "running")
     assert _samples(metrics)[("edged_stream_errors_total", (("stage", "inference"), ("stream", "err")))] == 3
     assert stream.last_error == "inference: invoke failed"

@@ -12,90 +12,21 @@ from __future__ import annotations
 
 import json
 import math
-import subprocess
-import urllib.error
-import urllib.parse
-import urllib.request
-from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
-from helpers import wait_for
-from prometheus_client.parser import text_string_to_metric_families
-from servers import free_port
-from test_api import ROOT, Daemon, wait_ready
-from test_observability_kit import (
-    ALERTS,
-    DASHBOARD,
-    RULES,
-    SCRAPE,
-    dashboard_exprs,
-    grafana_to_promql,
-    metric_names,
-    require_tool,
-)
+from support.client import free_port, scrape
+from support.daemon import ROOT, Daemon
+from support.kit import ALERTS, DASHBOARD, RULES, SCRAPE, dashboard_exprs, grafana_to_promql, metric_names
+from support.prometheus import Prometheus
+from support.tools import require_tool
+from support.wait import wait_for
+
+pytestmark = pytest.mark.system  # Prometheus and edged, each in a subprocess
 
 FPS = 10
 DEVICE = "promtest"
-
-
-class Prometheus:
-    def __init__(self, binary: str, tmp: Path, config: dict[str, Any]) -> None:
-        tmp.mkdir()
-        self.port = free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        cfg = tmp / "prometheus.yml"
-        cfg.write_text(yaml.safe_dump(config))
-        self.log = tmp / "prometheus.log"
-        self.proc = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={cfg}",
-                f"--storage.tsdb.path={tmp / 'data'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
-                "--log.level=warn",
-            ],
-            cwd=tmp,
-            stdout=subprocess.DEVNULL,
-            stderr=self.log.open("w"),
-        )
-
-    def api(self, path: str, **params: str) -> Any:
-        url = f"{self.base}{path}?{urllib.parse.urlencode(params)}" if params else self.base + path
-        with urllib.request.urlopen(url, timeout=5) as r:
-            body = json.loads(r.read())
-        assert body["status"] == "success", body
-        return body["data"]
-
-    def query(self, expr: str) -> list[dict[str, Any]]:
-        data = self.api("/api/v1/query", query=expr)
-        assert data["resultType"] == "vector", (expr, data)
-        return data["result"]
-
-    def value(self, expr: str) -> float:
-        result = self.query(expr)
-        assert len(result) == 1, (expr, result)
-        return float(result[0]["value"][1])
-
-    def alerts(self) -> list[dict[str, Any]]:
-        return self.api("/api/v1/alerts")["alerts"]
-
-    def ready(self) -> bool:
-        assert self.proc.poll() is None, self.log.read_text()
-        try:
-            with urllib.request.urlopen(self.base + "/-/ready", timeout=1) as r:
-                return r.status == 200
-        except (OSError, urllib.error.HTTPError):
-            return False
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
 
 
 def kit_config(edged_port: int) -> dict[str, Any]:
@@ -111,9 +42,7 @@ def kit_config(edged_port: int) -> dict[str, Any]:
 
 def exported_now(port: int) -> set[str]:
     """The series names the running daemon serves at /metrics."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        text = r.read().decode()
-    return {s.name for fam in text_string_to_metric_families(text) for s in fam.samples}
+    return {name for name, _ in scrape(port)}
 
 
 def active(prom: Prometheus, name: str) -> list[dict[str, Any]]:
@@ -145,7 +74,7 @@ def test_prometheus_scrapes_edged_and_answers_latency_and_frame_rate(tmp_path) -
     d = Daemon(tmp_path / "edged", config, env=env)
     prom = None
     try:
-        wait_ready(f"http://127.0.0.1:{port}", d)
+        d.wait_ready()
         prom = Prometheus(binary, tmp_path / "prometheus", kit_config(port))
         wait_for(prom.ready, 20, "Prometheus to be ready", interval=0.1)
 

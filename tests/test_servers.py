@@ -1,4 +1,4 @@
-"""The loopback cameras of servers.py work with the reader edged uses: OpenCV's FFmpeg backend.
+"""The loopback cameras of support/servers.py work with the reader edged uses: OpenCV's FFmpeg backend.
 
 Also pins down how a read behaves when a camera dies (SIGKILL: the kernel closes the
 connection) or hangs (SIGSTOP: the connection stays open, nothing arrives), and which
@@ -22,8 +22,9 @@ import urllib.request
 import cv2
 import numpy as np
 import pytest
-import servers
-from servers import MjpegServer, RtspServer, apt_packages, frame_number, free_port, numbered_frame
+import support.servers as servers
+from support.client import free_port
+from support.servers import MjpegServer, RtspServer, apt_packages, frame_number, numbered_frame
 
 RTSP_TCP = "rtsp_transport;tcp"
 OPTIONS = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
@@ -70,6 +71,7 @@ def test_apt_packages_and_frame_numbers_survive_jpeg() -> None:
         assert frame_number(cv2.imdecode(buf, cv2.IMREAD_COLOR)) == i
 
 
+@pytest.mark.system
 def test_rtsp_without_gstreamer_is_a_clear_failure(monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
 
@@ -82,6 +84,7 @@ def test_rtsp_without_gstreamer_is_a_clear_failure(monkeypatch: pytest.MonkeyPat
 # -- HTTP MJPEG
 
 
+@pytest.mark.system
 def test_mjpeg_frames_in_order_and_snapshot() -> None:
     with MjpegServer(free_port(), fps=30) as cam:
         assert cam.url == f"http://127.0.0.1:{cam.port}/stream.mjpg"
@@ -98,6 +101,7 @@ def test_mjpeg_frames_in_order_and_snapshot() -> None:
         assert frame_number(snap) >= numbers[-1]
 
 
+@pytest.mark.system
 def test_mjpeg_custom_frames() -> None:
     with pytest.raises(TypeError, match="module-level"):
         MjpegServer(free_port(), frame=lambda i: numbered_frame(i))
@@ -111,6 +115,7 @@ def test_mjpeg_custom_frames() -> None:
         cap.release()
 
 
+@pytest.mark.system
 def test_mjpeg_basic_auth() -> None:
     with MjpegServer(free_port(), user="viewer", password="s3cret") as cam:
         assert cam.url == f"http://viewer:s3cret@127.0.0.1:{cam.port}/stream.mjpg"
@@ -129,6 +134,7 @@ def test_mjpeg_basic_auth() -> None:
             assert r.status == 200
 
 
+@pytest.mark.system
 def test_mjpeg_kill_then_restart_on_the_same_port() -> None:
     cam = MjpegServer(free_port(), fps=30)
     with cam:
@@ -153,6 +159,7 @@ def test_mjpeg_kill_then_restart_on_the_same_port() -> None:
 # Only OpenCV's own timeout parameters are checked: they are what edged uses, and they work
 # in OpenCV 4.11 and 5.0 alike. FFmpeg's own options (timeout, rw_timeout) worked with
 # OpenCV 5.0's FFmpeg but were ignored by 4.11's (reads then block for 30 s).
+@pytest.mark.system
 @pytest.mark.parametrize(
     "options, params",
     [(None, (cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, 1000, cv2.CAP_PROP_READ_TIMEOUT_MSEC, 1000))],
@@ -188,6 +195,7 @@ def rtsp_tcp(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(OPTIONS, RTSP_TCP)
 
 
+@pytest.mark.system
 def test_rtsp_reads(rtsp_tcp: None) -> None:
     with RtspServer(free_port()) as cam:
         assert cam.url == f"rtsp://127.0.0.1:{cam.port}/live"
@@ -199,6 +207,7 @@ def test_rtsp_reads(rtsp_tcp: None) -> None:
         assert any(not np.array_equal(frames[0], f) for f in frames[1:])  # the ball moves
 
 
+@pytest.mark.system
 def test_rtsp_auth(rtsp_tcp: None) -> None:
     with RtspServer(free_port(), user="viewer", password="s3cret") as cam:
         assert cam.url == f"rtsp://viewer:s3cret@127.0.0.1:{cam.port}/live"
@@ -209,6 +218,7 @@ def test_rtsp_auth(rtsp_tcp: None) -> None:
         cap.release()
 
 
+@pytest.mark.system
 def test_rtsp_kill_then_restart_on_the_same_port(rtsp_tcp: None) -> None:
     cam = RtspServer(free_port())
     with cam:
@@ -229,6 +239,7 @@ def test_rtsp_kill_then_restart_on_the_same_port(rtsp_tcp: None) -> None:
         cap.release()
 
 
+@pytest.mark.system
 @pytest.mark.parametrize(
     "options, params, bound",
     [(RTSP_TCP, (cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, 1000, cv2.CAP_PROP_READ_TIMEOUT_MSEC, 1000), (0.8, 2.0))],

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
+from support.wait import wait_for
 
 from edged.config import config_from_dict
 from edged.daemon import Service
@@ -14,6 +14,7 @@ from edged.inference.shared import FairLock, SharedEngine
 from edged.sources.base import redact
 
 
+@pytest.mark.system  # a Service: its listener
 def test_streams_naming_one_model_share_one_engine_fairly(models_dir: Path, images_dir: Path, free_port: int) -> None:
     ssd = {
         "path": str(models_dir / "ssd_mobilenet_v1_coco_quant_postprocess.tflite"),
@@ -51,9 +52,12 @@ def test_streams_naming_one_model_share_one_engine_fairly(models_dir: Path, imag
     svc.start()
     a, b, c = svc.streams
     try:  # until both sharers have had 20 turns (tflite-runtime's SSD is ~8x slower than LiteRT's)
-        deadline = time.monotonic() + 60
-        while (a.metrics.processed < 20 or b.metrics.processed < 20) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_for(
+            lambda: a.metrics.processed >= 20 and b.metrics.processed >= 20,
+            60,
+            lambda: f"20 turns of each sharer (a {a.metrics.processed}, b {b.metrics.processed})",
+            interval=0.1,
+        )
     finally:
         svc.close()
     assert a.engine is b.engine and isinstance(a.engine, SharedEngine)
@@ -78,13 +82,14 @@ def test_fair_lock_grants_in_arrival_order() -> None:
     import threading
 
     lock, order = FairLock(), []
-    lock.__enter__()  # held: the threads below queue up in a known order
+    lock.__enter__()  # held (ticket 0): the threads below queue up in a known order
     threads = []
     for i in range(5):
         t = threading.Thread(target=lambda i=i: (lock.__enter__(), order.append(i), lock.__exit__()))
         t.start()
         threads.append(t)
-        time.sleep(0.05)
+        # thread i has drawn its ticket (i + 1) before the next one starts
+        wait_for(lambda i=i: lock._next == i + 2, 5, f"thread {i} to queue")
     lock.__exit__()
     for t in threads:
         t.join(5)

@@ -22,11 +22,10 @@ from typing import Any
 
 import pytest
 import yaml
-from helpers import wait_for
-from servers import free_port
-from test_api import Daemon, get
+from support.client import free_port, get
+from support.daemon import ROOT, Daemon
+from support.wait import wait_for
 
-ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "edged.service"
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 DIGITS = str(ROOT / "models" / "digits_int8.tflite")
@@ -43,6 +42,7 @@ def need_systemd_analyze() -> str:
 # ---------------------------------------------------------------------------- the unit
 
 
+@pytest.mark.system
 def test_unit_verifies(tmp_path) -> None:
     tool = need_systemd_analyze()
     # verify checks that ExecStart's program exists: point it at this checkout's edged (the
@@ -64,6 +64,7 @@ def test_unit_verifies(tmp_path) -> None:
     assert "failed to parse service type" in (r.stdout + r.stderr).lower()
 
 
+@pytest.mark.system
 def test_unit_is_rated_3_or_better_by_systemd_analyze_security() -> None:
     tool = need_systemd_analyze()
     r = subprocess.run(
@@ -156,6 +157,7 @@ def results(tmp: Path, sid: str) -> list[dict]:
     return [json.loads(line) for line in p.read_text().splitlines() if line.endswith("}")]
 
 
+@pytest.mark.system
 def test_notify_ready_status_watchdog_stopping(tmp_path, notify_socket) -> None:
     port = free_port()
     cfg = {"listen": f"127.0.0.1:{port}", "streams": [stream("a", tmp_path), stream("b", tmp_path, fps=10)]}
@@ -175,8 +177,8 @@ def test_notify_ready_status_watchdog_stopping(tmp_path, notify_socket) -> None:
         gaps = [b[0] - a[0] for a, b in zip(pings, pings[1:])]
         assert max(gaps) < 1.0, gaps
         assert d.proc.poll() is None
-        d.proc.send_signal(signal.SIGTERM)
-        assert d.proc.wait(15) == 0
+        d.send(signal.SIGTERM)
+        assert d.wait(15) == 0
         stopping = notify_socket.with_key("STOPPING", "1")
         assert stopping and stopping[0][0] > t_ready
     finally:
@@ -184,6 +186,7 @@ def test_notify_ready_status_watchdog_stopping(tmp_path, notify_socket) -> None:
     assert "Traceback" not in d.stderr
 
 
+@pytest.mark.system
 def test_ready_is_not_held_back_by_a_camera_that_is_down(tmp_path, notify_socket) -> None:
     dead = free_port()  # nothing listens there
     cam = {
@@ -202,6 +205,7 @@ def test_ready_is_not_held_back_by_a_camera_that_is_down(tmp_path, notify_socket
         d.stop()
 
 
+@pytest.mark.system
 def test_watchdog_stops_when_an_inference_loop_is_wedged(tmp_path, notify_socket, caplog) -> None:
     """A stream whose inference never returns: the pings stop, the reason is logged once."""
     from edged.config import config_from_dict
@@ -226,7 +230,7 @@ def test_watchdog_stops_when_an_inference_loop_is_wedged(tmp_path, notify_socket
         engine.run = wedged
         wedged_at = time.monotonic()
         n0 = len(results(tmp_path, "a"))
-        time.sleep(3.0)
+        time.sleep(3.0)  # not synchronisation: the time in which no ping may come, and a goes on
         # stuck after 0.5 s (half of WATCHDOG_USEC); the margin is for a loaded machine
         after = [t for t, _ in notify_socket.with_key("WATCHDOG") if t > wedged_at + 1.5]
         assert not after, f"{len(after)} pings after the wedge"
@@ -253,6 +257,7 @@ def write(cfg_path: Path, cfg: dict) -> None:
     tmp.replace(cfg_path)  # as an editor or Ansible writes it: whole
 
 
+@pytest.mark.system
 def test_sighup_reload_restarts_changed_streams_keeps_the_rest(tmp_path, notify_socket) -> None:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -280,7 +285,7 @@ def test_sighup_reload_restarts_changed_streams_keeps_the_rest(tmp_path, notify_
         write(d.cfg, cfg)
         a_before = len(results(tmp_path, "a"))
         b_before = len(results(tmp_path, "b"))
-        d.proc.send_signal(signal.SIGHUP)
+        d.send(signal.SIGHUP)
         wait_for(lambda: "reload: done" in d.stderr, 30, "the reload")
         wait_for(lambda: len(results(tmp_path, "c")) > 5, 15, "results of c")
         a = results(tmp_path, "a")
@@ -306,22 +311,24 @@ def test_sighup_reload_restarts_changed_streams_keeps_the_rest(tmp_path, notify_
             d.cfg.write_text(bad)
             n = d.stderr.count("reload refused")
             counts = {s: len(results(tmp_path, s)) for s in "abc"}
-            d.proc.send_signal(signal.SIGHUP)
+            d.send(signal.SIGHUP)
             wait_for(lambda n=n: d.stderr.count("reload refused") > n, 20, "the refusal")
             line = [x for x in d.stderr.splitlines() if "reload refused" in x][-1]
             assert why in line, line
-            time.sleep(0.5)
-            assert all(len(results(tmp_path, s)) > counts[s] for s in "abc"), "a stream stopped"
+            # every stream goes on: a new result of each within 0.5 s (the results only grow)
+            went_on = lambda counts=counts: all(len(results(tmp_path, s)) > counts[s] for s in "abc")  # noqa: E731
+            wait_for(went_on, 0.5, lambda counts=counts: f"a new result of each stream (had {counts})")
+            assert went_on(), "a stream stopped"
         seqs = [r["seq"] for r in results(tmp_path, "a")]
         assert seqs == list(range(len(seqs)))
 
         # 3. b removed: it stops, its series leave /metrics; a and c go on
         write(d.cfg, {**cfg, "streams": [stream("a", tmp_path), stream("c", tmp_path)]})
-        d.proc.send_signal(signal.SIGHUP)
+        d.send(signal.SIGHUP)
         wait_for(lambda: d.stderr.count("reload: done") >= 2, 30, "the second reload")
         assert "reload: stopping b" in d.stderr
         n_b = len(results(tmp_path, "b"))
-        time.sleep(0.5)
+        time.sleep(0.5)  # not synchronisation: the time in which b may write nothing more
         assert len(results(tmp_path, "b")) == n_b
         metrics = get(base, "/metrics")[2].decode()
         assert 'stream="b"' not in metrics and 'stream="a"' in metrics
@@ -333,26 +340,14 @@ def test_sighup_reload_restarts_changed_streams_keeps_the_rest(tmp_path, notify_
     assert "Traceback" not in d.stderr
 
 
+@pytest.mark.system
 def test_reload_without_a_file_says_so(tmp_path) -> None:
     """``edged run`` with no --config (the demo): SIGHUP is explained, nothing stops."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "edged", "run", "--listen", f"127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL,
-        stderr=(tmp_path / "err").open("w"),
-    )
+    d = Daemon(tmp_path, listen=f"127.0.0.1:{free_port()}")
     try:
-        wait_for(lambda: _ok(f"http://127.0.0.1:{port}/readyz"), 60, "ready")
-        proc.send_signal(signal.SIGHUP)
-        wait_for(lambda: "no configuration file to re-read" in (tmp_path / "err").read_text(), 10, "the warning")
-        assert proc.poll() is None
+        d.wait_ready()
+        d.send(signal.SIGHUP)
+        wait_for(lambda: "no configuration file to re-read" in d.stderr, 10, "the warning")
+        assert d.proc.poll() is None
     finally:
-        proc.terminate()
-        proc.wait(10)
-
-
-def _ok(url: str) -> bool:
-    try:
-        return get(url, "")[0] == 200
-    except OSError:
-        return False
+        d.stop()

@@ -22,6 +22,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
+from support import fake_edgetpu
 
 from edged.cli import main
 from edged.demo.scene import DigitScene, load_digits
@@ -195,16 +196,16 @@ def test_bench_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> Non
         assert rc == 2 and message in err, (argv, err)
 
 
+@pytest.mark.system  # cc, and the Edge TPU worker process
 def test_bench_edge_tpu_worker_with_a_stand_in_delegate(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     """The Edge TPU run goes through the daemon's worker process: here with the tests' stand-in
     libedgetpu (loads, claims no nodes), so the worker's interpreter runs the plain model."""
-    cc = shutil.which("cc") or shutil.which("gcc")
+    cc = fake_edgetpu.compiler()
     if cc is None:
         if os.environ.get("EDGED_REQUIRE_TOOLS") == "1":
             pytest.fail("a C compiler (cc) is needed to build the stand-in delegate")
         pytest.skip("no C compiler to build the stand-in delegate")
-    lib = tmp_path / "libfake_edgetpu.so"
-    subprocess.run([cc, "-shared", "-fPIC", "-o", lib, ROOT / "tests" / "fake_edgetpu" / "fake_edgetpu.c"], check=True)
+    lib = fake_edgetpu.build(tmp_path, cc=cc)
     argv = ("bench", DEMO, "--threads", "1", "--runs", "20", "--edgetpu", "on", "--edgetpu-library", lib, "--json")
     rc, out, _ = run(capsys, *argv)
     assert rc == 0
@@ -399,6 +400,7 @@ def test_convert_savedmodel_h5_and_per_tensor(
     assert min(accs) >= 0.8, accs
 
 
+@pytest.mark.system  # a python of its own
 def test_the_toolchain_loads_only_when_its_command_runs() -> None:
     """Building edged's parser (every command does) imports no tool module; running one imports it."""
     code = (

@@ -182,6 +182,7 @@ def test_labels_top_k_and_config_keys(tmp_path: Path) -> None:
         ModelConfig(path="x.tflite", yolo_boxes="xyxy")
 
 
+@pytest.mark.system  # edged in a subprocess
 def test_infer_cli_prints_objects(tmp_path: Path) -> None:
     image = tmp_path / "frame.png"
     cv2.imwrite(str(image), _frame(300, 150))

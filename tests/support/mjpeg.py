@@ -1,12 +1,12 @@
-"""An HTTP MJPEG camera on loopback, run as a child process by ``servers.MjpegServer``.
+"""An HTTP MJPEG camera on loopback, run as a child process by ``support.servers.MjpegServer``.
 
 Never imported by the tests (only by this process). Usage::
 
-    python servers_mjpeg.py --port 8080 [--fps 15] [--user U --password P] [--frame HEX]
+    python tests/support/mjpeg.py --port 8080 [--fps 15] [--user U --password P] [--frame HEX]
 
 ``--frame`` is a pickled callable ``frame(i) -> BGR ndarray`` (hex), made by the parent; it
 must be importable here (a module-level function, or a functools.partial of one). Default:
-``servers.numbered_frame``.
+``support.servers.numbered_frame``.
 
 One producer thread makes the frames at ``fps`` from the moment the server starts, like a
 camera's sensor; every client is sent the newest frame each time one is made (a slow
@@ -71,7 +71,7 @@ class Camera:
             due += period
             delay = due - time.monotonic()
             if delay > 0:
-                time.sleep(delay)
+                time.sleep(delay)  # pacing, not synchronisation: a camera makes `fps` frames a second
             else:
                 due = time.monotonic()  # never catch up on a backlog
 
@@ -159,8 +159,8 @@ def main() -> int:
     if args.frame:
         frame_fn = pickle.loads(binascii.unhexlify(args.frame))
     else:
-        sys.path.insert(0, str(Path(__file__).resolve().parent))
-        from servers import numbered_frame as frame_fn
+        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/
+        from support.servers import numbered_frame as frame_fn
 
     auth = None
     if args.user is not None:

@@ -1,9 +1,9 @@
 """An RTSP camera on loopback: GStreamer's RTSP server, run by Debian's /usr/bin/python3.
 
-Started by ``servers.RtspServer`` (a venv python cannot import ``gi``), never imported by the
+Started by ``support.servers.RtspServer`` (a venv python cannot import ``gi``), never imported by the
 tests. Usage::
 
-    /usr/bin/python3 servers_rtsp.py --port 8554 [--fps 15] [--user U --password P]
+    /usr/bin/python3 tests/support/rtsp.py --port 8554 [--fps 15] [--user U --password P]
 
 Serves ``rtsp://127.0.0.1:PORT/live``: a moving ball, 640x480 Motion JPEG over RTP (payload
 26), one shared pipeline for every client. Prints ``READY`` once the socket is bound.

@@ -1,0 +1,29 @@
+"""The stand-in libedgetpu (``tests/fake_edgetpu/fake_edgetpu.c``), compiled with the system C compiler.
+
+Two builds of the one source: the default loads and claims no nodes (so a worker's interpreter
+runs a plain model on the CPU behind it); ``refuse=True`` (``-DFAKE_REFUSE``) refuses to load,
+as libedgetpu does with no Edge TPU plugged in. See the source's header for what it logs.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+SOURCE = Path(__file__).resolve().parent.parent / "fake_edgetpu" / "fake_edgetpu.c"
+
+
+def compiler() -> str | None:
+    """The system C compiler (cc or gcc), None without one."""
+    return shutil.which("cc") or shutil.which("gcc")
+
+
+def build(out_dir: Path, refuse: bool = False, cc: str | None = None) -> Path:
+    """Compile the stand-in into ``out_dir`` (warnings are errors); the path of the library."""
+    cc = cc or compiler()
+    assert cc, "a C compiler (cc) is needed to build the stand-in delegate; .ci/run installs gcc"
+    lib = out_dir / ("libfake_refuse.so" if refuse else "libfake_edgetpu.so")
+    flags = ["-DFAKE_REFUSE"] if refuse else []
+    subprocess.run([cc, "-shared", "-fPIC", "-Wall", "-Werror", *flags, "-o", str(lib), str(SOURCE)], check=True)
+    return lib
