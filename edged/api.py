@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from . import __version__
+from .config import STREAM_ID
 from .errors import ConfigError
 from .metrics import CONTENT_TYPE_LATEST
 
@@ -43,7 +44,7 @@ MAX_REQUEST_LINE = 2048
 MAX_BODY = 1024  # bytes of a body read and ignored; more is refused (no endpoint takes one)
 MAX_CONNECTIONS = 64
 KEEPALIVE_SECONDS = 15.0  # an event stream sends a comment this often when there are no results
-_STREAM_PATH = re.compile(r"^/api/v1/streams/([A-Za-z0-9_.-]{1,64})/(latest|snapshot\.jpg)$")
+_STREAM_PATH = re.compile(rf"^/api/v1/streams/({STREAM_ID})/(latest|snapshot\.jpg)$")
 
 
 def _web_file(name: str) -> bytes:

@@ -113,8 +113,11 @@ class EdgeTpuConfig(StrictConfig):
     probe_max_seconds: float = Field(60.0, gt=0, description="longest wait between two probes")
 
 
+STREAM_ID = r"[A-Za-z0-9_.-]{1,64}"  # a stream's id: in metrics, logs, topics and the API's paths (one owner)
+
+
 class StreamConfig(StrictConfig):
-    id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="stream name, used in metrics, logs and topics")
+    id: str = Field(pattern=rf"^{STREAM_ID}$", description="stream name, used in metrics, logs and topics")
     source: SourceConfig
     model: ModelConfig = Field(description="the model section, or the name of an entry of the top-level models:")
     shared_model: Optional[str] = Field(

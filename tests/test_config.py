@@ -90,3 +90,25 @@ def test_mqtt_sinks_take_the_top_level_device() -> None:
     sinks = [{"type": "mqtt"}, {"type": "mqtt", "device": "own"}, {"type": "log"}]
     cfg = config_from_dict({"device": "shelf-pi", "streams": [_stream(sinks=sinks)]})
     assert [getattr(k, "device", None) for k in cfg.streams[0].sinks] == ["shelf-pi", "own", None]
+
+
+def test_the_openapi_description_names_stream_ids_as_the_configuration_does() -> None:
+    """The one stream-id rule (config.STREAM_ID) is what the published API description says too."""
+    import json
+    from pathlib import Path
+
+    from edged.config import STREAM_ID
+
+    spec = (Path(__file__).resolve().parent.parent / "edged/web/openapi.json").read_text()
+    patterns = {v for k, v in _walk(json.loads(spec)) if k == "pattern"}
+    assert patterns == {f"^{STREAM_ID}$"}
+
+
+def _walk(node: object):
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield k, v
+            yield from _walk(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _walk(v)
