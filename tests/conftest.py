@@ -27,9 +27,6 @@ if str(TESTS) not in sys.path:  # ``import support`` whatever pytest's import mo
 import support.durations  # noqa: E402
 from support.daemon import Daemon  # noqa: E402
 
-# modules marked system here, not in the module: those whose owners mark them at merge
-SYSTEM_MODULES = {"test_mqtt.py"}
-
 
 def _find_testdata() -> Path | None:
     env = os.environ.get("EDGED_TESTDATA")
@@ -55,12 +52,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     if config.getoption("long"):
         support.durations.LONG = True
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        if item.path.name in SYSTEM_MODULES:
-            item.add_marker(pytest.mark.system)
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

@@ -6,100 +6,44 @@ produced: every result in it must arrive over MQTT (at least once), in order. Th
 keeps the subscriber's session (persistence, clean_session=False), so what the daemon
 sends while the subscriber is still reconnecting is not lost on the test's side.
 
-The broker outage and the load test run for a few seconds by default; ``EDGED_LONG_TESTS=1``
-gives them their long windows (a 30 s outage, which takes the reconnect back-off to its 10 s
-maximum, and 60 s of load, over which a leak would show in memory).
+The broker outage and the load test run for a few seconds by default; ``pytest --long`` (or
+``EDGED_LONG_TESTS=1``: :mod:`support.durations`) gives them their long windows (a 30 s
+outage, which takes the reconnect back-off to its 10 s maximum, and 60 s of load, over which
+a leak would show in memory).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import signal
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
+from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
-from helpers import scrape
-from helpers import wait_for as _wait_for
-from servers import free_port
+import yaml
+from support import wait
+from support.client import free_port
+from support.daemon import ROOT, Daemon
+from support.durations import duration
+from support.mosquitto import Broker, password_file
 
-ROOT = Path(__file__).resolve().parent.parent
-MOSQUITTO = shutil.which("mosquitto") or next((p for p in ("/usr/sbin/mosquitto",) if os.path.exists(p)), None)
-LONG_TESTS = os.environ.get("EDGED_LONG_TESTS") == "1"
-OUTAGE_SECONDS = 30.0 if LONG_TESTS else 5.0  # how long the broker is away in the outage test
-LOAD_SECONDS = 60.0 if LONG_TESTS else 15.0  # the load test's duration
+OUTAGE_SECONDS = duration(5.0, 30.0)  # how long the broker is away in the outage test
+LOAD_SECONDS = duration(15.0, 60.0)  # the load test's duration
 LOAD_FPS = 200  # results per second in the load test
+STOP_SECONDS = 15.0  # a daemon's clean stop, its sinks closed, before it is killed
 DEVICE = "testdev"
 SID = "cam"
 
 paho = pytest.importorskip("paho.mqtt.client")
-pytestmark = pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto not installed (apt-get install mosquitto)")
+pytestmark = pytest.mark.system  # mosquitto and edged, each in a subprocess
 
-
-def wait_for(pred: Callable[[], Any], timeout: float, what: str) -> Any:
-    return _wait_for(pred, timeout, what, interval=0.1)
-
-
-class Broker:
-    """mosquitto in the foreground on 127.0.0.1:port; its sessions persist across stop/start."""
-
-    def __init__(self, tmp_path: Path, port: int, extra: list[str] | None = None) -> None:
-        """``extra``: more configuration lines (more listeners: then ``per_listener_settings true`` first)."""
-        self.port = port
-        self.dir = tmp_path / "broker"
-        self.dir.mkdir(exist_ok=True)
-        self.conf = self.dir / "mosquitto.conf"
-        lines = [
-            *(["per_listener_settings true"] if extra else []),
-            "persistence true",
-            f"persistence_location {self.dir}/",
-            "max_queued_messages 100000",
-            "log_dest stderr",
-            f"listener {port} 127.0.0.1",
-            "allow_anonymous true",
-            *(extra or []),
-        ]
-        if os.geteuid() == 0:
-            lines.append("user root")  # stay root: the persistence directory is the test's
-        self.conf.write_text("\n".join(lines) + "\n")
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=(self.dir / "log").open("a")
-        )
-        import socket
-
-        def accepting() -> bool:
-            assert self.proc is not None and self.proc.poll() is None, (self.dir / "log").read_text()
-            try:
-                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-                return True
-            except OSError:
-                return False
-
-        wait_for(accepting, 10, "mosquitto to listen")
-
-    def log(self) -> str:
-        return (self.dir / "log").read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)  # saves its sessions
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
+# every poll reads a growing jsonl file or scrapes /metrics: ten a second, not fifty
+wait_for = partial(wait.wait_for, interval=0.1)
 
 
 class Subscriber:
@@ -141,36 +85,6 @@ class Subscriber:
         self.client.loop_stop()
 
 
-class Daemon:
-    def __init__(self, cfg: Path, port: int, log: Path, env: dict[str, str] | None = None) -> None:
-        self.port = port
-        self.log = log
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edged", "run", "--config", str(cfg)],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log.open("a"), env={**os.environ, **(env or {})},
-        )  # fmt: skip
-
-    def values(self) -> dict[tuple[str, tuple], float]:
-        """Every sample of one scrape of /metrics, by (name, sorted labels); empty if it does not answer."""
-        try:
-            return scrape(self.port)
-        except OSError:
-            return {}
-
-    def value(self, name: str, **labels: str) -> float:
-        return self.values().get((name, tuple(sorted(labels.items()))), -1.0)
-
-    def stop(self, sig: int = signal.SIGTERM) -> str:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.log.read_text()
-
-
 def stream_config(tmp_path: Path, sid: str, broker_port: int, source: dict, model: str, **mqtt: Any) -> dict:
     """A stream with an mqtt sink, a jsonl sink (``<sid>.jsonl``: what was produced) and a log sink."""
     sink = {
@@ -192,15 +106,13 @@ def results_path(tmp_path: Path, sid: str = SID) -> Path:
     return tmp_path / ("results.jsonl" if sid == SID else f"{sid}.jsonl")
 
 
-def write_streams(tmp_path: Path, streams: list[dict]) -> tuple[Path, int]:
-    port = free_port()
-    cfg = tmp_path / "edged.yaml"
-    cfg.write_text(json.dumps({"listen": f"127.0.0.1:{port}", "streams": streams}))
-    return cfg, port
+def daemon_config(streams: list[dict]) -> dict:
+    """The daemon's configuration: ``streams``, its listener on a free loopback port."""
+    return {"listen": f"127.0.0.1:{free_port()}", "streams": streams}
 
 
-def write_config(tmp_path: Path, broker_port: int, source: dict, model: str, **mqtt: Any) -> tuple[Path, int]:
-    return write_streams(tmp_path, [stream_config(tmp_path, SID, broker_port, source, model, **mqtt)])
+def one_stream_config(tmp_path: Path, broker_port: int, source: dict, model: str, **mqtt: Any) -> dict:
+    return daemon_config([stream_config(tmp_path, SID, broker_port, source, model, **mqtt)])
 
 
 IMAGES_SOURCE_FPS = 20
@@ -212,8 +124,8 @@ def images_stream(tmp_path: Path, sid: str, broker_port: int, models_dir: Path, 
     return stream_config(tmp_path, sid, broker_port, source, model, **mqtt)
 
 
-def images_config(tmp_path: Path, broker_port: int, models_dir: Path, images_dir: Path, **mqtt: Any):
-    return write_streams(tmp_path, [images_stream(tmp_path, SID, broker_port, models_dir, images_dir, **mqtt)])
+def images_config(tmp_path: Path, broker_port: int, models_dir: Path, images_dir: Path, **mqtt: Any) -> dict:
+    return daemon_config([images_stream(tmp_path, SID, broker_port, models_dir, images_dir, **mqtt)])
 
 
 def produced_results(tmp_path: Path, sid: str = SID) -> list[dict]:
@@ -270,17 +182,22 @@ def env(tmp_path):
     made["sub"] = Subscriber(made["broker"].port)
     yield made
     for d in made.get("daemons", []):
-        d.stop(signal.SIGKILL)
+        d.kill()
     made["sub"].close()
     made["broker"].stop()
+
+
+def start_daemon(tmp_path: Path, made: dict[str, Any], config: dict, env: dict[str, str] | None = None) -> Daemon:
+    """The daemon on ``config`` (its log: ``tmp_path/edged.stderr``), killed at the end of the test if it runs."""
+    d = Daemon(tmp_path, config, env=env, cwd=ROOT)
+    made.setdefault("daemons", []).append(d)
+    return d
 
 
 def start_images_daemon(tmp_path, models_dir, images_dir, env) -> tuple[Any, Any, Daemon]:
     """The daemon on the looping images stream, publishing to the test's broker."""
     broker, sub = env["broker"], env["sub"]
-    cfg, port = images_config(tmp_path, broker.port, models_dir, images_dir)
-    d = Daemon(cfg, port, tmp_path / "edged.log")
-    env["daemons"] = [d]
+    d = start_daemon(tmp_path, env, images_config(tmp_path, broker.port, models_dir, images_dir))
     return broker, sub, d
 
 
@@ -298,8 +215,8 @@ def test_results_arrive_in_order_with_schema(tmp_path, models_dir, images_dir, e
     assert d.value("edged_publish_total", sink=f"mqtt:{SID}", outcome="dropped") == 0
     depth = d.value("edged_publish_queue_depth", sink=f"mqtt:{SID}")
     assert 0 <= depth < 40, depth  # with the broker up, the queue holds no more than what is in flight
-    log = d.stop()
-    assert d.proc.returncode == 0, log
+    assert d.stop(timeout=STOP_SECONDS) == 0, d.stderr
+    log = d.stderr
     assert_all_delivered(tmp_path, sub)
     assert "Traceback" not in log, log
     # a clean stop says goodbye: the retained status is offline
@@ -324,8 +241,8 @@ def test_broker_outage_loses_nothing(tmp_path, models_dir, images_dir, env, outa
     broker.start()
     wait_for(lambda: d.value("edged_publish_queue_depth", sink=f"mqtt:{SID}") < 20, 40, "the queue to drain")
     assert d.value("edged_publish_total", sink=f"mqtt:{SID}", outcome="dropped") == 0
-    log = d.stop()
-    assert d.proc.returncode == 0, log
+    assert d.stop(timeout=STOP_SECONDS) == 0, d.stderr
+    log = d.stderr
     dups = assert_all_delivered(tmp_path, sub)
     print(f"outage of {outage_seconds:.0f} s: {during} results produced meanwhile (depth {depth:.0f}), {dups} dups")
     assert log.count("connection to broker") == 1 and log.count("is back after") == 1, log
@@ -334,26 +251,24 @@ def test_broker_outage_loses_nothing(tmp_path, models_dir, images_dir, env, outa
 
 def test_daemon_restart_while_broker_down(tmp_path, models_dir, images_dir, env) -> None:
     broker, sub = env["broker"], env["sub"]
-    cfg, port = images_config(tmp_path, broker.port, models_dir, images_dir)
-    d = Daemon(cfg, port, tmp_path / "edged.log")
-    env["daemons"] = [d]
+    config = images_config(tmp_path, broker.port, models_dir, images_dir)
+    d = start_daemon(tmp_path, env, config)
     wait_for(lambda: len(sub.results()) >= 10, 60, "results over MQTT")
     broker.stop()
     before = len(produced(tmp_path))
     wait_for(lambda: len(produced(tmp_path)) >= before + 20, 30, "results produced while the broker is down")
-    log = d.stop()
-    assert d.proc.returncode == 0, log
+    assert d.stop(timeout=STOP_SECONDS) == 0, d.stderr
+    log = d.stderr
     with sqlite3.connect(str(tmp_path / "queue.sqlite")) as db:
         queued = db.execute("SELECT COUNT(*) FROM queue").fetchone()[0]
     assert queued >= 20, queued  # the daemon stopped with results still queued on disk
     broker.start()
-    d2 = Daemon(cfg, port, tmp_path / "edged.log")
-    env["daemons"].append(d2)
+    d2 = start_daemon(tmp_path, env, config)
     before = len(produced(tmp_path))
     wait_for(lambda: len(produced(tmp_path)) >= before + 20, 60, "the restarted daemon's results")
     wait_for(lambda: d2.value("edged_publish_queue_depth", sink=f"mqtt:{SID}") < 20, 30, "the queue to drain")
-    log = d2.stop()
-    assert d2.proc.returncode == 0, log
+    assert d2.stop(timeout=STOP_SECONDS) == 0, d2.stderr
+    log = d2.stderr
     assert_all_delivered(tmp_path, sub)
     assert f"{queued} queued results from before" in log, log
 
@@ -361,17 +276,16 @@ def test_daemon_restart_while_broker_down(tmp_path, models_dir, images_dir, env)
 def test_queue_bound_drops_oldest(tmp_path, models_dir, images_dir, env) -> None:
     broker, sub = env["broker"], env["sub"]
     broker.stop()  # the subscriber's session stays in the broker
-    cfg, port = images_config(tmp_path, broker.port, models_dir, images_dir, queue_max=50)
-    d = Daemon(cfg, port, tmp_path / "edged.log")
-    env["daemons"] = [d]
+    config = images_config(tmp_path, broker.port, models_dir, images_dir, queue_max=50)
+    d = start_daemon(tmp_path, env, config)
     label = f"mqtt:{SID}"
     wait_for(lambda: d.value("edged_publish_total", sink=label, outcome="dropped") >= 30, 60, "drops")
     assert d.value("edged_publish_queue_depth", sink=label) == 50
     broker.start()
     wait_for(lambda: d.value("edged_publish_total", sink=label, outcome="sent") >= 60, 60, "sending again")
     dropped = int(d.value("edged_publish_total", sink=label, outcome="dropped"))
-    log = d.stop()
-    assert d.proc.returncode == 0, log
+    assert d.stop(timeout=STOP_SECONDS) == 0, d.stderr
+    log = d.stderr
     # exactly `dropped` results are gone, each the oldest queued at the time; all others arrive, in order
     want = produced(tmp_path)
     wait_for(lambda: len(first_arrivals(sub)[0]) >= len(want) - dropped, 20, "the results kept")
@@ -420,9 +334,8 @@ def test_status_is_device_wide_over_one_connection(tmp_path, models_dir, images_
     streams = [
         images_stream(tmp_path, sid, broker.port, models_dir, images_dir, status_interval=2) for sid in (SID, "door")
     ]
-    cfg, port = write_streams(tmp_path, streams)
-    d = Daemon(cfg, port, tmp_path / "edged.log")
-    env["daemons"] = [d]
+    config = daemon_config(streams)
+    d = start_daemon(tmp_path, env, config)
     wait_for(lambda: len(sub.results()) >= 3 and len(sub.results("door")) >= 3, 60, "results of both streams")
 
     def running() -> Any:
@@ -462,9 +375,8 @@ def test_load_flat_memory(tmp_path, env, load_seconds: float) -> None:
     """LOAD_FPS results a second for ``load_seconds``: every one arrives; memory and queue stay flat throughout."""
     broker, sub = env["broker"], env["sub"]
     source = {"type": "synthetic", "fps": LOAD_FPS, "width": 160, "height": 120}
-    cfg, port = write_config(tmp_path, broker.port, source, str(ROOT / "models" / "digits_int8.tflite"))
-    d = Daemon(cfg, port, tmp_path / "edged.log")
-    env["daemons"] = [d]
+    config = one_stream_config(tmp_path, broker.port, source, str(ROOT / "models" / "digits_int8.tflite"))
+    d = start_daemon(tmp_path, env, config)
     label = f"mqtt:{SID}"
     wait_for(lambda: len(sub.results()) >= 10, 60, "results over MQTT")
     t0 = time.monotonic()
@@ -493,15 +405,13 @@ def test_load_flat_memory(tmp_path, env, load_seconds: float) -> None:
     # a leak of one result's JSON (~0.4 kB) per result would add LOAD_FPS * 2/3 load_seconds * 0.4 kB between
     # the two (3 MB at 200/s over 60 s, 0.8 MB over 15 s), several times that in Python objects; measured: ~0.1 MB
     assert late - early < 2.0, (early, late, samples)
-    log = d.stop()
-    assert d.proc.returncode == 0, log
+    assert d.stop(timeout=STOP_SECONDS) == 0, d.stderr
     dups = assert_all_delivered(tmp_path, sub, timeout=30)
     print(f"load: {len(produced(tmp_path))} results produced, all arrived, {dups} duplicates")
 
 
 # ---------------------------------------------------------------------- TLS and passwords
 
-MOSQUITTO_PASSWD = shutil.which("mosquitto_passwd")
 PASSWORD = "s3cret pass"
 
 
@@ -574,12 +484,8 @@ def make_certs(directory: Path) -> dict[str, Path]:
 @pytest.fixture
 def tls_env(tmp_path):
     """A broker with a plain anonymous listener (the subscriber's) and a TLS listener that wants a password."""
-    if MOSQUITTO_PASSWD is None:
-        pytest.skip("mosquitto_passwd not installed (Debian's mosquitto package has it)")
     certs = make_certs(tmp_path / "certs")
-    passwords = tmp_path / "certs" / "passwd"
-    subprocess.run([MOSQUITTO_PASSWD, "-c", "-b", str(passwords), "edged", PASSWORD], check=True, capture_output=True)
-    passwords.chmod(0o600)
+    passwords = password_file(tmp_path / "certs" / "passwd", "edged", PASSWORD)
     tls_port = free_port()
     broker = Broker(
         tmp_path,
@@ -598,7 +504,7 @@ def tls_env(tmp_path):
     made["sub"] = Subscriber(broker.port)
     yield made
     for d in made.get("daemons", []):
-        d.stop(signal.SIGKILL)
+        d.kill()
     made["sub"].close()
     broker.stop()
 
@@ -618,14 +524,13 @@ def test_tls_and_password(tmp_path, models_dir, images_dir, tls_env) -> None:
             tmp_path, "badca", 0, models_dir, images_dir, **common, ca_file=str(certs["other_ca"]), password=PASSWORD
         ),
     ]
-    cfg, port = write_streams(tmp_path, streams)
-    d = Daemon(cfg, port, tmp_path / "edged.log", env={"MQTT_PW": PASSWORD})
-    tls_env["daemons"] = [d]
+    config = daemon_config(streams)
+    d = start_daemon(tmp_path, tls_env, config, env={"MQTT_PW": PASSWORD})
     wait_for(lambda: len(sub.results("good")) >= 20, 60, "results over TLS with a password")
     # the broker turned the wrong password away at least twice: the daemon retried (and said it once)
     wait_for(lambda: broker.log().count("disconnected, not authorised") >= 2, 20, "two refused connections")
     wait_for(lambda: broker.log().count("OpenSSL Error") >= 2, 20, "two failed TLS handshakes")
-    log = d.log.read_text()
+    log = d.stderr
     refused = [line for line in log.splitlines() if "refused the connection" in line]
     assert len(refused) == 1 and "Not authorized (check username and password)" in refused[0], refused
     assert "badpass" in refused[0], refused
@@ -633,15 +538,15 @@ def test_tls_and_password(tmp_path, models_dir, images_dir, tls_env) -> None:
     assert len(untrusted) == 1 and "check ca_file" in untrusted[0] and "badca" in untrusted[0], untrusted
     assert "Traceback" not in log, log
     # the daemon runs on: every stream produces, the unsent results wait in their queues
-    assert d.proc.poll() is None
+    assert d.running
     for sid in ("badpass", "badca"):
         assert d.value("edged_publish_queue_depth", sink=f"mqtt:{sid}") >= 20, sid
         assert d.value("edged_publish_total", sink=f"mqtt:{sid}", outcome="sent") == 0
     # the status (written by the one connection that got in) names every stream of the device
     online = [p for p, _ in sub.statuses() if p["state"] == "online"]
     assert online and [s["id"] for s in online[-1]["streams"]] == ["good", "badpass", "badca"], online
-    log = d.stop()
-    assert d.proc.returncode == 0, log
+    assert d.stop(timeout=STOP_SECONDS) == 0, d.stderr
+    log = d.stderr
     assert_all_delivered(tmp_path, sub, sid="good")
     assert "Traceback" not in log, log
 
@@ -654,9 +559,8 @@ QOS0_OUTAGE_SECONDS = 4.0
 def test_qos0_drops_while_broker_down(tmp_path, models_dir, images_dir, env) -> None:
     """QoS 0: results arrive while connected; while the broker is away they are dropped and counted, never queued."""
     broker, sub = env["broker"], env["sub"]
-    cfg, port = images_config(tmp_path, broker.port, models_dir, images_dir, qos=0)
-    d = Daemon(cfg, port, tmp_path / "edged.log")
-    env["daemons"] = [d]
+    config = images_config(tmp_path, broker.port, models_dir, images_dir, qos=0)
+    d = start_daemon(tmp_path, env, config)
     label = f"mqtt:{SID}"
     wait_for(lambda: len(sub.results()) >= 10, 60, "results over MQTT")
     assert d.value("edged_publish_queue_depth", sink=label) == 0
@@ -670,13 +574,13 @@ def test_qos0_drops_while_broker_down(tmp_path, models_dir, images_dir, env) -> 
     up_at = time.time()
     n = len(sub.results())
     wait_for(lambda: len(sub.results()) >= n + 20, 30, "results again after the outage")
-    m = d.values()
+    m = d.metrics()
     processed = m[("edged_frames_total", (("outcome", "processed"), ("stream", SID)))]
     sent = m[("edged_publish_total", (("outcome", "sent"), ("sink", label)))]
     dropped = m[("edged_publish_total", (("outcome", "dropped"), ("sink", label)))]
     assert abs(processed - (sent + dropped)) <= 1, (processed, sent, dropped)  # each result once
-    log = d.stop()
-    assert d.proc.returncode == 0, log
+    assert d.stop(timeout=STOP_SECONDS) == 0, d.stderr
+    log = d.stderr
     assert "Traceback" not in log, log
     assert not (tmp_path / "queue.sqlite").exists()  # no queue at QoS 0
     # nothing produced during the outage arrived later: dropped means gone
@@ -696,14 +600,13 @@ def test_thinning_end_to_end(tmp_path, env) -> None:
     broker, sub = env["broker"], env["sub"]
     source = {"type": "synthetic", "fps": 20, "width": 160, "height": 120, "hold_frames": 100}
     thin = {"on_change": True, "max_per_second": 2, "min_score": 0.5, "heartbeat_seconds": 3}
-    cfg, port = write_config(tmp_path, broker.port, source, str(ROOT / "models" / "digits_int8.tflite"), thin=thin)
-    d = Daemon(cfg, port, tmp_path / "edged.log")
-    env["daemons"] = [d]
+    config = one_stream_config(tmp_path, broker.port, source, str(ROOT / "models" / "digits_int8.tflite"), thin=thin)
+    d = start_daemon(tmp_path, env, config)
     label = f"mqtt:{SID}"
     wait_for(lambda: len(produced(tmp_path)) >= 300, 60, "15 s of results")
     assert d.value("edged_publish_total", sink=label, outcome="thinned") > 0
-    log = d.stop()
-    assert d.proc.returncode == 0, log
+    assert d.stop(timeout=STOP_SECONDS) == 0, d.stderr
+    log = d.stderr
     line = next((x for x in log.splitlines() if f"mqtt {SID}: closed:" in x), "")
     m = re.search(r"(\d+) results sent, (\d+) thinned, (\d+) dropped, (\d+) failed, (\d+) left", line)
     assert m, log
@@ -742,19 +645,17 @@ def test_reload_keeps_the_connection_and_every_result(tmp_path, env) -> None:
     """
     broker, sub = env["broker"], env["sub"]
     source = {"type": "synthetic", "fps": 20, "width": 160, "height": 120}
-    cfg, port = write_config(tmp_path, broker.port, source, str(ROOT / "models" / "digits_int8.tflite"))
-    d = Daemon(cfg, port, tmp_path / "edged.log")
-    env["daemons"] = [d]
+    config = one_stream_config(tmp_path, broker.port, source, str(ROOT / "models" / "digits_int8.tflite"))
+    d = start_daemon(tmp_path, env, config)
     wait_for(lambda: len(sub.results()) >= 10, 60, "results over MQTT")
-    raw = json.loads(cfg.read_text())
-    raw["streams"][0]["sinks"][0]["status_interval"] = 5  # a change of the sink: the stream is restarted
-    cfg.write_text(json.dumps(raw))
-    d.proc.send_signal(signal.SIGHUP)
-    wait_for(lambda: "reload: restarting cam" in d.log.read_text(), 20, "the reload")
+    config["streams"][0]["sinks"][0]["status_interval"] = 5  # a change of the sink: the stream is restarted
+    d.cfg.write_text(yaml.safe_dump(config))
+    d.send(signal.SIGHUP)
+    wait_for(lambda: "reload: restarting cam" in d.stderr, 20, "the reload")
     n = len(produced(tmp_path))
     wait_for(lambda: len(produced(tmp_path)) >= n + 20, 30, "results after the reload")
-    log = d.stop()
-    assert d.proc.returncode == 0, log
+    assert d.stop(timeout=STOP_SECONDS) == 0, d.stderr
+    log = d.stderr
     assert "Traceback" not in log and "separate connections" not in log, log
     assert log.count("mqtt cam: closed:") == 2, log  # the old sink and the new one
     assert_all_delivered(tmp_path, sub)  # across the hand-over of the queue, in order

@@ -10,8 +10,11 @@
 - :mod:`support.servers`: network cameras on loopback (MJPEG, RTSP) in child processes,
   which run :mod:`support.mjpeg` and :mod:`support.rtsp` as scripts (never imported);
 - :mod:`support.prometheus`: Debian's Prometheus in a child process;
+- :mod:`support.mosquitto`: Debian's mosquitto broker in a child process (stopped and started
+  again), its password files;
 - :mod:`support.kit`: the observability kit's files and the PromQL helpers that read them;
-- :mod:`support.tools`: Debian programs the tests need (skip, or fail with EDGED_REQUIRE_TOOLS=1);
+- :mod:`support.tools`: Debian programs the tests need, on PATH or in /usr/bin, /usr/sbin (skip,
+  or fail with EDGED_REQUIRE_TOOLS=1);
 - :mod:`support.sinks`: :class:`~support.sinks.Collect`, a sink that keeps every result;
 - :mod:`support.fake_edgetpu`: the stand-in libedgetpu (``tests/fake_edgetpu``), compiled;
 - :mod:`support.durations`: outage and load durations, short unless ``--long`` is given.

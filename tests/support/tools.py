@@ -9,7 +9,10 @@ import pytest
 
 
 def find_tool(name: str) -> str | None:
-    return shutil.which(name) or (f"/usr/bin/{name}" if os.path.exists(f"/usr/bin/{name}") else None)
+    """On PATH, else in /usr/bin or /usr/sbin (Debian's daemons, mosquitto, are in /usr/sbin: not on every PATH)."""
+    return shutil.which(name) or next(
+        (path for folder in ("/usr/bin", "/usr/sbin") if os.path.exists(path := f"{folder}/{name}")), None
+    )
 
 
 def require_tool(name: str, package: str = "prometheus") -> str:
