@@ -61,6 +61,7 @@ class Metrics:
         self._define_stream_state_metrics(r)
         self._define_sink_metrics(r)
         self._define_edgetpu_metrics(r)
+        self._define_component_metrics(r)
         self._tpus: list[EdgeTpu] = []
         r.register(_TemperatureCollector(self))
         # the series labelled by stream (its first label), which remove_stream drops
@@ -148,6 +149,21 @@ class Metrics:
             "edged_publish_queue_depth",
             "Results waiting in a publishing sink's on-disk queue (in flight included)",
             ["sink"],
+            registry=r,
+        )
+
+    def _define_component_metrics(self, r: CollectorRegistry) -> None:
+        self.component_up = Gauge(
+            "edged_component_up",
+            "1 while a component with a thread of its own (an MQTT sender or status publisher, an Edge TPU "
+            "probe, the HTTP listener, the supervisor) works, 0 after it failed until it works again",
+            ["component"],
+            registry=r,
+        )
+        self.component_failures = Counter(
+            "edged_component_failures_total",
+            "Failures of a component's thread (each one logged; the thread is started again where that is safe)",
+            ["component"],
             registry=r,
         )
 

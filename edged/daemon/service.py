@@ -20,6 +20,7 @@ from ..config import Config, StreamConfig, load_config, parse_listen
 from ..edgetpu import EdgeTpu, list_edge_tpus
 from ..errors import ConfigError, EdgedError
 from ..events import EventHub, HubSink
+from ..health import GuardedThread, HealthBoard
 from ..inference import InferenceEngine
 from ..inference.placement import build_engines
 from ..metrics import Metrics
@@ -56,6 +57,7 @@ class Service:
         self.ready = threading.Event()  # READY=1 sent (or would have been, outside systemd)
         self._lock = threading.RLock()  # a reload swapping the streams, against the supervisor and close()
         self.metrics = Metrics()
+        self.health = HealthBoard(self.metrics)  # the components with threads of their own report here
         self.streams: list[Stream] = []
         self.workers: list[DeviceWorker] = []
         self.stop_event = threading.Event()
@@ -65,7 +67,7 @@ class Service:
         self.mqtt.bind_summary(self.summary)  # the retained status tells of the whole device
         self.tpus: list[EdgeTpu] = []
         self.started = time.time()
-        self._http_thread: Optional[threading.Thread] = None
+        self._http_thread: Optional[GuardedThread] = None
 
     # ---------------------------------------------------------------- lifecycle
     def start(self) -> None:
@@ -91,9 +93,12 @@ class Service:
             raise
         # the port is bound above (a taken port fails before anything starts); requests are
         # answered from here on, once every stream has started
-        self._http_thread = threading.Thread(target=self.http.serve_forever, name="http", daemon=True)
+        self._http_thread = GuardedThread("http", self.http.serve_forever, self.health, self.stop_event)
         self._http_thread.start()
-        Supervisor(self.notifier, lambda: self.streams, self._lock, self.stop_event, self.ready).start()
+        supervisor = Supervisor(
+            self.notifier, lambda: self.streams, self.health, self._lock, self.stop_event, self.ready
+        )
+        supervisor.start()
         log.info(
             "edged %s on %s: live page at http://%s/, metrics at /metrics%s",
             __version__, self.config.device, self.address, " (bearer token required)" if token else "",
@@ -122,7 +127,8 @@ class Service:
 
     def build_stream(self, cfg: StreamConfig, engine: InferenceEngine) -> Stream:
         """A stream with its source, its sinks and the event hub's sink (not started)."""
-        return build_stream(cfg, self.metrics, engine, [HubSink(self.events)], self.mqtt)  # results to SSE clients
+        hub = HubSink(self.events)  # results to Server-Sent Events clients
+        return build_stream(cfg, self.metrics, engine, [hub], self.mqtt, self.health)
 
     @property
     def address(self) -> str:
@@ -229,18 +235,18 @@ class Service:
         return next((s for s in self.streams if s.id == sid), None)
 
     def health(self) -> tuple[bool, dict[str, Any]]:
-        return views.health(self.streams)
+        return views.health(self.streams, self.health)
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         return views.readiness(self.streams)
 
     def summary(self) -> dict[str, Any]:
-        return views.summary(self.config.device, self.streams)
+        return views.summary(self.config.device, self.streams, self.health)
 
     def status_line(self) -> str:
         return views.status_line(self.streams)
 
     def status(self) -> dict[str, Any]:
         return views.status(
-            self.config.device, self.streams, self.tpus, self.workers, self.started, self.events.clients
+            self.config.device, self.streams, self.tpus, self.workers, self.started, self.events.clients, self.health
         )

@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable, Optional, Sequence
+from typing import Callable, Sequence
 
+from ..health import GuardedThread, HealthBoard
 from ..sdnotify import Notifier
 from ..stream import Phase, Stream, StreamState, phase
 from . import views
@@ -37,6 +38,7 @@ class Supervisor:
         self,
         notifier: Notifier,
         streams: Callable[[], Sequence[Stream]],
+        board: HealthBoard,
         lock: threading.RLock,
         stop: threading.Event,
         ready: threading.Event,
@@ -49,15 +51,16 @@ class Supervisor:
         self._next_status = 0.0
         self._next_ping = 0.0
         self._said: set[str] = set()  # the stuck or failed streams already logged
-        self._thread: Optional[threading.Thread] = None
+        self._board = board
+        self._thread = GuardedThread("supervisor", self._run, board, stop)
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="supervisor", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         wd = self.notifier.watchdog_seconds
         while not self._stop.wait(TICK):
+            self._board.ok("supervisor")  # (after a failure of its own: it turns again)
             now = time.monotonic()
             with self._lock:
                 streams = list(self._streams())
@@ -65,6 +68,7 @@ class Supervisor:
                 if wd is None or now < self._next_ping:
                     continue
                 stuck, failed = unhealthy(streams, wd / 2, now)
+            failed += sorted(self._board.unhealthy())  # a component whose thread failed (not restarted yet)
             self._feed(wd, now, stuck, failed)
 
     def _tell_status(self, streams: list[Stream], now: float) -> None:

@@ -13,15 +13,22 @@ from ..stream import Phase, Stream, phase
 
 if TYPE_CHECKING:
     from ..edgetpu import EdgeTpu
+    from ..health import HealthBoard
     from ..worker import DeviceWorker
 
 STATUS_LINE_MAX = 400  # characters of a STATUS= line
 
 
-def health(streams: Sequence[Stream]) -> tuple[bool, dict[str, Any]]:
-    """Healthy while no stream has a crashed thread (``/healthz``)."""
+def health(streams: Sequence[Stream], board: HealthBoard) -> tuple[bool, dict[str, Any]]:
+    """Healthy while no stream has a crashed thread and every component works (``/healthz``)."""
     failed = {s.id: s.last_error for s in streams if phase(s) is Phase.FAILED}
-    return not failed, {"streams": {s.id: str(s.state) for s in streams}, **({"failed": failed} if failed else {})}
+    components = board.unhealthy()
+    detail: dict[str, Any] = {"streams": {s.id: str(s.state) for s in streams}}
+    if failed:
+        detail["failed"] = failed
+    if components:
+        detail["components"] = components
+    return not failed and not components, detail
 
 
 def readiness(streams: Sequence[Stream]) -> tuple[bool, dict[str, Any]]:
@@ -63,9 +70,12 @@ def status_line(streams: Sequence[Stream]) -> str:
     return line if len(line) <= STATUS_LINE_MAX else line[: STATUS_LINE_MAX - 3] + "..."
 
 
-def summary(device: str, streams: Sequence[Stream]) -> dict[str, Any]:
-    """The device in brief (the MQTT status): streams with model, accelerator, fps, state."""
+def summary(device: str, streams: Sequence[Stream], board: HealthBoard) -> dict[str, Any]:
+    """The device in brief (the MQTT status): streams with model, accelerator, fps, state; the
+    components that do not work, when there are any."""
+    problems = board.unhealthy()
     return {
+        **({"unhealthy": problems} if problems else {}),
         "device": device,
         "version": __version__,
         "streams": [
@@ -158,9 +168,11 @@ def status(
     workers: Sequence[DeviceWorker],
     started: float,
     event_clients: int,
+    board: HealthBoard,
 ) -> dict[str, Any]:
-    """``/api/v1/status``: the device, its streams, models and accelerators."""
+    """``/api/v1/status``: the device, its streams, models and accelerators, its failing components."""
     return {
+        "unhealthy": board.unhealthy(),
         "device": device,
         "version": __version__,
         "uptime_seconds": round(time.time() - started, 1),

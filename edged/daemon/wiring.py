@@ -12,6 +12,7 @@ from ..stream import Stream
 
 if TYPE_CHECKING:
     from ..config import StreamConfig
+    from ..health import HealthBoard
     from ..sinks.mqtt import MqttPool
 
 
@@ -21,10 +22,11 @@ def build_stream(
     engine: Optional[InferenceEngine] = None,
     extra_sinks: Sequence[Sink] = (),
     mqtt: Optional[MqttPool] = None,
+    health: Optional[HealthBoard] = None,
 ) -> Stream:
     """The stream ``cfg`` describes, not started; without ``engine``, its model on the CPU in this
     process; its mqtt sinks connect through ``mqtt`` (the service's pool; None: one of their own)."""
-    ctx = SinkContext(cfg.id, metrics, mqtt)
+    ctx = SinkContext(cfg.id, metrics, mqtt, health)
     sinks = [make_sink(s, ctx) for s in cfg.sinks] + list(extra_sinks)
     engine = engine if engine is not None else Engine.load(cfg.model)
     return Stream(cfg, engine, make_source(cfg.source, cfg.id), sinks, metrics.stream(cfg.id))

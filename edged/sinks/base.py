@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Optional
 from ..result import Result
 
 if TYPE_CHECKING:
+    from ..health import HealthBoard
     from ..metrics import Metrics
     from .mqtt import MqttPool
 
@@ -24,6 +25,7 @@ class SinkContext:
     stream: str
     metrics: Optional[Metrics] = None
     mqtt: Optional[MqttPool] = None
+    health: Optional[HealthBoard] = None  # where a sink's own thread reports its failures (None: its own board)
 
 
 class Sink(ABC):

@@ -201,15 +201,18 @@ class Connection:
             "version": summary.get("version", __version__),
             "streams": streams,
         }
+        if state == "online" and summary.get("unhealthy"):  # the components that do not work, named
+            payload["unhealthy"] = summary["unhealthy"]
         return json.dumps(payload, separators=(",", ":"))
 
     @staticmethod
     def _shape(summary: Dict[str, Any]) -> Any:
         """What makes a status worth publishing at once when it changes (fps only to or from zero)."""
-        return [
+        streams = [
             (s.get("id"), s.get("state"), s.get("model"), s.get("accelerator"), bool(s.get("fps")))
             for s in summary.get("streams", [])
         ]
+        return streams, sorted(summary.get("unhealthy", {}))
 
     def _set_will(self) -> None:
         self.client.will_set(self.status_topic, self._payload("offline", will=True), qos=1, retain=True)
