@@ -49,7 +49,7 @@ LATENCY_BUCKETS = (
     2.0,
 )
 PIPELINE_STAGES = ("capture", "queue", "preprocess", "inference", "postprocess", "publish")
-ERROR_STAGES = ("source", "preprocess", "inference", "publish")
+ERROR_STAGES = ("source", "preprocess", "inference", "publish", "thread")
 
 
 class Metrics:
@@ -99,7 +99,8 @@ class Metrics:
         )
         self.errors = Counter(
             "edged_stream_errors_total",
-            "Errors in a stream, by stage (source, preprocess, inference, publish)",
+            "Errors in a stream, by stage (source, preprocess, inference, publish; thread: a crash of its "
+            "capture or inference thread, which is started again)",
             ["stream", "stage"],
             registry=r,
         )

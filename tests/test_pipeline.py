@@ -5,8 +5,10 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from support.sinks import Collect
 from support.wait import wait_for
@@ -158,3 +160,39 @@ def test_inference_error_is_counted_and_stream_keeps_running(models_dir: Path) -
     assert stream.metrics.processed >= 3 and stream.state in ("stopped", "running")
     assert _samples(metrics)[("edged_stream_errors_total", (("stage", "inference"), ("stream", "err")))] == 3
     assert stream.last_error == "inference: invoke failed"
+
+
+@pytest.mark.faults
+@pytest.mark.parametrize("role", ["capture", "infer"])
+def test_a_crashed_stream_thread_is_said_and_started_again(role: str) -> None:
+    """An exception that escapes a stream's loop: the stream is failed (health, counter, log) and
+    its thread starts again by itself, results flowing once more."""
+    from edged.config import default_config
+    from edged.daemon import views
+    from edged.health import HealthBoard
+
+    metrics = Metrics()
+    stream = build_stream(default_config().streams[0], metrics)
+    sink = Collect()
+    stream.sinks.append(sink)
+    slot, crashes = stream.slot, {"n": 0}
+    real = slot.put if role == "capture" else slot.take
+
+    def broken(*args: Any) -> Any:  # the first call after the first result raises, once
+        if stream.first_result.is_set() and not crashes["n"]:
+            crashes["n"] += 1
+            raise RuntimeError("injected")
+        return real(*args)
+
+    setattr(slot, "put" if role == "capture" else "take", broken)
+    with stream:
+        wait_for(lambda: crashes["n"], 10, "the injected crash")
+        # failed for the 0.5 s before its thread starts again: health says so meanwhile
+        wait_for(lambda: stream.state == "failed", 5, "the stream marked failed")
+        assert not views.health([stream], HealthBoard())[0]
+        assert stream.last_error == f"{role} thread crashed: RuntimeError: injected"
+        n = len(sink.results)
+        wait_for(lambda: stream.state == "running" and len(sink.results) > n + 5, 10, "results after the restart")
+        assert views.health([stream], HealthBoard())[0]
+    errors = _samples(metrics)[("edged_stream_errors_total", (("stage", "thread"), ("stream", "demo")))]
+    assert errors == 1

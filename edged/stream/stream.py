@@ -36,6 +36,7 @@ log = logging.getLogger("edged.pipeline")
 
 BUFFERS = 3  # prepared inputs: one being filled, one waiting in the slot, one being copied into the model
 ERROR_LOG_EVERY = 30.0  # seconds between two log lines of one stage's errors
+THREAD_RESTART_MIN_SECONDS, THREAD_RESTART_MAX_SECONDS = 0.5, 30.0  # a crashed thread starts again after
 
 
 class Stream:
@@ -135,14 +136,27 @@ class Stream:
 
     # -------------------------------------------------------------- threads
     def _guard(self, target: Callable[[], None], role: str) -> None:
-        try:
-            target()
-        except BaseException as exc:  # never die silently: log, mark failed, /healthz says so
-            self.state = StreamState.FAILED
-            self.last_error = f"{role} thread crashed: {type(exc).__name__}: {exc}"
-            self.metrics.up.set(0)
-            log.exception("stream %s: %s", self.id, self.last_error)
-            self.slot.end()
+        """Run a thread's loop; a crash is never silent: counted (stage ``thread``), logged with its
+        traceback, the stream ``failed`` (``/healthz``, the watchdog and the MQTT status say so) until
+        the loop, started again after 0.5, 1, 2 … 30 s, runs again."""
+        delay = THREAD_RESTART_MIN_SECONDS
+        while True:
+            try:
+                target()
+                return
+            except BaseException as exc:  # never die silently
+                self.state = StreamState.FAILED
+                self.last_error = f"{role} thread crashed: {type(exc).__name__}: {exc}"
+                self.metrics.up.set(0)
+                self.metrics.count_error("thread")
+                log.exception("stream %s: %s; starting it again in %.1f s", self.id, self.last_error, delay)
+            if self._stop.wait(delay):
+                self.slot.end()
+                return
+            delay = min(delay * 2, THREAD_RESTART_MAX_SECONDS)
+            self.state = StreamState.RUNNING
+            self.heartbeat = time.monotonic()
+            log.info("stream %s: %s thread started again", self.id, role)
 
     def _report(self, stage: str, exc: BaseException) -> None:
         """Count every error; log a stage's error at most once every 30 s."""
@@ -220,7 +234,7 @@ class Stream:
                 break
             self.metrics.stage["capture"].observe(frame.capture_seconds)
             # prepare here, while the inference thread is busy with the previous frame
-            buf = self._buffers.get()
+            buf = self._free_buffer()
             try:
                 prepared = self.preparer.prepare(frame.image, buf)
             except Exception as exc:
@@ -232,6 +246,14 @@ class Stream:
                 self._buffers.put(replaced.prepared.data)
                 self.metrics.count_dropped()
         self.slot.end()
+
+    def _free_buffer(self) -> np.ndarray:
+        """A free input buffer: one of the three, or a new one if a crashed thread lost one."""
+        try:
+            return self._buffers.get_nowait()
+        except queue.Empty:
+            spec = self.engine.info.input
+            return np.empty(spec.shape[1:], np.dtype(spec.dtype))
 
     def _inference_loop(self) -> None:
         while not self._stop.is_set():
