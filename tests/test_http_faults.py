@@ -285,3 +285,17 @@ def test_concurrent_snapshot_clients_wait_for_one_encode(monkeypatch) -> None:
         t.join(10)
     assert got and all(b is not None and b[:2] == b"\xff\xd8" for b in got)
     assert len(encodes) <= stream.frames + 1, (len(encodes), stream.frames)
+
+
+def test_max_event_clients_is_bounded_by_what_the_listener_serves(tmp_path) -> None:
+    from edged.config import MAX_EVENT_CLIENTS, config_from_dict, load_config
+    from edged.errors import ConfigError
+
+    stream = {"id": "a", "source": {"type": "synthetic"}, "model": {"path": "m.tflite"}}
+    ok = config_from_dict({"http": {"max_event_clients": MAX_EVENT_CLIENTS}, "streams": [stream]})
+    assert ok.http.max_event_clients == MAX_EVENTS == MAX_EVENT_CLIENTS
+    path = tmp_path / "edged.yaml"
+    path.write_text(json.dumps({"http": {"max_event_clients": 256}, "streams": [stream]}))
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert "http.max_event_clients" in str(err.value) and f"at most {MAX_EVENT_CLIENTS}" in str(err.value)
