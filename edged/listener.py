@@ -148,7 +148,8 @@ class Listener(HTTPServer):
 
     # ------------------------------------------------------------------ the loop
     def serve_forever(self, poll_interval: float = 0.5) -> None:
-        self._stop.clear()
+        """Until :meth:`shutdown` (for good). An exception here ends it: the service's guard reports
+        it to the health board and calls it again (:meth:`serving` then says so)."""
         self._stopped.clear()
         self.socket.setblocking(False)
         try:
