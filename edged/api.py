@@ -1,9 +1,13 @@
 """The HTTP listener: /metrics, health, the JSON API, Server-Sent Events, snapshots, the live page.
 
-One ``ThreadingHTTPServer`` (standard library; nothing to install on a Pi). What it accepts
-is bounded: the request line (2 KiB), the headers (http.server's 64 KiB and 100 lines),
-the connections at once (``MAX_CONNECTIONS``; more get 503), the time a client may take to
-send its request (``Handler.timeout``), and the event clients (``http.max_event_clients``).
+The standard library's ``http.server`` handlers on :class:`~edged.listener.Listener`, which
+reads each request head without a thread (``HEAD_SECONDS`` in all to send it, however slowly)
+and runs the request in a thread of its pool: health, readiness and metrics have slots of
+their own (nothing to install on a Pi). What a client sends is bounded: the request line
+(2 KiB), the headers (http.server's 64 KiB and 100 lines), the connections waiting for their
+heads and the threads of each pool (more get 503), the time to take a write
+(``WRITE_SECONDS``), and the event clients (``http.max_event_clients``), each of which is
+dropped once its buffers (``EVENT_SNDBUF`` on our side) stay full for ``SLOW_READER_SECONDS``.
 No endpoint takes a body; a request with one is refused with 413 unless it is tiny. Every
 error is a JSON object ``{"error": "..."}`` with a 4xx status, never a traceback.
 
@@ -14,6 +18,7 @@ static file with no data in it) is always open, and so is whatever ``http.open``
 from __future__ import annotations
 
 import hmac
+import io
 import ipaddress
 import json
 import logging
@@ -23,14 +28,15 @@ import select
 import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from importlib import resources
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from . import __version__
 from .config import STREAM_ID
 from .errors import ConfigError
+from .listener import Conn, DeadlineReader, Listener
 from .metrics import CONTENT_TYPE_LATEST
 
 if TYPE_CHECKING:
@@ -42,7 +48,9 @@ log = logging.getLogger(__name__)
 
 MAX_REQUEST_LINE = 2048
 MAX_BODY = 1024  # bytes of a body read and ignored; more is refused (no endpoint takes one)
-MAX_CONNECTIONS = 64
+WRITE_SECONDS = 10.0  # a write of an answer that takes longer closes the connection
+EVENT_SNDBUF = 32768  # bytes the kernel queues for an event client (no autotuning to megabytes)
+SLOW_READER_SECONDS = 3.0  # an event client whose buffers are full for this long is dropped
 KEEPALIVE_SECONDS = 15.0  # an event stream sends a comment this often when there are no results
 _STREAM_PATH = re.compile(rf"^/api/v1/streams/({STREAM_ID})/(latest|snapshot\.jpg)$")
 
@@ -86,52 +94,66 @@ def access_rules(http_cfg: HttpConfig, host: str) -> tuple[Optional[str], frozen
     return token, frozenset(http_cfg.open) | {"/"}
 
 
-class ApiServer(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    request_queue_size = 32
+class SnapshotCache:
+    """The latest frame of each stream with its result drawn, as JPEG: encoded at most once per frame.
 
+    The encode runs under the stream's own lock, so clients asking for the same frame at once
+    wait for the one encode and get its bytes; one JPEG per stream is kept."""
+
+    def __init__(self, on_encode: Optional[Callable[[str], None]] = None) -> None:
+        self._lock = threading.Lock()
+        self._locks: dict[str, threading.Lock] = {}
+        self._snapshots: dict[str, tuple[int, float, bytes]] = {}  # stream -> (seq, timestamp, jpeg)
+        self._on_encode = on_encode
+
+    def get(self, stream: Stream) -> Optional[bytes]:
+        with self._lock:
+            lock = self._locks.setdefault(stream.id, threading.Lock())
+        with lock:
+            pair = stream.latest_frame  # read under the lock: the newest once the encode before is done
+            if pair is None:
+                return None
+            result, image = pair
+            cached = self._snapshots.get(stream.id)
+            if cached is not None and cached[0] == result.seq and cached[1] == result.timestamp:
+                return cached[2]
+            from .draw import annotate, jpeg
+
+            body = jpeg(annotate(image, result.to_dict()))
+            self._snapshots[stream.id] = (result.seq, result.timestamp, body)
+        if self._on_encode is not None:
+            self._on_encode(stream.id)
+        return body
+
+
+class ApiServer(Listener):
     def __init__(
         self, addr: tuple[str, int], service: Service, token: Optional[str], open_paths: frozenset[str]
     ) -> None:
-        if ":" in addr[0]:
-            self.address_family = socket.AF_INET6
         self.service = service
         self.token = token
         self.open_paths = open_paths
-        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
-        self._snapshots: dict[str, tuple[int, float, bytes]] = {}  # stream -> (seq, timestamp, jpeg)
-        self._snap_lock = threading.Lock()
+        metrics = service.metrics
+        self.snapshots = SnapshotCache(lambda sid: metrics.snapshot_encodes.labels(sid).inc())
         self._page: Optional[bytes] = None
         self._openapi: Optional[bytes] = None
         super().__init__(addr, Handler)
 
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
-            try:
-                request.sendall(
-                    b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
-                    b'Connection: close\r\n\r\n{"error": "too many connections"}\n'
-                )
-            except OSError:
-                pass
-            self.shutdown_request(request)
-            return
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self._slots.release()
-            raise
+    def rejected(self, reason: str) -> None:
+        self.service.metrics.http_rejected.labels(reason).inc()
 
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._slots.release()
+    def serving(self) -> None:
+        self.service.board.ok("http")  # (again, after a failure of the loop the guard reported)
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # a handler bug: logged once, with its traceback, in our log (not on stderr)
-        log.exception("http: error while answering %s", client_address[0] if client_address else "?")
+    def run(self, conn: Conn) -> None:
+        try:
+            Handler(conn, self)
+        except OSError:  # the client went away, or its deadline passed
+            pass
+        except Exception:  # a handler bug: logged once, with its traceback, in our log (not on stderr)
+            log.exception("http: error while answering %s", conn.addr[0])
+        if conn.expired:
+            self.rejected("deadline")
 
     # ------------------------------------------------------------------ cached bodies
     def page(self) -> bytes:
@@ -146,23 +168,6 @@ class ApiServer(ThreadingHTTPServer):
             self._openapi = (json.dumps(spec, indent=1) + "\n").encode()
         return self._openapi
 
-    def snapshot(self, stream: Stream) -> Optional[bytes]:
-        """The latest frame of ``stream`` with its result drawn, as JPEG; encoded once per frame."""
-        pair = stream.latest_frame
-        if pair is None:
-            return None
-        result, image = pair
-        with self._snap_lock:
-            cached = self._snapshots.get(stream.id)
-            if cached is not None and cached[0] == result.seq and cached[1] == result.timestamp:
-                return cached[2]
-        from .draw import annotate, jpeg
-
-        body = jpeg(annotate(image, result.to_dict()))
-        with self._snap_lock:
-            self._snapshots[stream.id] = (result.seq, result.timestamp, body)
-        return body
-
 
 class _BadRequest(Exception):
     def __init__(self, code: int, message: str) -> None:
@@ -175,7 +180,16 @@ class Handler(BaseHTTPRequestHandler):
     server_version = f"edged/{__version__}"
     sys_version = ""
     default_request_version = "HTTP/1.0"  # a status line even for a request too broken to name its version
-    timeout = 15.0  # seconds a client has to send its request (and to take each write)
+    timeout = WRITE_SECONDS  # a write that takes longer closes the connection
+
+    def __init__(self, conn: Conn, server: ApiServer) -> None:
+        self.conn = conn
+        super().__init__(conn.sock, conn.addr, server)
+
+    def setup(self) -> None:
+        super().setup()
+        self.rfile.close()
+        self.rfile = io.BufferedReader(DeadlineReader(self.conn, WRITE_SECONDS))  # the head, within its deadline
 
     def log_message(self, fmt: str, *args: Any) -> None:  # access log at DEBUG, never per scrape at INFO
         log.debug("http %s %s", self.address_string(), fmt % args)
@@ -296,7 +310,7 @@ class Handler(BaseHTTPRequestHandler):
                     raise _BadRequest(404, f"stream {stream.id!r} has no result yet")
                 self._send(200, (result.to_json() + "\n").encode())
             else:
-                body = self.server.snapshot(stream)
+                body = self.server.snapshots.get(stream)
                 if body is None:
                     raise _BadRequest(404, f"stream {stream.id!r} has no frame yet")
                 self._send(200, body, "image/jpeg")
@@ -318,6 +332,9 @@ class Handler(BaseHTTPRequestHandler):
         sub = service.events.subscribe(frozenset(wanted) if wanted else None)
         if sub is None:
             raise _BadRequest(503, f"too many event clients (at most {service.events.max_clients})")
+        self.conn.release()  # a stream now: counted by the hub, not in the API's threads
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, EVENT_SNDBUF)
+        self.connection.settimeout(SLOW_READER_SECONDS)
         try:
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
@@ -340,7 +357,9 @@ class Handler(BaseHTTPRequestHandler):
                     self.wfile.write("".join(chunks).encode())
                     self.wfile.flush()
                     beat = time.monotonic()
-        except OSError:  # the client went away (or stopped reading for `timeout` seconds)
+        except TimeoutError:  # it stopped reading: its buffers are full and a write waited too long
+            self.server.rejected("slow_reader")
+        except OSError:  # the client went away
             pass
         finally:
             sub.close()

@@ -131,6 +131,11 @@ class LogConfig(StrictConfig):
     format: Literal["human", "json"] = "human"
 
 
+# the event streams the HTTP listener serves at once, each a thread, beside the threads it keeps for
+# health, readiness, metrics and the API (edged.listener): more would be a promise it cannot keep
+MAX_EVENT_CLIENTS = 64
+
+
 class HttpConfig(StrictConfig):
     """The HTTP listener's access rules (the listener itself is ``listen:``)."""
 
@@ -143,7 +148,19 @@ class HttpConfig(StrictConfig):
     open: List[Literal["/healthz", "/readyz", "/metrics"]] = Field(
         default_factory=list, description="paths answered without the token (health checks, a scraper without one)"
     )
-    max_event_clients: int = Field(8, ge=1, le=256, description="Server-Sent Events connections at once, at most")
+    max_event_clients: int = Field(
+        8, ge=1, description=f"Server-Sent Events connections at once, at most (up to {MAX_EVENT_CLIENTS})"
+    )
+
+    @field_validator("max_event_clients")
+    @classmethod
+    def _servable(cls, v: int) -> int:
+        if v > MAX_EVENT_CLIENTS:
+            raise ValueError(
+                f"{v} is more than the listener serves: at most {MAX_EVENT_CLIENTS} event clients "
+                "(beside the connections it keeps for health checks, metrics and the API)"
+            )
+        return v
 
 
 class Config(StrictConfig):

@@ -62,13 +62,14 @@ class Metrics:
         self._define_sink_metrics(r)
         self._define_edgetpu_metrics(r)
         self._define_component_metrics(r)
+        self._define_http_metrics(r)
         self._tpus: list[EdgeTpu] = []
         r.register(_TemperatureCollector(self))
         # the series labelled by stream (its first label), which remove_stream drops
         self._per_stream: tuple[MetricWrapperBase, ...] = (
             self.stage_duration, self.frame_latency, self.frames, self.inferences, self.errors, self.model_info,
             self.stream_up, self.source_up, self.source_reconnects, self.last_result, self.accelerator_active,
-            self.fallbacks, self.first_inference,
+            self.fallbacks, self.first_inference, self.snapshot_encodes,
         )  # fmt: skip
 
     def _define_stream_metrics(self, r: CollectorRegistry) -> None:
@@ -165,6 +166,24 @@ class Metrics:
             "edged_component_failures_total",
             "Failures of a component's thread (each one logged; the thread is started again where that is safe)",
             ["component"],
+            registry=r,
+        )
+
+    def _define_http_metrics(self, r: CollectorRegistry) -> None:
+        self.http_rejected = Counter(
+            "edged_http_rejected_total",
+            "Connections the HTTP listener refused or closed: busy (its pool full: 503, or the oldest of too "
+            "many waiting for their request heads), deadline (the request head not sent in time), slow_reader "
+            "(an event client that stopped reading)",
+            ["reason"],
+            registry=r,
+        )
+        for reason in ("busy", "deadline", "slow_reader"):
+            self.http_rejected.labels(reason)
+        self.snapshot_encodes = Counter(
+            "edged_snapshot_encodes_total",
+            "Snapshots encoded as JPEG (at most one per frame, however many clients ask)",
+            ["stream"],
             registry=r,
         )
 

@@ -55,7 +55,6 @@ ANY_ANNOTATIONS = {"Any", "typing.Any", "Any | None", "None | Any", "Optional[An
 # The legitimate uses: the objects are not edged's (no project type exists), or the attribute
 # is a field chosen by name. Key (as printed) -> reason.
 _PAHO = "paho-mqtt's callback signature: paho's own objects, no project type exists"
-_SOCKETSERVER = "socketserver's hook signature: its request and client address, no project type exists"
 LEGITIMATE: dict[str, str] = {
     "edged/config.py:getattr load_config: getattr(exc, 'problem_mark', None)": (
         "PyYAML's exceptions: only MarkedYAMLError has problem_mark; any YAMLError can arrive here"
@@ -73,11 +72,6 @@ LEGITIMATE: dict[str, str] = {
         "TensorFlow's objects: tf.saved_model.load returns a trackable object with or without signatures"
     ),
     "edged/api.py:any-param Handler._json(obj)": "any JSON-serialisable value: Any is its type",
-    **{
-        f"edged/api.py:any-param ApiServer.{fn}({arg})": _SOCKETSERVER
-        for fn in ("process_request", "process_request_thread", "handle_error")
-        for arg in ("request", "client_address")
-    },
     **{
         f"edged/sinks/mqtt/connection.py:any-param Connection.{fn}({arg})": _PAHO
         for fn, args in (
