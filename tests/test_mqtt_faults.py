@@ -165,6 +165,7 @@ def test_a_truncated_wal_is_recovered_and_counted_at_start(tmp_path, caplog) -> 
     finally:
         made.sink.close()
     assert f"mqtt {SID}: {expected} queued results from before found in {queue}: sent first" in caplog.text
+    print(f"WAL cut mid-frame: {expected} of 100 queued results recovered, all of them in the queue")
 
 
 # ---------------------------------------------------------------------- a row that is not UTF-8
@@ -191,6 +192,7 @@ def test_a_row_that_is_not_utf8_is_skipped_and_the_rest_delivered(tmp_path, brok
     assert made.sink.counts.failed == 1 and made.fault("bad_row") == 1
     assert made.value("edged_publish_total", sink=f"mqtt:{SID}", outcome="sent") == 59
     assert caplog.text.count("cannot be read") == 1 and "queued result 10" in caplog.text
+    print(f"a row not UTF-8: {len(sub.got())} of 60 delivered, the bad one skipped and counted")
 
 
 # ---------------------------------------------------------------------- the sender killed
@@ -237,6 +239,35 @@ def test_a_sender_killed_by_an_exception_says_so_and_recovers(tmp_path, broker, 
     assert f"{component} failed: OperationalError: injected" in caplog.text
     assert f"{component} works again" in caplog.text
     assert made.value("edged_component_up", component=component) is None  # forgotten on close
+    got = sub.got()
+    print(f"sender killed: {len(set(got))} of 40 delivered, {len(got) - len(set(got))} duplicates")
+
+
+@system
+def test_a_status_thread_killed_by_an_exception_says_so_and_recovers(tmp_path, broker, caplog, monkeypatch) -> None:
+    caplog.set_level(logging.INFO, logger="edged.health")
+    made = Made(tmp_path / "q.sqlite", broker.port, status_interval=1)
+    conn = made.sink.conn
+    publish_status = conn.publish_status
+    calls = {"n": 0}
+
+    def failing_once() -> None:
+        calls["n"] += 1
+        if calls["n"] == 2:  # the first is the connect's; the second, the status thread's
+            raise RuntimeError("injected")
+        publish_status()
+
+    monkeypatch.setattr(conn, "publish_status", failing_once)
+    made.sink.start()
+    component = f"mqtt-status:edged-{DEVICE}"
+    try:
+        wait_for(lambda: component in made.board.unhealthy(), 10, "the status thread reported unhealthy")
+        assert made.value("edged_component_failures_total", component=component) == 1
+        wait_for(lambda: calls["n"] >= 4 and not made.board.unhealthy(), 10, "the status published again")
+    finally:
+        made.sink.close()
+    assert f"{component} failed: RuntimeError: injected" in caplog.text
+    assert f"{component} works again" in caplog.text
 
 
 # ---------------------------------------------------------------------- a full disk
@@ -309,6 +340,7 @@ def test_a_full_disk_drops_counts_says_so_and_resumes_by_itself(tmp_path, small_
     assert made.sink.counts.failed == 0 and made.sink.counts.sent == published - dropped_full
     assert caplog.text.count("disk full") == 1 and "database or disk is full" in caplog.text
     assert "cannot rollback" not in caplog.text and "queue full" not in caplog.text
+    print(f"disk full: {published} published, {dropped_full} dropped (counted), {len(set(got))} delivered")
 
 
 # ---------------------------------------------------------------------- two boards, one device name
