@@ -153,6 +153,14 @@ class Metrics:
             ["sink"],
             registry=r,
         )
+        self.queue_faults = Counter(
+            "edged_queue_faults_total",
+            "Faults of a publishing sink's on-disk queue, by fault: corrupt_file (a damaged queue file found at "
+            "start, moved aside), bad_row (a queued result that cannot be read, skipped), disk_full (the disk "
+            "filled up: results are dropped until there is space)",
+            ["sink", "fault"],
+            registry=r,
+        )
 
     def _define_component_metrics(self, r: CollectorRegistry) -> None:
         self.component_up = Gauge(

@@ -273,6 +273,22 @@ def test_daemon_restart_while_broker_down(tmp_path, models_dir, images_dir, env)
     assert f"{queued} queued results from before" in log, log
 
 
+@pytest.mark.faults
+def test_a_corrupt_queue_file_does_not_stop_the_daemon(tmp_path, models_dir, images_dir, env) -> None:
+    """Issue 13: a queue file of garbage was exit 2 at every start (a crash loop to systemd's start limit)."""
+    broker, sub = env["broker"], env["sub"]
+    (tmp_path / "queue.sqlite").write_bytes(bytes(range(256)) * 32)  # not a database
+    d = start_daemon(tmp_path, env, images_config(tmp_path, broker.port, models_dir, images_dir))
+    wait_for(lambda: len(sub.results()) >= 10, 60, "results over MQTT")  # it started, and sends
+    d.assert_running()
+    assert d.value("edged_queue_faults_total", sink=f"mqtt:{SID}", fault="corrupt_file") == 1
+    assert d.stop(timeout=STOP_SECONDS) == 0, d.stderr
+    assert_all_delivered(tmp_path, sub)
+    aside = list(tmp_path.glob("queue.sqlite.corrupt-*"))
+    assert [p.stat().st_size for p in aside] == [256 * 32], aside
+    assert d.stderr.count("is damaged (file is not a database): moved aside to") == 1, d.stderr
+
+
 def test_queue_bound_drops_oldest(tmp_path, models_dir, images_dir, env) -> None:
     broker, sub = env["broker"], env["sub"]
     broker.stop()  # the subscriber's session stays in the broker

@@ -21,6 +21,14 @@ again by paho after it reconnects; what is still queued when the daemon stops is
 it starts again. Delivery is at least once: a message the broker got but whose PUBACK was
 lost arrives twice.
 
+**Never silently stopped.** The sender thread and the connection's status thread run under
+:class:`~edged.health.GuardedThread` (``mqtt-sender:<stream>``, ``mqtt-status:<client id>``),
+reporting to the service's :class:`~edged.health.HealthBoard`: a failure is counted, logged,
+marks the daemon unhealthy, and the thread starts again. The queue degrades instead of
+blocking (a damaged file moved aside, an unreadable row skipped, a full disk survived: see
+:mod:`.store`); a connection the broker keeps closing right after accepting it is said to be,
+most likely, a client id used twice.
+
 QoS 0 skips the queue: published at once while connected, dropped (and counted) otherwise.
 Optional thinning (:class:`~edged.sinks.thin.Thinner`) leaves results out before either.
 

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Protocol, Tuple
 
 from ... import __version__
 from ...errors import ConfigError
+from ...health import GuardedThread, HealthBoard
 
 if TYPE_CHECKING:
     from .config import MqttSinkConfig
@@ -28,6 +29,9 @@ log = logging.getLogger("edged.sinks.mqtt")  # the name the log lines have alway
 KEEPALIVE = 30  # seconds; the broker declares the connection dead after 1.5 times this
 RECONNECT_MIN, RECONNECT_MAX = 1, 10  # seconds between connection attempts, doubling
 STATUS_POLL = 1.0  # seconds between two looks at the device summary
+# a connection the broker closes within this many seconds of accepting it, this many times in a row,
+# is most likely taken over by another client with the same client id (the broker keeps the newest)
+SHORT_SESSION_SECONDS, SHORT_SESSIONS = 5.0, 3
 
 Summary = Callable[[], Dict[str, Any]]
 
@@ -72,6 +76,7 @@ class Connection:
         client_id: str,
         password: Optional[str],
         stream: str,
+        board: Optional[HealthBoard] = None,
     ) -> None:
         import paho.mqtt.client as mqtt
 
@@ -90,7 +95,12 @@ class Connection:
         self._started = False
         self._closed = False
         self._close_lock = threading.Lock()
-        self._status_thread: Optional[threading.Thread] = None
+        self._status_thread: Optional[GuardedThread] = None
+        self.board = board if board is not None else HealthBoard()
+        self.component = f"mqtt-status:{client_id}"
+        self._connected_at = 0.0
+        self._short_sessions = 0  # connections closed by the broker right after it accepted them, in a row
+        self._taken_over_said = False
         self._status_lock = threading.Lock()
         self._status_sent_at: Optional[float] = None
         self._status_shape: Any = None
@@ -144,8 +154,8 @@ class Connection:
         self._set_will()
         self.client.connect_async(self.host, self.port, keepalive=KEEPALIVE)
         self.client.loop_start()
-        self._status_thread = threading.Thread(
-            target=self._status_loop, name=f"mqtt-status-{self.client_id}", daemon=True
+        self._status_thread = GuardedThread(
+            self.component, self._status_loop, self.board, self._stop, name=f"mqtt-status-{self.client_id}"
         )
         self._status_thread.start()
 
@@ -158,6 +168,7 @@ class Connection:
         self._stop.set()
         if self._status_thread is not None:
             self._status_thread.join(STATUS_POLL + 1.0)
+            self.board.forget(self.component)
         if self.connected.is_set():
             # a goodbye: the broker then keeps this instead of the Last Will
             try:
@@ -225,10 +236,9 @@ class Connection:
         self.client.publish(self.status_topic, self._payload("online", summary=summary), qos=1, retain=True)
 
     def _status_loop(self) -> None:
+        """The status thread (guarded: a failure is reported to the board and it starts again)."""
         while not self._stop.wait(STATUS_POLL):
-            if not self.connected.is_set():
-                continue
-            try:
+            if self.connected.is_set():
                 with self._status_lock:
                     sent_at, shape = self._status_sent_at, self._status_shape
                 summary = self.summary()
@@ -236,8 +246,7 @@ class Connection:
                 due = sent_at is None or time.monotonic() - sent_at >= self.status_interval - STATUS_POLL / 2
                 if due or self._shape(summary) != shape:
                     self.publish_status()
-            except Exception as exc:  # pragma: no cover - never let the status thread die
-                log.warning("mqtt: publishing the status failed: %s", exc)
+            self.board.ok(self.component)
 
     # ------------------------------------------------------------------ paho callbacks (its network thread)
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
@@ -251,6 +260,7 @@ class Connection:
                 self._say_error(f"refused the connection: {reason_code}{hint}")
                 return
             self.publish_status()
+            self._connected_at = time.monotonic()
             self.connected.set()
             self._error_logged = None
             listeners = self.listeners
@@ -266,7 +276,8 @@ class Connection:
                 )
             else:
                 down = time.monotonic() - (self._down_since or time.monotonic())
-                log.info(
+                log.log(
+                    logging.DEBUG if self._taken_over_said else logging.INFO,
                     "mqtt: broker %s is back after %.1f s; sending the queued results (%s)",
                     self.where,
                     down,
@@ -286,17 +297,41 @@ class Connection:
                 s.connection_down()
             if was and not self._stop.is_set():
                 self._down_since = time.monotonic()
+                self._count_short_session(str(reason_code))
                 qos = {s.qos for s in self.listeners}
                 meanwhile = {1: "queueing results", 0: "dropping results (QoS 0)"}.get(
                     qos.pop() if len(qos) == 1 else -1, "queueing QoS 1 results, dropping QoS 0 ones"
                 )
-                log.warning(
-                    "mqtt: connection to broker %s lost (%s); %s, reconnecting", self.where, reason_code, meanwhile
+                log.log(
+                    logging.DEBUG if self._taken_over_said else logging.WARNING,  # flapping: said by the hint
+                    "mqtt: connection to broker %s lost (%s); %s, reconnecting",
+                    self.where,
+                    reason_code,
+                    meanwhile,
                 )
             if not self._stop.is_set():
                 self._set_will()  # the next connection's Last Will names the streams as they are now
         except Exception as exc:  # pragma: no cover
             log.error("mqtt: on disconnect: %s: %s", type(exc).__name__, exc)
+
+    def _count_short_session(self, reason: str) -> None:
+        """Connections the broker closes right after accepting them, in a row: once, a hint of a client id taken."""
+        if time.monotonic() - self._connected_at >= SHORT_SESSION_SECONDS:
+            self._short_sessions = 0
+            self._taken_over_said = False  # it held: say it again if it starts again
+            return
+        self._short_sessions += 1
+        if self._short_sessions >= SHORT_SESSIONS and not self._taken_over_said:
+            self._taken_over_said = True
+            log.error(
+                "mqtt: broker %s closed the connection right after accepting it, %d times in a row (%s): another "
+                "client may be using the client id %s (another board with the same device:?), and the broker "
+                "keeps the newest; set device: or client_id: to tell them apart",
+                self.where,
+                self._short_sessions,
+                reason,
+                self.client_id,
+            )
 
     def _on_connect_fail(self, client: Any, userdata: Any) -> None:
         # paho calls this inside its ``except OSError``: the exception is the one being handled

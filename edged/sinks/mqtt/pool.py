@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
 from .connection import Connection, ConnectionListener, Summary
 
 if TYPE_CHECKING:
+    from ...health import HealthBoard
     from .config import MqttSinkConfig
 
 log = logging.getLogger("edged.sinks.mqtt")  # the name the log lines have always carried
@@ -57,9 +58,17 @@ class MqttPool:
                 conn.bind_summary(fn)
 
     def acquire(
-        self, cfg: MqttSinkConfig, listener: ConnectionListener, device: str, password: Optional[str]
+        self,
+        cfg: MqttSinkConfig,
+        listener: ConnectionListener,
+        device: str,
+        password: Optional[str],
+        board: Optional[HealthBoard] = None,
     ) -> Connection:
-        """The connection for these broker settings, ``listener`` attached: the existing one, or a new one."""
+        """The connection for these broker settings, ``listener`` attached: the existing one, or a new one.
+
+        ``board``: where a new connection's status thread reports (the first sink's).
+        """
         key = self.key(cfg, device, password)
         stream = listener.stream
         with self._lock:
@@ -67,7 +76,7 @@ class MqttPool:
             if conn is None:
                 same_broker = [c for c in self._conns.values() if (c.host, c.port) == (cfg.host, cfg.port)]
                 client_id = self._client_id(cfg, device, stream, {c.client_id for c in same_broker})
-                conn = Connection(key, cfg, device, client_id, password, stream)
+                conn = Connection(key, cfg, device, client_id, password, stream, board)
                 conn.bind_summary(self._summary)
                 self._warn_separate(conn, same_broker, stream)
                 self._conns[key] = conn

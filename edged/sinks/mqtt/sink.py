@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, Optional
 
 from ...errors import ConfigError
+from ...health import GuardedThread, HealthBoard
 from ...result import Result
 from ..base import Sink, SinkContext
 from ..thin import Thinner
@@ -29,6 +30,7 @@ WINDOW = 20  # messages of one stream published and not yet acknowledged, at mos
 CLOSE_FLUSH_SECONDS = 1.0  # on close, send what is queued for this long at most (while connected)
 
 OUTCOMES = ("sent", "dropped", "failed", "thinned")
+FAULTS = ("corrupt_file", "bad_row", "disk_full")  # of the on-disk queue (edged_queue_faults_total)
 
 
 def default_queue_path(stream: str) -> Path:
@@ -49,8 +51,11 @@ class Counts:
         self._lock = threading.Lock()
         self._n: Dict[str, int] = dict.fromkeys(OUTCOMES, 0)
         self._metrics: Dict[str, Any] = {}
+        self._fault_metrics: Dict[str, Any] = {}
+        self.faults: Dict[str, int] = dict.fromkeys(FAULTS, 0)
         if metrics is not None:
             self._metrics = {o: metrics.publish_total.labels(label, o) for o in OUTCOMES}
+            self._fault_metrics = {f: metrics.queue_faults.labels(label, f) for f in FAULTS}
 
     def add(self, outcome: str, n: int = 1) -> None:
         with self._lock:
@@ -59,9 +64,19 @@ class Counts:
         if metric is not None:
             metric.inc(n)
 
+    def fault(self, fault: str, n: int = 1) -> None:
+        """A fault of the on-disk queue (:data:`FAULTS`); a row that cannot be read is a failed result too."""
+        with self._lock:
+            self.faults[fault] += n
+        metric = self._fault_metrics.get(fault)
+        if metric is not None:
+            metric.inc(n)
+        if fault == "bad_row":
+            self.add("failed", n)
+
     def export(self) -> None:
         """Make every outcome's counter appear in /metrics (at 0) before the first result."""
-        for metric in self._metrics.values():
+        for metric in (*self._metrics.values(), *self._fault_metrics.values()):
             metric.inc(0)
 
     @property
@@ -111,7 +126,12 @@ class MqttSink(Sink):
 
         self._stop = threading.Event()
         self._cv = threading.Condition()
-        self._thread: Optional[threading.Thread] = None
+        self._thread: Optional[GuardedThread] = None
+        # the sender thread reports here; a failure of it is counted, logged, makes /healthz 503, and it starts again
+        self.board = ctx.health if ctx.health is not None else HealthBoard(metrics)
+        self.component = f"mqtt-sender:{stream}"
+        self._inflight: collections.deque[tuple[int, Any]] = collections.deque()  # (row id, MQTTMessageInfo)
+        self._last_id = 0  # the last row published (a restarted sender goes on from there)
         self._dropped_while_down = 0
         self._overflow_logged = False
 
@@ -125,23 +145,32 @@ class MqttSink(Sink):
         if pool is None:  # a sink built outside the daemon (a test, a tool): connections of its own
             pool = self._own_pool = MqttPool()
         self.pool = pool
-        self.conn = self.pool.acquire(cfg, self, self.device, password)
+        self.conn = self.pool.acquire(cfg, self, self.device, password, self.board)
         self.status_topic = self.conn.status_topic
         self.client = self.conn.client
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
         if self.qos == 1:
+            existed = self.queue_path.exists()
             try:
-                self.store = MessageStore(self.queue_path, self.cfg.queue_max)
+                self.store = MessageStore(self.queue_path, self.cfg.queue_max, self.counts.fault)
             except (OSError, sqlite3.Error) as exc:
                 raise ConfigError(f"stream {self.stream}: cannot open the queue {self.queue_path}: {exc}") from None
             if self._depth is not None:
                 store = self.store
                 self._depth.set_function(lambda: store.depth)
-            if len(self.store):
-                log.info("mqtt %s: %d queued results from before are sent first", self.stream, len(self.store))
-            self._thread = threading.Thread(target=self._sender, name=f"{self.stream}-mqtt", daemon=True)
+            if existed and self.store.moved_to is None:
+                log.info(
+                    "mqtt %s: %d queued results from before found in %s%s",
+                    self.stream,
+                    len(self.store),
+                    self.queue_path,
+                    ": sent first" if len(self.store) else "",
+                )
+            self._thread = GuardedThread(
+                self.component, self._sender, self.board, self._stop, name=f"{self.stream}-mqtt"
+            )
             self._thread.start()
         elif self._depth is not None:
             self._depth.set(0)  # nothing is ever queued at QoS 0
@@ -169,7 +198,7 @@ class MqttSink(Sink):
         if dropped:
             self.counts.add("dropped", dropped)
             self._dropped_while_down += dropped
-            if not self._overflow_logged:
+            if not self._overflow_logged and not self.store.disk_full:  # (a full disk is said by the store)
                 self._overflow_logged = True
                 log.warning(
                     "mqtt %s: queue full (%d results): dropping the oldest until the broker takes them",
@@ -185,6 +214,7 @@ class MqttSink(Sink):
             self._cv.notify_all()
         if self._thread is not None:
             self._thread.join(CLOSE_FLUSH_SECONDS + 1.0)
+            self.board.forget(self.component)
         self.pool.release(self.conn, self)
         if self._own_pool is not None:
             self._own_pool.close()
@@ -221,12 +251,19 @@ class MqttSink(Sink):
 
     # ------------------------------------------------------------------ sending
     def _sender(self) -> None:
+        """The sender thread (guarded): a failure is also a failed result, for the closing line and the counter."""
+        try:
+            self._send_loop()
+        except BaseException:
+            self.counts.add("failed")
+            raise
+
+    def _send_loop(self) -> None:
         """Publish the queue in order; delete only what the broker acknowledged, in order."""
         store = self.store
         assert store is not None
         connected = self.conn.connected
-        inflight: collections.deque[tuple[int, Any]] = collections.deque()  # (row id, MQTTMessageInfo)
-        last_id = 0
+        inflight = self._inflight
         flush_until: Optional[float] = None
         while True:
             if self._stop.is_set():
@@ -238,7 +275,8 @@ class MqttSink(Sink):
             n = self._forget_acked(store, inflight)
             sent_more = False
             if connected.is_set() and len(inflight) < WINDOW:
-                last_id, sent_more = self._send_more(store, inflight, last_id)
+                self._last_id, sent_more = self._send_more(store, inflight, self._last_id)
+            self.board.ok(self.component)
             if n or sent_more:
                 continue
             if inflight and connected.is_set():
@@ -258,8 +296,8 @@ class MqttSink(Sink):
         while inflight and self._acked(inflight[0][1]):
             done_id, n = inflight.popleft()[0], n + 1
         if n:
+            self.counts.add("sent", n)  # acknowledged: sent, even when deleting them fails
             store.delete_upto(done_id)
-            self.counts.add("sent", n)
         return n
 
     def _send_more(
