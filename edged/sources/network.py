@@ -22,7 +22,7 @@ from ..errors import SourceError
 from ..registry import SOURCES
 from .base import LiveSourceConfig, Source, redact
 from .capture import CaptureSource
-from .probe import why_not_open
+from .probe import preflight, why_not_open
 
 log = logging.getLogger(__name__)
 ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
@@ -122,11 +122,12 @@ class NetworkSource(CaptureSource):
             cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(c.open_timeout_seconds * 1000),
             cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(c.read_timeout_seconds * 1000),
         ]  # fmt: skip
+        code = preflight(c.url, c.open_timeout_seconds)  # a camera that does not answer never reaches OpenCV
         CAPTURE_OPTIONS.use(ffmpeg_options(c.url, c.transport))
-        cap = cv2.VideoCapture(c.url, cv2.CAP_FFMPEG, params)  # may block up to the open timeout, no lock held
+        cap = cv2.VideoCapture(c.url, cv2.CAP_FFMPEG, params)  # blocks up to the open timeout; no lock of ours
         if not cap.isOpened():
             cap.release()
-            raise SourceError(f"cannot open {redact(c.url)}: {why_not_open(c.url, c.open_timeout_seconds)}")
+            raise SourceError(f"cannot open {redact(c.url)}: {why_not_open(c.url, code)}")
         return cap
 
 

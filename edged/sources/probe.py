@@ -1,9 +1,10 @@
-"""Why a network camera did not open: one request of our own, since OpenCV only says "no".
+"""A network camera asked before OpenCV opens it: one request of our own.
 
-After a failed open the URL is asked once more, without credentials (they are never sent
-in clear by edged itself): an RTSP ``DESCRIBE`` or an HTTP ``GET``, and the status line of
-the answer names the cause: ``401`` means the camera wants credentials (with credentials in
-the URL: they are wrong), ``404`` a wrong path; a refused or silent socket says so.
+Before each open the URL is asked once, without credentials (edged never sends them in
+clear itself): an RTSP ``DESCRIBE`` or an HTTP ``GET``, of which only the status line is
+read. A camera that does not answer is not handed to OpenCV (see :func:`preflight`); when
+OpenCV then fails, the status names the cause, which OpenCV does not say: ``401`` means the
+camera wants credentials (with credentials in the URL: they are wrong), ``404`` a wrong path.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import socket
 import ssl
 from urllib.parse import urlsplit
 
-PROBE_SECONDS = 2.0  # at most, on top of the failed open
+from ..errors import SourceError
+from .base import redact
 
 _STATUS = {
     403: "the camera refuses access to this path (403 Forbidden): check the user's rights on the camera",
@@ -32,7 +34,7 @@ def _request(url: str) -> bytes:
     return f"GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n".encode()
 
 
-def status_of(url: str, timeout: float = PROBE_SECONDS) -> int:
+def status_of(url: str, timeout: float) -> int:
     """The status code the URL answers an anonymous request with; OSError when it does not answer."""
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
@@ -52,18 +54,35 @@ def status_of(url: str, timeout: float = PROBE_SECONDS) -> int:
     return int(fields[1])
 
 
-def why_not_open(url: str, open_timeout: float) -> str:
-    """The likely reason an open of ``url`` failed, in a few words for the log."""
+def preflight(url: str, timeout: float) -> int | None:
+    """Ask ``url`` before OpenCV opens it: its status code (None: it answered something else).
+
+    OpenCV opens one capture at a time in the whole process (a lock in its FFmpeg backend),
+    so a camera that accepts and never answers would hold every other open, reconnects
+    included, for its whole timeout. Asked here first, in parallel, it is never handed to
+    OpenCV: SourceError, and the stream tries again with backoff.
+    """
     try:
-        code = status_of(url, min(PROBE_SECONDS, open_timeout))
+        return status_of(url, timeout)
     except ConnectionRefusedError:
-        return "connection refused (is the camera on, and is this its port?)"
+        raise SourceError(
+            f"cannot open {redact(url)}: connection refused (is the camera on, and is this its port?)"
+        ) from None
     except socket.timeout:
-        return f"no answer within {open_timeout:g} s"
-    except OSError:
-        return "no answer, refused, or not a video stream"
+        raise SourceError(f"cannot open {redact(url)}: no answer within {timeout:g} s") from None
+    except OSError as exc:  # closed at once, or not an RTSP/HTTP answer: let FFmpeg try it
+        if isinstance(exc, socket.gaierror):
+            raise SourceError(f"cannot open {redact(url)}: unknown host ({exc.strerror})") from None
+        return None
+
+
+def why_not_open(url: str, code: int | None) -> str:
+    """The likely reason OpenCV did not open ``url``, which answered ``code`` to the preflight."""
     if code == 401:
-        if urlsplit(url).password is not None or urlsplit(url).username is not None:
+        parts = urlsplit(url)
+        if parts.password is not None or parts.username is not None:
             return "the camera refused the credentials (401 Unauthorized): check the user name and password"
         return "the camera asks for credentials (401 Unauthorized): give them in the URL (rtsp://user:password@...)"
-    return _STATUS.get(code, f"the camera answered {code} but no video stream opened")
+    if code in _STATUS:
+        return _STATUS[code]
+    return "no video stream there (not a stream FFmpeg reads, or it stopped answering)"
