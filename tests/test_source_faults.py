@@ -34,7 +34,8 @@ from support.wait import wait_for
 
 from edged.config import config_from_dict
 from edged.daemon.wiring import build_stream
-from edged.errors import SourceError
+from edged.errors import ConfigError, SourceError
+from edged.labels import check_labels
 from edged.metrics import Metrics
 from edged.sources.images import read_image
 
@@ -140,6 +141,16 @@ def test_huge_image_is_refused_before_decoding(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match=r"20000x20000 pixels, over edged's limit of 64 megapixels"):
         read_image(path)
     assert time.monotonic() - t0 < 0.5  # the header only: nothing decoded
+
+
+def test_labels_file_of_another_model_is_refused_a_near_miss_warned() -> None:
+    assert check_labels({i: f"c{i}" for i in range(1001)}, 1001, "labels.txt") is None
+    warning = check_labels({i: f"c{i}" for i in range(1000)}, 1001, "labels.txt")  # no background line
+    assert warning == (
+        "labels file labels.txt has 1000 labels for a model of 1001 classes: classes without a label show their id"
+    )
+    with pytest.raises(ConfigError, match="has 5 labels for a model of 1001 classes: it is another model's"):
+        check_labels({i: f"c{i}" for i in range(5)}, 1001, "labels.txt")
 
 
 # ------------------------------------------------------------------ the daemon: exit codes
