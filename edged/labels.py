@@ -48,3 +48,24 @@ def read_labels(path: str | Path) -> dict[int, str]:
     if not labels:
         raise ConfigError(f"labels file is empty: {p}")
     return labels
+
+
+def check_labels(labels: dict[int, str], classes: int, path: str | Path) -> str | None:
+    """A labels file against the number of classes its model scores; for a mismatch, the one
+    warning line to log (None: it fits).
+
+    A file with fewer than half or more than twice as many labels as the model has classes is
+    another model's (5 labels for a 1001-class ImageNet model): refused, ConfigError. Any
+    other mismatch (a background line more or less: every label off by one; a sparse ``ID label`` file) is only
+    warned about: the ids and scores are right, a class without a label is shown by its id.
+    """
+    top = max(labels) + 1  # ids run from 0
+    if top == classes:
+        return None
+    if top < classes / 2 or top > 2 * classes:
+        raise ConfigError(
+            f"labels file {path} has {top} labels for a model of {classes} classes: it is another model's labels file"
+        )
+    return (
+        f"labels file {path} has {top} labels for a model of {classes} classes: classes without a label show their id"
+    )

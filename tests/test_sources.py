@@ -146,4 +146,4 @@ def test_url_source_config() -> None:
     with pytest.raises(ValidationError, match="must start with rtsp://"):
         UrlSourceConfig(url="/dev/video0")
     assert ffmpeg_options("rtsp://cam/live", "udp") == "rtsp_transport;udp"
-    assert ffmpeg_options("http://cam/mjpg", "tcp") == ""
+    assert ffmpeg_options("http://cam/mjpg", "tcp") is None

@@ -7,9 +7,25 @@ its implementation (importing this package registers the kinds it holds).
 
 from __future__ import annotations
 
+import os
+
+import cv2
+
 from ..registry import SOURCES, KindConfig
 from . import camera, images, network, video  # noqa: F401 - they register their kinds
 from .base import Frame, Source
+
+
+def quiet_opencv() -> None:
+    """FFmpeg's and OpenCV's own messages (a line or two per failed open of a camera, written
+    straight to stderr, past edged's log format) are silenced: edged says what failed, once.
+    ``OPENCV_FFMPEG_LOGLEVEL`` / ``OPENCV_LOG_LEVEL`` set in the environment win (debugging)."""
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # read at the first FFmpeg open
+    if "OPENCV_LOG_LEVEL" not in os.environ:
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+
+
+quiet_opencv()
 
 
 def make_source(cfg: KindConfig, name: str = "") -> Source:

@@ -83,6 +83,15 @@ class Source:
     def describe(self) -> str:
         return self.kind
 
+    @property
+    def finite(self) -> bool:
+        """Whether the source ends by configuration (``loop: false``); a live one never does."""
+        return not self.live
+
+    def end_error(self) -> str | None:
+        """Once ``read()`` returned None: why the end is a failure (frames it could not read), or None."""
+        return None
+
     # -- reading
     def _grab(self) -> tuple[np.ndarray, str | None, Mapping[str, Any] | None] | None:  # pragma: no cover - overridden
         raise NotImplementedError

@@ -35,8 +35,11 @@ class CaptureSource(Source):
         raise NotImplementedError
 
     def open(self) -> None:
-        cap = self._open_capture()
+        cap = self._open_capture()  # may block (a camera that does not answer): no lock held
         with self._lock:
+            if self.closed:  # closed while it was opening: nobody reads it any more
+                cap.release()
+                return
             self.cap = cap
             self._release_pending = False
 

@@ -14,6 +14,7 @@ from pydantic import Field
 from ..errors import SourceError
 from ..registry import SOURCES, StrictConfig
 from .base import Source
+from .imagesize import MAX_IMAGE_PIXELS, image_size
 
 log = logging.getLogger(__name__)
 # the image files edged reads, everywhere: a source's folder or glob, and the toolchain's --data folders
@@ -39,7 +40,17 @@ def read_image(path: str | Path) -> np.ndarray:
         raise SourceError(f"image not found: {p}")
     if not p.is_file():
         raise SourceError(f"image path is not a file: {p}")
-    image = cv2.imread(str(p), cv2.IMREAD_COLOR)
+    size = image_size(p)  # from the header: a huge image is refused before it is decoded
+    if size is not None and size[0] * size[1] > MAX_IMAGE_PIXELS:
+        raise SourceError(
+            f"image {p} is {size[0]}x{size[1]} pixels, over edged's limit of {MAX_IMAGE_PIXELS // 1_000_000} "
+            "megapixels: scale it down"
+        )
+    try:
+        image = cv2.imread(str(p), cv2.IMREAD_COLOR)
+    except (cv2.error, MemoryError) as exc:  # OpenCV's own size limit, or no memory for the pixels
+        reason = "not enough memory" if isinstance(exc, MemoryError) else str(exc).strip().splitlines()[-1]
+        raise SourceError(f"cannot decode image {p}: {reason}") from None
     if image is None:
         raise SourceError(f"cannot decode image {p}: not an image format OpenCV reads")
     return image
@@ -62,7 +73,8 @@ class ImagesSource(Source):
         self.cfg = cfg
         self.files: list[Path] = []
         self._pos = 0
-        self._bad: set[Path] = set()
+        self._bad: set[Path] = set()  # the files that failed and have not been read since (logged once)
+        self._skipped: set[Path] = set()  # loop: false: the files never read
 
     def open(self) -> None:
         self.files = list_images(self.cfg.path)
@@ -75,21 +87,42 @@ class ImagesSource(Source):
     def _fps(self) -> float | None:
         return self.cfg.fps or None
 
+    @property
+    def finite(self) -> bool:
+        return not self.cfg.loop
+
+    def end_error(self) -> str | None:
+        if not self._skipped:
+            return None
+        return f"{len(self._skipped)} of {len(self.files)} image(s) could not be read"
+
     def _grab(self) -> tuple[np.ndarray, str | None, Mapping[str, Any] | None] | None:
-        for _ in range(len(self.files) + 1):
+        """The next readable image. A file that fails is skipped (logged once until it reads
+        again); looped, when a whole round fails (a lone file being rewritten, say) the error
+        is raised, and the stream tries again with backoff."""
+        error: SourceError | None = None
+        for _ in range(len(self.files)):
             if self._pos >= len(self.files):
-                if not self.cfg.loop or len(self._bad) == len(self.files):
+                if not self.cfg.loop:
                     return None
                 self._pos = 0
             path = self.files[self._pos]
             self._pos += 1
             try:
-                return read_image(path), str(path), None
+                image = read_image(path)
             except SourceError as exc:
-                if path not in self._bad:
-                    self._bad.add(path)
+                error = exc
+                if not self.cfg.loop:
+                    self._skipped.add(path)
+                if path not in self._bad and (len(self.files) > 1 or not self.cfg.loop):
                     log.warning("stream %s: skipping %s", self.name, exc)
-        return None
+                self._bad.add(path)
+                continue
+            self._bad.discard(path)
+            return image, str(path), None
+        if not self.cfg.loop or error is None:
+            return None
+        raise error if len(self.files) == 1 else SourceError(f"none of the images can be read: {error}")
 
 
 SOURCES.register("images", ImagesSourceConfig, ImagesSource)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from typing import Any, Literal, Mapping
 
 import cv2
@@ -21,9 +22,14 @@ from ..errors import SourceError
 from ..registry import SOURCES
 from .base import LiveSourceConfig, Source, redact
 from .capture import CaptureSource
+from .probe import preflight, why_not_open
 
 log = logging.getLogger(__name__)
-_ENV_LOCK = threading.Lock()  # OPENCV_FFMPEG_CAPTURE_OPTIONS is process-wide: set it, open, restore
+ENV = "OPENCV_FFMPEG_CAPTURE_OPTIONS"
+# OpenCV reads OPENCV_FFMPEG_CAPTURE_OPTIONS first thing in an open, before it connects; an
+# open that needs another value than the one set waits this long for an open that began
+# with it to have read it. Opens never wait for one another's connection.
+ENV_READ_SECONDS = 0.25
 
 
 class UrlSourceConfig(LiveSourceConfig):
@@ -62,12 +68,39 @@ class Picamera2SourceConfig(LiveSourceConfig):
     fps: float = Field(30.0, gt=0)
 
 
-def ffmpeg_options(url: str, transport: str) -> str:
-    """The ``OPENCV_FFMPEG_CAPTURE_OPTIONS`` string for ``url`` (``key;value|key;value``)."""
-    opts = []
+def ffmpeg_options(url: str, transport: str) -> str | None:
+    """The ``OPENCV_FFMPEG_CAPTURE_OPTIONS`` string for ``url`` (``key;value|key;value``); None: any."""
     if url.lower().startswith(("rtsp://", "rtsps://")):
-        opts.append(f"rtsp_transport;{transport}")
-    return "|".join(opts)
+        return f"rtsp_transport;{transport}"
+    return None  # HTTP ignores the RTSP transport: whatever another camera's open set will do
+
+
+class CaptureOptions:
+    """The process-wide FFmpeg options, set for each open without holding a lock across it.
+
+    Opens that need the value already set (every RTSP camera over TCP, say) do not wait at
+    all; one that needs another waits at most ``ENV_READ_SECONDS`` after the last change.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._set_at = -1e9
+
+    def use(self, value: str | None) -> None:
+        """Set ``value`` (None: any value will do, e.g. for an HTTP URL) for the open about to begin."""
+        if value is None:
+            return
+        with self._cond:
+            while os.environ.get(ENV, "") != value:
+                wait = self._set_at + ENV_READ_SECONDS - time.monotonic()
+                if wait <= 0:
+                    os.environ[ENV] = value
+                    break
+                self._cond.wait(wait)
+            self._set_at = time.monotonic()
+
+
+CAPTURE_OPTIONS = CaptureOptions()
 
 
 class NetworkSource(CaptureSource):
@@ -89,19 +122,12 @@ class NetworkSource(CaptureSource):
             cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, int(c.open_timeout_seconds * 1000),
             cv2.CAP_PROP_READ_TIMEOUT_MSEC, int(c.read_timeout_seconds * 1000),
         ]  # fmt: skip
-        with _ENV_LOCK:
-            saved = os.environ.get("OPENCV_FFMPEG_CAPTURE_OPTIONS")
-            os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = ffmpeg_options(c.url, c.transport)
-            try:
-                cap = cv2.VideoCapture(c.url, cv2.CAP_FFMPEG, params)
-            finally:
-                if saved is None:
-                    os.environ.pop("OPENCV_FFMPEG_CAPTURE_OPTIONS", None)
-                else:
-                    os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = saved
+        code = preflight(c.url, c.open_timeout_seconds)  # a camera that does not answer never reaches OpenCV
+        CAPTURE_OPTIONS.use(ffmpeg_options(c.url, c.transport))
+        cap = cv2.VideoCapture(c.url, cv2.CAP_FFMPEG, params)  # blocks up to the open timeout; no lock of ours
         if not cap.isOpened():
             cap.release()
-            raise SourceError(f"cannot open {redact(c.url)}: no answer, refused, or not a video stream")
+            raise SourceError(f"cannot open {redact(c.url)}: {why_not_open(c.url, code)}")
         return cap
 
 

@@ -37,19 +37,29 @@ class VideoFileSource(Source):
         self._lock = threading.Lock()  # read() and release() never overlap
 
     def open(self) -> None:
+        cap = self._open_file()
+        file_fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
+        self.fps = self.cfg.fps or (file_fps if 0 < file_fps < 1000 else 25.0)
+        self.cap = cap
+
+    def _open_file(self) -> cv2.VideoCapture:
+        """The file opened at its first frame; SourceError when it cannot be (missing, truncated...)."""
         if not self.path.is_file():
             raise SourceError(f"video file not found: {self.path}")
         cap = cv2.VideoCapture(str(self.path), cv2.CAP_FFMPEG)
         if not cap.isOpened():
+            cap.release()
             raise SourceError(f"cannot open video file {self.path}: not a video OpenCV/FFmpeg can read")
         ok, _ = cap.read()
         if not ok:
             cap.release()
             raise SourceError(f"video file {self.path} has no readable frame")
         cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
-        file_fps = cap.get(cv2.CAP_PROP_FPS) or 0.0
-        self.fps = self.cfg.fps or (file_fps if 0 < file_fps < 1000 else 25.0)
-        self.cap = cap
+        return cap
+
+    @property
+    def finite(self) -> bool:
+        return not self.cfg.loop
 
     def describe(self) -> str:
         pace = f"{self.fps:g} fps" if self.cfg.realtime else "as fast as possible"
@@ -60,8 +70,12 @@ class VideoFileSource(Source):
 
     def _grab(self) -> tuple[np.ndarray, str | None, Mapping[str, Any] | None] | None:
         with self._lock:
-            if self.cap is None or self.closed:
+            if self.closed:
                 return None
+            if self.cap is None:
+                if not self.cfg.loop or self.fps is None:  # released, or never opened
+                    return None
+                self.cap = self._open_file()  # looped, after a failure: SourceError until it reads again
             return self._read()
 
     def _read(self) -> tuple[np.ndarray, str | None, Mapping[str, Any] | None] | None:
@@ -70,12 +84,15 @@ class VideoFileSource(Source):
         if not ok and self.cfg.loop:
             self.cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
             ok, image = self.cap.read()
-            if not ok:  # some containers do not seek: reopen
+            if not ok:  # some containers do not seek; or the file was truncated or is being rewritten
                 self.cap.release()
-                self.cap = cv2.VideoCapture(str(self.path), cv2.CAP_FFMPEG)
+                self.cap = None
+                self.cap = self._open_file()
                 ok, image = self.cap.read()
         if not ok:
-            return None
+            if not self.cfg.loop:
+                return None
+            raise SourceError(f"video file {self.path} cannot be read (truncated, or being rewritten?)")
         return image, None, None
 
     def release(self) -> None:

@@ -37,6 +37,7 @@ class StreamState(_Named):
 class SourceState(_Named):
     CREATED = "created"
     UP = "up"
+    OPENING = "opening"  # a live source's first open, under way in the capture thread (its phase: starting)
     CONNECTING = "connecting"  # a live source being opened again, with backoff
 
 

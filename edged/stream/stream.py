@@ -37,6 +37,10 @@ log = logging.getLogger("edged.pipeline")
 BUFFERS = 3  # prepared inputs: one being filled, one waiting in the slot, one being copied into the model
 ERROR_LOG_EVERY = 30.0  # seconds between two log lines of one stage's errors
 THREAD_RESTART_MIN_SECONDS, THREAD_RESTART_MAX_SECONDS = 0.5, 30.0  # a crashed thread starts again after
+# a live source's first open happens in the capture thread; after this long it no longer
+# holds READY back (a camera that does not answer must not delay the others, nor systemd)
+FIRST_OPEN_GRACE = 3.0
+FILE_RETRY_MIN, FILE_RETRY_MAX = 0.5, 10.0  # a file that cannot be read is tried again after 0.5, 1 ... 10 s
 
 
 class Stream:
@@ -70,19 +74,23 @@ class Stream:
         self.first_result = threading.Event()
         self.heartbeat = time.monotonic()  # the inference loop's last turn (the systemd watchdog reads it)
         self._error_logged: dict[str, float] = {}
+        self._source_lock = threading.Lock()  # the source state: set by the capture thread and the grace timer
+        self._grace: Optional[threading.Timer] = None
+        self._file_retry = FILE_RETRY_MIN  # the next wait of a file source that cannot be read
 
     # -------------------------------------------------------------- lifecycle
     def start(self) -> None:
         self.metrics.init(self.engine.info)
-        try:
+        if self.source.live:
+            # opened by the capture thread: a camera that does not answer (an open can block
+            # in C for its whole timeout, or longer) holds up neither start-up nor the others
+            self.source_state = SourceState.OPENING
+            self._grace = threading.Timer(FIRST_OPEN_GRACE, self._open_overdue)
+            self._grace.daemon = True
+            self._grace.start()
+        else:  # a missing file is a configuration mistake: say so and stop (SourceError)
             self.source.open()
             self._source_is_up()
-        except SourceError as exc:
-            if not self.source.live:  # a missing file is a configuration mistake: say so and stop
-                raise
-            # a camera that is not there yet must not stop the other streams: keep trying
-            self._source_is_down(str(exc))
-            log.error("stream %s: %s; retrying in the background", self.id, exc)
         for sink in self.sinks:
             sink.start()
         self.state = StreamState.RUNNING
@@ -102,7 +110,9 @@ class Stream:
     def request_stop(self) -> None:
         """Ask both threads to stop without waiting (so several streams stop in parallel)."""
         self._stop.set()
-        self.source.close()
+        if self._grace is not None:
+            self._grace.cancel()
+        self.source.close()  # an open under way is not waited for: its thread is a daemon thread
         self.slot.end()
 
     def close(self, timeout: float = 1.5) -> None:
@@ -168,14 +178,42 @@ class Stream:
             log.error("stream %s: %s error: %s", self.id, stage, exc)
 
     def _source_is_up(self) -> None:
-        self.source_state = SourceState.UP
+        with self._source_lock:
+            self.source_state = SourceState.UP
         self.metrics.source_up.set(1)
 
     def _source_is_down(self, error: str) -> None:
-        self.source_state = SourceState.CONNECTING
-        self.source_error = error
+        with self._source_lock:
+            self.source_state = SourceState.CONNECTING
+            self.source_error = error
         self.metrics.source_up.set(0)
         self._source_down_since = time.monotonic()
+
+    def _open_overdue(self) -> None:
+        """The grace timer: a first open still under way no longer holds READY back."""
+        with self._source_lock:
+            if self.source_state is not SourceState.OPENING:
+                return
+            self.source_state = SourceState.CONNECTING
+            self.source_error = f"{self.source.describe()} has not opened within {FIRST_OPEN_GRACE:g} s"
+        self._source_down_since = time.monotonic() - FIRST_OPEN_GRACE
+        log.warning("stream %s: %s; still trying, the other streams go on", self.id, self.source_error)
+
+    def _first_open(self) -> bool:
+        """A live source's first open, in the capture thread; then reconnects. False when stopped."""
+        try:
+            self.source.open()
+        except SourceError as exc:
+            # a camera that is not there yet must not stop the other streams: keep trying
+            self._source_is_down(str(exc))
+            log.error("stream %s: %s; retrying in the background", self.id, exc)
+            return self._reconnect()
+        if self._grace is not None:
+            self._grace.cancel()
+        if self.source_state is SourceState.CONNECTING:  # after the grace: say it is there after all
+            log.info("stream %s: source %s is open", self.id, self.source.describe())
+        self._source_is_up()
+        return not self._stop.is_set()
 
     def _reconnect(self) -> bool:
         """Open a live source again with capped exponential backoff and jitter; False when stopped."""
@@ -200,18 +238,50 @@ class Stream:
 
     def _source_failed(self, exc: Exception) -> bool:
         """A read failed: count it; a live source is opened again. False when the stream stops."""
-        self._report("source", exc)
         self.metrics.up.set(0)
         if not self.source.live:
-            return not self._stop.wait(1.0)
+            return self._file_failed(exc)
+        self._report("source", exc)
         # a live source lost its device or connection: release it, come back with backoff
         self.source.release()
         self._source_is_down(str(exc))
         log.warning("stream %s: source lost (%s); reconnecting", self.id, exc)
         return self._reconnect()
 
+    def _file_failed(self, exc: Exception) -> bool:
+        """A file source could not be read (a file rewritten in place, truncated, removed): count
+        it, log once per streak, try again with backoff until it reads. False when stopped."""
+        self.metrics.count_error("source")
+        self.last_error = f"source: {exc}"
+        if self.source_state is not SourceState.CONNECTING:
+            self._source_is_down(str(exc))
+            log.warning("stream %s: source cannot be read (%s); retrying until it can", self.id, exc)
+        else:
+            self.source_error = str(exc)
+        wait, self._file_retry = self._file_retry, min(self._file_retry * 2, FILE_RETRY_MAX)
+        return not self._stop.wait(wait * random.uniform(0.75, 1.0))
+
+    def _file_readable(self) -> None:
+        """A frame came after a streak of failures of a file source: it is back."""
+        down = time.monotonic() - (self._source_down_since or time.monotonic())
+        self._file_retry = FILE_RETRY_MIN
+        self._source_is_up()
+        log.info("stream %s: source %s readable again after %.1f s", self.id, self.source.describe(), down)
+
+    def _ended(self) -> None:
+        """The source has no more frames: the end of a finite one, or a failure for good."""
+        why = self.source.end_error() if self.source.finite else "a source that does not end by configuration ended"
+        if why is None:
+            log.info("stream %s: source ended after %d frames", self.id, self.source.frames_read)
+            return
+        self.state = StreamState.FAILED  # edged run exits 1; /healthz says 503
+        self.last_error = f"source: {why}"
+        self.metrics.up.set(0)
+        log.error("stream %s: source ended after %d frames: %s", self.id, self.source.frames_read, why)
+
     def _capture_loop(self) -> None:
-        if self.source_state is SourceState.CONNECTING and not self._reconnect():
+        # (also after a crash of this thread: a live source that is not up is opened again)
+        if self.source.live and self.source_state is not SourceState.UP and not self._first_open():
             self.slot.end()
             return
         # A source with no pace of its own that is not live (a file read as fast as possible)
@@ -230,8 +300,10 @@ class Stream:
                 continue
             if frame is None:
                 if not self._stop.is_set():
-                    log.info("stream %s: source ended after %d frames", self.id, self.source.frames_read)
+                    self._ended()
                 break
+            if self.source_state is SourceState.CONNECTING:
+                self._file_readable()
             self.metrics.stage["capture"].observe(frame.capture_seconds)
             # prepare here, while the inference thread is busy with the previous frame
             buf = self._free_buffer()
