@@ -467,3 +467,14 @@ def test_run_with_a_bad_listen_address_is_a_configuration_error() -> None:
     proc = edged("run", "--listen", "nowhere", "--duration", "1")
     assert_one_error(proc, "listen must be HOST:PORT", "'nowhere'")
     assert proc.returncode == 2
+
+
+@pytest.mark.faults
+def test_infer_refuses_the_labels_file_of_another_model(tmp_path: Path, models_dir: Path, images_dir: Path) -> None:
+    """5 labels for a 1001-class model: another model's file, one line and exit 2, not silent."""
+    labels = tmp_path / "five.txt"
+    labels.write_text("a\nb\nc\nd\ne\n")
+    proc = edged("infer", "-m", models_dir / "mobilenet_v1_0.25_128_quant.tflite", "-l", labels,
+                 images_dir / "cat_720p.jpg")  # fmt: skip
+    assert_one_error(proc, "five.txt has 5 labels for a model of 1001 classes")
+    assert proc.returncode == 2

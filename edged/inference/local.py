@@ -13,6 +13,7 @@ that prepares frames ahead has a :class:`~.types.Preparer` of its own.
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Protocol, Union
@@ -20,7 +21,8 @@ from typing import TYPE_CHECKING, Any, Optional, Protocol, Union
 import numpy as np
 
 from ..errors import ConfigError
-from ..model import LoadedModel, ModelInfo, load_model, read_labels
+from ..labels import check_labels, read_labels
+from ..model import LoadedModel, ModelInfo, load_model
 from ..preprocess import Preprocessor, Transform
 from .decode import decoder_for
 from .types import EngineStatus, InputSignature, Output, Prepared, Preparer
@@ -28,6 +30,9 @@ from .types import EngineStatus, InputSignature, Output, Prepared, Preparer
 if TYPE_CHECKING:
     from ..config import ModelConfig
     from ..worker import DeviceWorker
+
+
+log = logging.getLogger("edged.model")
 
 
 class Backend(Protocol):
@@ -114,6 +119,10 @@ class Engine:
         self.runtime_version: str = backend.runtime_version
         self.loaded: Optional[LoadedModel] = backend.loaded if isinstance(backend, InProcessBackend) else None
         self.labels = read_labels(cfg.labels) if cfg.labels else None
+        if self.labels and cfg.labels and self.info.task == "classification":
+            mismatch = check_labels(self.labels, int(np.prod(self.info.outputs[0].shape)), cfg.labels)
+            if mismatch is not None:
+                log.warning("model %s: %s", self.info.name, mismatch)
         spec = self.info.input
         q = spec.quantization
         self.signature = InputSignature(
