@@ -57,7 +57,7 @@ class Service:
         self.ready = threading.Event()  # READY=1 sent (or would have been, outside systemd)
         self._lock = threading.RLock()  # a reload swapping the streams, against the supervisor and close()
         self.metrics = Metrics()
-        self.health = HealthBoard(self.metrics)  # the components with threads of their own report here
+        self.board = HealthBoard(self.metrics)  # the components with threads of their own report here
         self.streams: list[Stream] = []
         self.workers: list[DeviceWorker] = []
         self.stop_event = threading.Event()
@@ -93,10 +93,10 @@ class Service:
             raise
         # the port is bound above (a taken port fails before anything starts); requests are
         # answered from here on, once every stream has started
-        self._http_thread = GuardedThread("http", self.http.serve_forever, self.health, self.stop_event)
+        self._http_thread = GuardedThread("http", self.http.serve_forever, self.board, self.stop_event)
         self._http_thread.start()
         supervisor = Supervisor(
-            self.notifier, lambda: self.streams, self.health, self._lock, self.stop_event, self.ready
+            self.notifier, lambda: self.streams, self.board, self._lock, self.stop_event, self.ready
         )
         supervisor.start()
         log.info(
@@ -128,7 +128,7 @@ class Service:
     def build_stream(self, cfg: StreamConfig, engine: InferenceEngine) -> Stream:
         """A stream with its source, its sinks and the event hub's sink (not started)."""
         hub = HubSink(self.events)  # results to Server-Sent Events clients
-        return build_stream(cfg, self.metrics, engine, [hub], self.mqtt, self.health)
+        return build_stream(cfg, self.metrics, engine, [hub], self.mqtt, self.board)
 
     @property
     def address(self) -> str:
@@ -235,18 +235,18 @@ class Service:
         return next((s for s in self.streams if s.id == sid), None)
 
     def health(self) -> tuple[bool, dict[str, Any]]:
-        return views.health(self.streams, self.health)
+        return views.health(self.streams, self.board)
 
     def readiness(self) -> tuple[bool, dict[str, Any]]:
         return views.readiness(self.streams)
 
     def summary(self) -> dict[str, Any]:
-        return views.summary(self.config.device, self.streams, self.health)
+        return views.summary(self.config.device, self.streams, self.board)
 
     def status_line(self) -> str:
         return views.status_line(self.streams)
 
     def status(self) -> dict[str, Any]:
         return views.status(
-            self.config.device, self.streams, self.tpus, self.workers, self.started, self.events.clients, self.health
+            self.config.device, self.streams, self.tpus, self.workers, self.started, self.events.clients, self.board
         )
