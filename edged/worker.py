@@ -43,6 +43,11 @@ from .worker_child import child_main, output_views, outputs_size
 
 log = logging.getLogger(__name__)
 
+# A worker's start (spawn, imports, every model loaded with the delegate and its test inference)
+# that takes longer is a failure: a wedged TPU at start-up costs at most this per device, which
+# the systemd unit's TimeoutStartSec allows for (systemd/edged.service).
+START_SECONDS = 30.0
+
 
 # --------------------------------------------------------------------------- the parent (the child: edged.worker_child)
 
@@ -149,9 +154,14 @@ class DeviceWorker:
         if self._spawns and self.metrics is not None:
             self.metrics.worker_restarts.labels(self.label).inc()
         self._spawns += 1
+        until = time.monotonic() + START_SECONDS
+
+        def left() -> float:
+            return round(max(0.1, until - time.monotonic()), 1)
+
         try:
             for m in self.models.values():
-                reply = self._call(("load", m.key, m.path, self.library, self.options, m.threads), timeout=60.0)
+                reply = self._call(("load", m.key, m.path, self.library, self.options, m.threads), timeout=left())
                 m.info, self.runtime_version = reply[1], reply[2]
                 size = int(np.prod(m.info.input.shape)) * np.dtype(m.info.input.dtype).itemsize
                 if m.shm is None or m.out_shm is None or m.shm.size < size or m.out_shm.size < outputs_size(m.info):
@@ -160,10 +170,10 @@ class DeviceWorker:
                     m.out_shm = shared_memory.SharedMemory(create=True, size=outputs_size(m.info))
                 m.array = np.ndarray(m.info.input.shape, dtype=np.dtype(m.info.input.dtype), buffer=m.shm.buf)
                 m.outputs = output_views(m.info, m.out_shm.buf)
-                self._call(("attach", m.key, m.shm.name, m.out_shm.name), timeout=10.0)
+                self._call(("attach", m.key, m.shm.name, m.out_shm.name), timeout=min(10.0, left()))
                 m.array[...] = 0  # the test inference: the model upload happens on the first invoke
                 t0 = time.perf_counter()
-                self._call(("infer", m.key), timeout=max(self.deadline, 30.0))
+                self._call(("infer", m.key), timeout=left())
                 m.first_inference_seconds = time.perf_counter() - t0
         except WorkerFailure as exc:
             self._down_locked(exc)
