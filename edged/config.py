@@ -111,6 +111,12 @@ class EdgeTpuConfig(StrictConfig):
     deadline_seconds: float = Field(1.0, gt=0, le=60, description="no result within this = a hung TPU")
     probe_initial_seconds: float = Field(1.0, gt=0, description="first wait before probing a failed TPU again")
     probe_max_seconds: float = Field(60.0, gt=0, description="longest wait between two probes")
+    stable_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="a worker that fails again sooner after a restart is flapping: the probe wait goes on "
+        "doubling instead of starting again from probe_initial_seconds (0: no damping)",
+    )
 
 
 STREAM_ID = r"[A-Za-z0-9_.-]{1,64}"  # a stream's id: in metrics, logs, topics and the API's paths (one owner)

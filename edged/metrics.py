@@ -221,6 +221,12 @@ class Metrics:
             ["device"],
             registry=r,
         )
+        self.edgetpu_flaps = Counter(
+            "edged_edgetpu_flaps_total",
+            "Edge TPU worker failures within edgetpu.stable_seconds of a restart (each one doubles the probe wait)",
+            ["device"],
+            registry=r,
+        )
         self.first_inference = Gauge(
             "edged_first_inference_seconds",
             "Time of the first inference after loading a model on the Edge TPU (includes the model upload)",

@@ -15,6 +15,13 @@ a time), holding one interpreter per stream pinned to that TPU.
   restarts it with capped exponential backoff. A restart counts as successful when the
   delegate loads and a test inference of every model succeeds; ``generation`` then
   increases and the streams move back.
+* Flaps are damped: a worker that fails again within ``stable_seconds`` of coming back
+  is a flap (counted in ``flaps``); the probe backoff is not reset by such a restart, it
+  doubles, so a TPU that fails right after each probe keeps the streams on the CPU for
+  longer and longer. The backoff starts again from ``probe_initial`` only for a failure
+  after the worker has stayed up that long.
+* The probe thread, one per worker for its life, runs guarded
+  (:class:`~edged.health.GuardedThread`, component ``edgetpu-probe:<label>``).
 """
 
 from __future__ import annotations
@@ -31,9 +38,15 @@ from typing import Any
 import numpy as np
 
 from .errors import WorkerFailure
+from .health import GuardedThread, HealthBoard
 from .worker_child import child_main, output_views, outputs_size
 
 log = logging.getLogger(__name__)
+
+# A worker's start (spawn, imports, every model loaded with the delegate and its test inference)
+# that takes longer is a failure: a wedged TPU at start-up costs at most this per device, which
+# the systemd unit's TimeoutStartSec allows for (systemd/edged.service).
+START_SECONDS = 30.0
 
 
 # --------------------------------------------------------------------------- the parent (the child: edged.worker_child)
@@ -77,6 +90,8 @@ class DeviceWorker:
         probe_initial: float = 1.0,
         probe_max: float = 60.0,
         metrics: Any = None,
+        stable_seconds: float | None = None,
+        board: HealthBoard | None = None,
     ) -> None:
         self.label = label  # the device label in metrics and logs: "usb:0", "pci:1", "default"
         self.selector = selector
@@ -89,18 +104,28 @@ class DeviceWorker:
         self.probe_initial = probe_initial
         self.probe_max = probe_max
         self.metrics = metrics
+        if stable_seconds is None:
+            from .config import EdgeTpuConfig
+
+            stable_seconds = EdgeTpuConfig().stable_seconds  # the one default
+        self.stable_seconds = stable_seconds
+        self.board = board if board is not None else HealthBoard()  # a private one: failures are still logged
         self.models: dict[str, _Model] = {}
         self.up = False
         self.generation = 0
         self.last_reason: str | None = None
-        self.next_probe_in: float = probe_initial
+        self.next_probe_in: float = probe_initial  # the wait before the next probe (the backoff)
+        self.flaps = 0  # failures within stable_seconds of a restart
+        self._up_since = 0.0
+        self._probe_at = 0.0  # time.monotonic() of the next probe, while down
         self.runtime_version = ""
         self._ctx = multiprocessing.get_context("spawn")  # never fork a process that has threads
         self._proc: Any = None
         self._conn: Any = None
         self._lock = threading.Lock()
         self._closed = threading.Event()
-        self._prober: threading.Thread | None = None
+        self._wake = threading.Event()  # set while down: the probe thread has work
+        self._prober: GuardedThread | None = None
         self._spawns = 0
 
     # ---------------------------------------------------------------- set-up
@@ -129,9 +154,14 @@ class DeviceWorker:
         if self._spawns and self.metrics is not None:
             self.metrics.worker_restarts.labels(self.label).inc()
         self._spawns += 1
+        until = time.monotonic() + START_SECONDS
+
+        def left() -> float:
+            return round(max(0.1, until - time.monotonic()), 1)
+
         try:
             for m in self.models.values():
-                reply = self._call(("load", m.key, m.path, self.library, self.options, m.threads), timeout=60.0)
+                reply = self._call(("load", m.key, m.path, self.library, self.options, m.threads), timeout=left())
                 m.info, self.runtime_version = reply[1], reply[2]
                 size = int(np.prod(m.info.input.shape)) * np.dtype(m.info.input.dtype).itemsize
                 if m.shm is None or m.out_shm is None or m.shm.size < size or m.out_shm.size < outputs_size(m.info):
@@ -140,10 +170,10 @@ class DeviceWorker:
                     m.out_shm = shared_memory.SharedMemory(create=True, size=outputs_size(m.info))
                 m.array = np.ndarray(m.info.input.shape, dtype=np.dtype(m.info.input.dtype), buffer=m.shm.buf)
                 m.outputs = output_views(m.info, m.out_shm.buf)
-                self._call(("attach", m.key, m.shm.name, m.out_shm.name), timeout=10.0)
+                self._call(("attach", m.key, m.shm.name, m.out_shm.name), timeout=min(10.0, left()))
                 m.array[...] = 0  # the test inference: the model upload happens on the first invoke
                 t0 = time.perf_counter()
-                self._call(("infer", m.key), timeout=max(self.deadline, 30.0))
+                self._call(("infer", m.key), timeout=left())
                 m.first_inference_seconds = time.perf_counter() - t0
         except WorkerFailure as exc:
             self._down_locked(exc)
@@ -151,7 +181,8 @@ class DeviceWorker:
         self.up = True
         self.generation += 1
         self.last_reason = None
-        self.next_probe_in = self.probe_initial
+        # the backoff is not reset here: only a stay of stable_seconds does; the first start is no come-back
+        self._up_since = time.monotonic() if self._spawns > 1 else float("-inf")
         if self.metrics is not None:
             self.metrics.accelerator_up.labels(self.label).set(1)
 
@@ -210,33 +241,59 @@ class DeviceWorker:
         self._kill_locked()
         if self.metrics is not None:
             self.metrics.accelerator_up.labels(self.label).set(0)
+        now = time.monotonic()
         if was_up:
-            log.warning("Edge TPU %s: %s", self.label, exc.reason)
+            stayed = now - self._up_since
+            if stayed < self.stable_seconds:  # a flap: the probe backoff goes on growing
+                self.flaps += 1
+                self.next_probe_in = min(self.next_probe_in * 2, self.probe_max)
+                if self.metrics is not None:
+                    self.metrics.edgetpu_flaps.labels(self.label).inc()
+            else:
+                self.next_probe_in = self.probe_initial
+            log.warning(
+                "Edge TPU %s: %s%s", self.label, exc.reason,
+                f" ({stayed:.1f} s after coming back: flap {self.flaps})" if stayed < self.stable_seconds else "",
+            )  # fmt: skip
+        self._probe_at = now + self.next_probe_in
+        self._wake.set()
         self._ensure_prober()
 
+    def next_probe_seconds(self) -> float | None:
+        """How long until the next probe; None while the worker is up."""
+        if self.up:
+            return None
+        return round(max(0.0, self._probe_at - time.monotonic()), 1)
+
     def _ensure_prober(self) -> None:
-        if self._closed.is_set() or (self._prober is not None and self._prober.is_alive()):
+        if self._closed.is_set() or self._prober is not None:
             return
-        self._prober = threading.Thread(target=self._probe_loop, name=f"edgetpu-probe-{self.label}", daemon=True)
+        component = f"edgetpu-probe:{self.label}"
+        self._prober = GuardedThread(component, self._probe_loop, self.board, self._closed, name=component)
         self._prober.start()
 
     def _probe_loop(self) -> None:
-        delay = self.probe_initial
+        """While the worker is down, start it again at ``_probe_at``; the wait doubles after each failed probe."""
         while not self._closed.is_set():
-            self.next_probe_in = delay
-            if self._closed.wait(delay):
+            self._wake.wait()
+            if self._closed.wait(max(0.0, self._probe_at - time.monotonic())):
                 return
             with self._lock:
-                if self.up or self._closed.is_set():
+                if self._closed.is_set():
                     return
+                if self.up:
+                    self._wake.clear()
+                    continue
                 try:
                     self._start_locked()
                 except WorkerFailure as exc:
                     log.debug("Edge TPU %s: probe failed: %s", self.label, exc.reason)
-                    delay = min(delay * 2, self.probe_max)
+                    self.next_probe_in = min(self.next_probe_in * 2, self.probe_max)
+                    self._probe_at = time.monotonic() + self.next_probe_in
                     continue
+                self._wake.clear()
+            self.board.ok(f"edgetpu-probe:{self.label}")
             log.info("Edge TPU %s: worker is back (generation %d)", self.label, self.generation)
-            return
 
     def _kill_locked(self) -> None:
         proc, conn = self._proc, self._conn
@@ -268,6 +325,7 @@ class DeviceWorker:
 
     def close(self) -> None:
         self._closed.set()
+        self._wake.set()
         got = self._lock.acquire(timeout=self.deadline + 0.5)
         try:
             proc, conn = self._proc, self._conn
@@ -285,3 +343,6 @@ class DeviceWorker:
         finally:
             if got:
                 self._lock.release()
+        if self._prober is not None:
+            self._prober.join(1.0)
+            self.board.forget(self._prober.component)  # a closed worker is no component any more

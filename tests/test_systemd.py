@@ -88,6 +88,15 @@ def test_unit_has_what_the_daemon_relies_on() -> None:
     assert keys["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
     assert keys["Restart"] == ["on-failure"] and float(keys["WatchdogSec"][0]) > 0
     assert keys["StartLimitBurst"] and keys["StartLimitIntervalSec"]
+    # a configuration error (exit 2) is not retried into the start limit
+    assert keys["RestartPreventExitStatus"] == ["2"]
+    # start-up waits at most for the models and a worker start per TPU (30 s each); stop is ~10 s
+    from edged.worker import START_SECONDS
+
+    assert float(keys["TimeoutStartSec"][0]) >= 2 * START_SECONDS + 30
+    assert 10 < float(keys["TimeoutStopSec"][0]) <= 30
+    # a leak is bounded: memory and tasks, above the measured use (docs/operations.md)
+    assert keys["MemoryMax"] == ["512M"] and int(keys["TasksMax"][0]) >= 64
     assert keys["User"] == ["edged"] and keys["StateDirectory"] == ["edged"]
     assert keys["DevicePolicy"] == ["closed"]
     allowed = " ".join(keys["DeviceAllow"])

@@ -107,7 +107,7 @@ def apply_reload(service: Service, plan: ReloadPlan) -> None:
     workers: list[DeviceWorker] = []
     try:
         sub = plan.config.model_copy(update={"streams": [s for s in plan.config.streams if s.id in plan.build]})
-        engines, workers = build_engines(sub, service.metrics, service.tpus)
+        engines, workers = build_engines(sub, service.metrics, service.tpus, service.board)
         fresh = [service.build_stream(sc, engines[sc.id]) for sc in sub.streams]
         log.info("reload: %s", plan.describe())
         if not stopped:
@@ -143,7 +143,7 @@ def _restore(service: Service, old: Config, affected: list[Stream], rebuild: boo
     if rebuild:
         service.stop_streams(service.streams)
         service.close_workers()
-        engines, service.workers = build_engines(old, service.metrics, service.tpus)
+        engines, service.workers = build_engines(old, service.metrics, service.tpus, service.board)
         ids = {sc.id for sc in old.streams}
     else:
         ids = {s.id for s in affected}

@@ -83,7 +83,7 @@ class Service:
         # before anything starts
         self.tpus = list_edge_tpus()
         self.metrics.watch_temperatures(self.tpus)
-        engines, self.workers = build_engines(self.config, self.metrics, self.tpus)
+        engines, self.workers = build_engines(self.config, self.metrics, self.tpus, self.board)
         try:
             self.streams = [self.build_stream(cfg, engines[cfg.id]) for cfg in self.config.streams]
             self.http = self._bind(host, port, token, open_paths)

@@ -103,6 +103,8 @@ class FailoverEngine:
             since_seconds=round(time.monotonic() - self.since, 1),
             last_fallback_reason=self.last_reason,
             cpu_model=self.cpu.info.name if self.cpu else None,
+            flaps=self.worker.flaps,
+            next_probe_seconds=self.worker.next_probe_seconds(),
         )
 
     def _run(self, fn: Callable[[Engine], Output]) -> Output:

@@ -27,6 +27,7 @@ from .types import InferenceEngine
 
 if TYPE_CHECKING:
     from ..config import Config, EdgeTpuConfig, ModelConfig, StreamConfig
+    from ..health import HealthBoard
     from ..metrics import Metrics
 
 
@@ -88,7 +89,11 @@ def delegate_runtime(name: str) -> str:
 
 
 def _workers(
-    plan: list[Placement], models: dict[str, ModelConfig], tcfg: EdgeTpuConfig, metrics: Optional[Metrics]
+    plan: list[Placement],
+    models: dict[str, ModelConfig],
+    tcfg: EdgeTpuConfig,
+    metrics: Optional[Metrics],
+    board: Optional[HealthBoard],
 ) -> tuple[dict[str, DeviceWorker], dict[str, str]]:
     """The workers the plan names, with their models registered and started; the reasons of those that failed."""
     library = tcfg.library or default_library()
@@ -101,6 +106,7 @@ def _workers(
             worker = workers[p.device] = DeviceWorker(
                 p.device, p.selector, library, dict(tcfg.options), delegate_runtime(tcfg.runtime),
                 tcfg.deadline_seconds, tcfg.probe_initial_seconds, tcfg.probe_max_seconds, metrics,
+                tcfg.stable_seconds, board,
             )  # fmt: skip
         worker.register(p.stream, str(p.model), models[p.stream].threads)
     reasons: dict[str, str] = {}
@@ -113,12 +119,16 @@ def _workers(
 
 
 def build_engines(
-    config: Config, metrics: Optional[Metrics], tpus: Optional[Sequence[EdgeTpu]] = None
+    config: Config,
+    metrics: Optional[Metrics],
+    tpus: Optional[Sequence[EdgeTpu]] = None,
+    board: Optional[HealthBoard] = None,
 ) -> tuple[dict[str, InferenceEngine], list[DeviceWorker]]:
-    """Place every stream of ``config``, start the Edge TPU workers, return the engines by stream id."""
+    """Place every stream of ``config``, start the Edge TPU workers (their probe threads report to
+    ``board``), return the engines by stream id."""
     plan = plan_placement(config.streams, list_edge_tpus() if tpus is None else tpus)
     models = {s.id: s.model for s in config.streams}
-    workers, reasons = _workers(plan, models, config.edgetpu, metrics)
+    workers, reasons = _workers(plan, models, config.edgetpu, metrics, board)
     engines: dict[str, InferenceEngine] = {}
     shared: dict[str, SharedEngine] = {}
     try:

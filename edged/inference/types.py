@@ -73,6 +73,8 @@ class EngineStatus:
     since_seconds: float
     last_fallback_reason: Optional[str]
     cpu_model: Optional[str]
+    flaps: int = 0  # the device's failures soon after a restart (edgetpu.stable_seconds)
+    next_probe_seconds: Optional[float] = None  # while its worker is down: when it is probed again
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -81,6 +83,8 @@ class EngineStatus:
             "since_seconds": self.since_seconds,
             "last_fallback_reason": self.last_fallback_reason,
             "cpu_model": self.cpu_model,
+            "flaps": self.flaps,
+            "next_probe_seconds": self.next_probe_seconds,
         }
 
 

@@ -15,7 +15,15 @@
  *
  * With EDGED_FAKE_DELEGATE_LOG set, every create/destroy appends a line to that file
  * (pid and the options received), so tests can check what edged passed.
+ *
+ * With EDGED_FAKE_FAULT_FILE set, each create reads that file: "abort MS" or "hang MS" makes
+ * the process abort (SIGABRT, as libedgetpu's LOG(FATAL)) or stop (SIGSTOP: a wedged USB
+ * transfer) MS milliseconds after the delegate was created, i.e. right after a probe has
+ * loaded the model and run its test inference: a TPU that flaps. A missing or empty file: a
+ * healthy TPU (the file is read again by the next worker).
  */
+#include <pthread.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -53,6 +61,35 @@ static void log_line(const char *what, char **keys, char **values, size_t n) {
   fclose(f);
 }
 
+#ifndef FAKE_REFUSE
+static int fault_signal;
+static long fault_ms;
+
+static void *fault_later(void *arg) {
+  (void)arg;
+  usleep((useconds_t)(fault_ms * 1000));
+  if (fault_signal == SIGABRT) abort();
+  raise(SIGSTOP);
+  return NULL;
+}
+
+static void arm_fault(void) {
+  const char *path = getenv("EDGED_FAKE_FAULT_FILE");
+  if (!path) return;
+  FILE *f = fopen(path, "r");
+  if (!f) return;
+  char kind[16] = {0};
+  long ms = 0;
+  int n = fscanf(f, "%15s %ld", kind, &ms);
+  fclose(f);
+  if (n != 2) return;
+  fault_signal = kind[0] == 'a' ? SIGABRT : SIGSTOP;
+  fault_ms = ms;
+  pthread_t t;
+  if (pthread_create(&t, NULL, fault_later, NULL) == 0) pthread_detach(t);
+}
+#endif
+
 void *tflite_plugin_create_delegate(char **keys, char **values, size_t n, void (*report_error)(const char *)) {
 #ifdef FAKE_REFUSE
   log_line("refuse", keys, values, n);
@@ -64,6 +101,7 @@ void *tflite_plugin_create_delegate(char **keys, char **values, size_t n, void (
   if (!d) return NULL;
   d->Prepare = prepare;
   log_line("create", keys, values, n);
+  arm_fault();
   return d;
 #endif
 }

@@ -2,7 +2,8 @@
 
 Two builds of the one source: the default loads and claims no nodes (so a worker's interpreter
 runs a plain model on the CPU behind it); ``refuse=True`` (``-DFAKE_REFUSE``) refuses to load,
-as libedgetpu does with no Edge TPU plugged in. See the source's header for what it logs.
+as libedgetpu does with no Edge TPU plugged in. See the source's header for what it logs and for
+``EDGED_FAKE_FAULT_FILE`` (a TPU that aborts or hangs right after each probe).
 """
 
 from __future__ import annotations
@@ -25,5 +26,6 @@ def build(out_dir: Path, refuse: bool = False, cc: str | None = None) -> Path:
     assert cc, "a C compiler (cc) is needed to build the stand-in delegate; .ci/run installs gcc"
     lib = out_dir / ("libfake_refuse.so" if refuse else "libfake_edgetpu.so")
     flags = ["-DFAKE_REFUSE"] if refuse else []
-    subprocess.run([cc, "-shared", "-fPIC", "-Wall", "-Werror", *flags, "-o", str(lib), str(SOURCE)], check=True)
+    cmd = [cc, "-shared", "-fPIC", "-pthread", "-Wall", "-Werror", *flags, "-o", str(lib), str(SOURCE)]
+    subprocess.run(cmd, check=True)
     return lib
