@@ -11,7 +11,7 @@ dropped once its buffers (``EVENT_SNDBUF`` on our side) stay full for ``SLOW_REA
 No endpoint takes a body; a request with one is refused with 413 unless it is tiny. Every
 error is a JSON object ``{"error": "..."}`` with a 4xx status, never a traceback.
 
-Off loopback a bearer token is required (see :func:`access_rules`); ``/`` (the page, a
+Off loopback a bearer token is required (see :func:`edged.access.access_rules`); ``/`` (the page, a
 static file with no data in it) is always open, and so is whatever ``http.open`` lists.
 """
 
@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import hmac
 import io
-import ipaddress
 import json
 import logging
-import os
 import re
 import select
 import socket
@@ -35,12 +33,10 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from . import __version__
 from .config import STREAM_ID
-from .errors import ConfigError
 from .listener import Conn, DeadlineReader, Listener
 from .metrics import CONTENT_TYPE_LATEST
 
 if TYPE_CHECKING:
-    from .config import HttpConfig
     from .daemon import Service
     from .stream import Stream
 
@@ -57,41 +53,6 @@ _STREAM_PATH = re.compile(rf"^/api/v1/streams/({STREAM_ID})/(latest|snapshot\.jp
 
 def _web_file(name: str) -> bytes:
     return resources.files("edged.web").joinpath(name).read_bytes()
-
-
-def is_loopback(host: str) -> bool:
-    """True when every address ``host`` names is a loopback address (127/8, ::1)."""
-    if host in ("", "0.0.0.0", "::"):
-        return False
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        pass
-    try:
-        infos = socket.getaddrinfo(host, None)
-    except OSError:
-        return False
-    return bool(infos) and all(ipaddress.ip_address(i[4][0].split("%")[0]).is_loopback for i in infos)
-
-
-def access_rules(http_cfg: HttpConfig, host: str) -> tuple[Optional[str], frozenset[str]]:
-    """The token the API requires (None: open) and the paths answered without it.
-
-    A token configured (``http.token``, or the variable ``http.token_env`` names) is always
-    required. Without one the API is open on a loopback address and the daemon refuses to
-    start on any other: results and frames are not for the whole network to read.
-    """
-    token = http_cfg.token
-    if token is None:
-        token = os.environ.get(http_cfg.token_env) or None
-        if token is not None and len(token) < 16:
-            raise ConfigError(f"the API token in ${http_cfg.token_env} is too short: use at least 16 characters")
-    if token is None and not is_loopback(host):
-        raise ConfigError(
-            f"listening on {host or '*'} (not loopback) needs an API token: set ${http_cfg.token_env} "
-            "(or http.token in the configuration), or listen on 127.0.0.1"
-        )
-    return token, frozenset(http_cfg.open) | {"/"}
 
 
 class SnapshotCache:

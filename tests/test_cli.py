@@ -478,3 +478,11 @@ def test_infer_refuses_the_labels_file_of_another_model(tmp_path: Path, models_d
                  images_dir / "cat_720p.jpg")  # fmt: skip
     assert_one_error(proc, "five.txt has 5 labels for a model of 1001 classes")
     assert proc.returncode == 2
+
+
+@pytest.mark.faults
+def test_run_on_a_listen_host_that_does_not_resolve_says_so() -> None:
+    """Not a token problem (as it was reported): the host itself, one line, exit 2."""
+    proc = edged("run", "--listen", "no-such-host.invalid:9110", "--duration", "1")
+    assert_one_error(proc, "listen: cannot resolve the host 'no-such-host.invalid'")
+    assert "token" not in proc.stderr and proc.returncode == 2

@@ -15,7 +15,8 @@ import time
 from typing import Any, Optional
 
 from .. import __version__
-from ..api import ApiServer, access_rules
+from ..access import access_rules
+from ..api import ApiServer
 from ..config import Config, StreamConfig, load_config, parse_listen
 from ..edgetpu import EdgeTpu, list_edge_tpus
 from ..errors import ConfigError, EdgedError
