@@ -64,3 +64,53 @@ def test_a_thread_not_restarted_stays_unhealthy() -> None:
     assert summary["unhealthy"] == {"http": "ZeroDivisionError: division by zero"}
     board.forget("http")
     assert board.unhealthy() == {} and "unhealthy" not in views.summary("dev", [], board)
+
+
+@pytest.mark.faults
+def test_an_edgetpu_probe_killed_by_an_exception_is_said_and_probes_again() -> None:
+    """The probe thread of a down worker raising something unexpected: reported, started again, and
+    once a probe brings the worker back the component works again."""
+    from edged.worker import DeviceWorker, WorkerFailure
+
+    board = HealthBoard()
+    worker = DeviceWorker("usb:0", None, "/nonexistent/libedgetpu.so.1", probe_initial=0.05, board=board)
+    calls = {"n": 0}
+
+    def start_locked() -> None:  # no process: the first probe raises, the second brings it back
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("injected")
+        worker.up, worker.generation = True, worker.generation + 1
+
+    worker._start_locked = start_locked  # type: ignore[method-assign]  # the spawn is not under test here
+    try:
+        with worker._lock:
+            worker._down_locked(WorkerFailure("worker killed by SIGKILL", "crash"))
+        wait_for(lambda: "edgetpu-probe:usb:0" in board.unhealthy(), 5, "the probe's failure reported")
+        assert board.unhealthy()["edgetpu-probe:usb:0"] == "RuntimeError: injected"
+        wait_for(lambda: worker.up and not board.unhealthy(), 10, "the probe started again, the worker back")
+        assert calls["n"] == 2 and board.failures("edgetpu-probe:usb:0") == 1
+    finally:
+        worker.close()
+
+
+@pytest.mark.faults
+def test_the_supervisor_killed_by_an_exception_is_said_and_turns_again() -> None:
+    from edged.daemon.supervisor import Supervisor
+    from edged.sdnotify import Notifier
+
+    board, stop, calls = HealthBoard(), threading.Event(), {"n": 0}
+
+    def streams() -> list:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("injected")
+        return []
+
+    Supervisor(Notifier({}), streams, board, threading.RLock(), stop, threading.Event()).start()
+    try:
+        wait_for(lambda: "supervisor" in board.unhealthy(), 5, "the supervisor's failure reported")
+        wait_for(lambda: calls["n"] > 3 and not board.unhealthy(), 10, "the supervisor turning again")
+        assert board.failures("supervisor") == 1
+    finally:
+        stop.set()
