@@ -160,8 +160,10 @@ class Listener(HTTPServer):
                     for key, _ in sel.select(min(poll_interval, 0.25)):
                         if key.fileobj is self.socket:
                             self._accept(sel)
-                        else:
-                            self._read(sel, self._pending[key.fileobj])  # type: ignore[index]
+                        else:  # (one closed earlier in this batch, by an accept over the bound, is gone)
+                            conn = self._pending.get(key.fileobj)  # type: ignore[call-overload]
+                            if conn is not None:
+                                self._read(sel, conn)
                     self._expire(sel)
         finally:
             for conn in list(self._pending.values()):
