@@ -15,6 +15,8 @@ from ..registry import SOURCES, KindConfig
 from . import camera, images, network, video  # noqa: F401 - they register their kinds
 from .base import Frame, Source
 
+LOG_LEVEL_ERROR = 2  # OpenCV's cv::utils::logging::LOG_LEVEL_ERROR (0 silent, 1 fatal, 2 error)
+
 
 def quiet_opencv() -> None:
     """FFmpeg's and OpenCV's own messages (a line or two per failed open of a camera, written
@@ -22,7 +24,10 @@ def quiet_opencv() -> None:
     ``OPENCV_FFMPEG_LOGLEVEL`` / ``OPENCV_LOG_LEVEL`` set in the environment win (debugging)."""
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # read at the first FFmpeg open
     if "OPENCV_LOG_LEVEL" not in os.environ:
-        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+        if hasattr(cv2, "setLogLevel"):  # OpenCV 4 (numpy<2, the tflite extra's)
+            cv2.setLogLevel(LOG_LEVEL_ERROR)
+        else:  # OpenCV 5
+            cv2.utils.logging.setLogLevel(LOG_LEVEL_ERROR)
 
 
 quiet_opencv()
