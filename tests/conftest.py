@@ -131,3 +131,13 @@ def _check_the_system_marker(request: pytest.FixtureRequest, monkeypatch: pytest
     yield
     if started:
         pytest.fail(f"not marked system, but started {'; '.join(sorted(set(started)))}", pytrace=False)
+
+
+@pytest.fixture
+def no_tpus_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Edge TPU discovery sees an empty sysfs and /dev (a test that needs TPUs makes its own tree);
+    a module uses it with ``pytestmark = pytest.mark.usefixtures("no_tpus_here")``."""
+    (tmp_path / "empty_sys").mkdir()
+    (tmp_path / "empty_dev").mkdir()
+    monkeypatch.setenv("EDGED_SYSFS_ROOT", str(tmp_path / "empty_sys"))
+    monkeypatch.setenv("EDGED_DEV_ROOT", str(tmp_path / "empty_dev"))

@@ -32,19 +32,10 @@ from edged.daemon.views import stream_status
 from edged.errors import AcceleratorError
 from edged.worker import WorkerFailure
 
-pytestmark = pytest.mark.system  # Edge TPU worker processes, the daemon's listener
+pytestmark = [pytest.mark.system, pytest.mark.usefixtures("no_tpus_here")]  # Edge TPU worker processes, the listener
 
 MODEL = "mobilenet_v1_0.25_128_quant.tflite"
 TPU_MODEL = "mobilenet_v1_0.25_128_quant_edgetpu.tflite"
-
-
-@pytest.fixture(autouse=True)
-def no_tpus_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Discovery looks at an empty sysfs tree (the tests that need TPUs make their own)."""
-    (tmp_path / "empty_sys").mkdir()
-    (tmp_path / "empty_dev").mkdir()
-    monkeypatch.setenv("EDGED_SYSFS_ROOT", str(tmp_path / "empty_sys"))
-    monkeypatch.setenv("EDGED_DEV_ROOT", str(tmp_path / "empty_dev"))
 
 
 def test_worker_failure_is_an_accelerator_error() -> None:

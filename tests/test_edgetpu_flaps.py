@@ -29,20 +29,12 @@ from edged.config import config_from_dict
 from edged.daemon import Service
 from edged.daemon.views import stream_status
 
-pytestmark = [pytest.mark.system, pytest.mark.faults]
+pytestmark = [pytest.mark.system, pytest.mark.faults, pytest.mark.usefixtures("no_tpus_here")]
 
 MODEL = "mobilenet_v1_0.25_128_quant.tflite"
 FPS = 20
 WINDOW = 10.0  # seconds of flapping measured
 FAULT_AFTER_MS = 300
-
-
-@pytest.fixture(autouse=True)
-def no_tpus_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    (tmp_path / "empty_sys").mkdir()
-    (tmp_path / "empty_dev").mkdir()
-    monkeypatch.setenv("EDGED_SYSFS_ROOT", str(tmp_path / "empty_sys"))
-    monkeypatch.setenv("EDGED_DEV_ROOT", str(tmp_path / "empty_dev"))
 
 
 @pytest.fixture(scope="module")

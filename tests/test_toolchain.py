@@ -28,6 +28,8 @@ from edged.cli import main
 from edged.demo.scene import DigitScene, load_digits
 from edged.inference import Engine
 
+pytestmark = pytest.mark.usefixtures("no_tpus_here")  # Edge TPU discovery: bench must not find the host's TPUs
+
 ROOT = Path(__file__).resolve().parent.parent
 DEMO = ROOT / "models" / "digits_int8.tflite"
 DEMO_LABELS = ROOT / "models" / "digits_labels.txt"
@@ -49,15 +51,6 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     rc = main([str(a) for a in argv])
     out = capsys.readouterr()
     return rc, out.out, out.err
-
-
-@pytest.fixture(autouse=True)
-def no_tpus_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Edge TPU discovery sees an empty sysfs tree (bench must not find the host's TPUs)."""
-    (tmp_path / "empty_sys").mkdir()
-    (tmp_path / "empty_dev").mkdir()
-    monkeypatch.setenv("EDGED_SYSFS_ROOT", str(tmp_path / "empty_sys"))
-    monkeypatch.setenv("EDGED_DEV_ROOT", str(tmp_path / "empty_dev"))
 
 
 @pytest.fixture(scope="module")
