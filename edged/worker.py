@@ -5,13 +5,16 @@ cannot catch, and a wedged USB transfer can hang ``invoke()``. So the interprete
 the delegate live in a child process, one per Edge TPU (a TPU is opened by one process at
 a time), holding one interpreter per stream pinned to that TPU.
 
-* Frames go in through shared memory: the parent preprocesses straight into a
-  ``SharedMemory`` block shaped like the model input; the child copies it into the input
-  tensor, invokes, and copies the output tensors into a second block. The pipe carries
-  only the request and the reply (no arrays are pickled).
-* A request that gets no answer within ``deadline`` seconds, a child that dies (by a
-  signal or an exit), and an invoke error all raise :class:`WorkerFailure` with a
-  one-line reason; the worker is then killed and marked down, and a probe thread
+* Frames go in through shared memory, pipelined: each model has ``SLOTS`` pairs of blocks
+  (an input shaped like the model's, its outputs). The parent preprocesses into a free slot,
+  sends ``("infer", id, key, slot)`` and goes on; a reply thread matches each reply to its
+  request by id. So the next request is already waiting in the child when an invoke ends,
+  and no lock is held across a round trip: one slot is invoked, one waits in the pipe, one is
+  being decoded. The pipe carries only requests and replies (no arrays are pickled).
+* A request that gets no answer within ``deadline`` seconds of being sent, a child that
+  dies (by a signal or an exit), and an invoke error all raise :class:`WorkerFailure` with
+  a one-line reason, for that request and every other one in flight; the worker is then
+  killed and marked down, and a probe thread
   restarts it with capped exponential backoff. A restart counts as successful when the
   delegate loads and a test inference of every model succeeds; ``generation`` then
   increases and the streams move back.
@@ -26,20 +29,20 @@ a time), holding one interpreter per stream pinned to that TPU.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import multiprocessing
-import signal
+import queue
 import threading
 import time
-from dataclasses import dataclass
-from multiprocessing import shared_memory
-from typing import Any
+from typing import Any, Callable, Optional
 
 import numpy as np
 
 from .errors import WorkerFailure
 from .health import GuardedThread, HealthBoard
-from .worker_child import child_main, output_views, outputs_size
+from .worker_child import child_main
+from .worker_requests import Request, _Link, _Model, describe_exit, make_slots, read_replies
 
 log = logging.getLogger(__name__)
 
@@ -50,30 +53,6 @@ START_SECONDS = 30.0
 
 
 # --------------------------------------------------------------------------- the parent (the child: edged.worker_child)
-
-
-@dataclass
-class _Model:
-    key: str
-    path: str
-    threads: int | None
-    info: Any = None
-    shm: shared_memory.SharedMemory | None = None
-    out_shm: shared_memory.SharedMemory | None = None
-    array: np.ndarray | None = None
-    outputs: list[np.ndarray] | None = None
-    first_inference_seconds: float | None = None
-
-
-def describe_exit(code: int | None) -> str:
-    if code is None:
-        return "worker stopped answering"
-    if code < 0:
-        try:
-            return f"worker killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"worker killed by signal {-code}"
-    return f"worker exited with code {code}"
 
 
 class DeviceWorker:
@@ -114,15 +93,16 @@ class DeviceWorker:
         self.up = False
         self.generation = 0
         self.last_reason: str | None = None
+        self._last_failure: WorkerFailure | None = None  # what took the worker down last
         self.next_probe_in: float = probe_initial  # the wait before the next probe (the backoff)
         self.flaps = 0  # failures within stable_seconds of a restart
         self._up_since = 0.0
         self._probe_at = 0.0  # time.monotonic() of the next probe, while down
         self.runtime_version = ""
         self._ctx = multiprocessing.get_context("spawn")  # never fork a process that has threads
-        self._proc: Any = None
-        self._conn: Any = None
-        self._lock = threading.Lock()
+        self._link: _Link | None = None  # the child now, while one runs
+        self._ids = itertools.count(1)  # request ids (0: the start-up's test inferences)
+        self._lock = threading.Lock()  # the worker's state: start, failure, close
         self._closed = threading.Event()
         self._wake = threading.Event()  # set while down: the probe thread has work
         self._prober: GuardedThread | None = None
@@ -142,15 +122,18 @@ class DeviceWorker:
     def _start_locked(self) -> None:
         self._kill_locked()
         parent, child = self._ctx.Pipe()
+        from .emulation import ENV, folder
         from .runtime import get_runtime
 
+        if folder() is not None and not self._spawns:
+            log.warning("Edge TPU %s: emulated (%s is set): results are replayed recordings", self.label, ENV)
         runtime_name = get_runtime(self.runtime).name
         proc = self._ctx.Process(
             target=child_main, args=(child, runtime_name), name=f"edged-edgetpu-{self.label}", daemon=True
         )
         proc.start()
         child.close()
-        self._proc, self._conn = proc, parent
+        link = self._link = _Link(proc, parent)
         if self._spawns and self.metrics is not None:
             self.metrics.worker_restarts.labels(self.label).inc()
         self._spawns += 1
@@ -161,23 +144,31 @@ class DeviceWorker:
 
         try:
             for m in self.models.values():
-                reply = self._call(("load", m.key, m.path, self.library, self.options, m.threads), timeout=left())
+                reply = self._call(link, ("load", m.key, m.path, self.library, self.options, m.threads), left())
                 m.info, self.runtime_version = reply[1], reply[2]
-                size = int(np.prod(m.info.input.shape)) * np.dtype(m.info.input.dtype).itemsize
-                if m.shm is None or m.out_shm is None or m.shm.size < size or m.out_shm.size < outputs_size(m.info):
-                    self._free_shm(m)
-                    m.shm = shared_memory.SharedMemory(create=True, size=size)
-                    m.out_shm = shared_memory.SharedMemory(create=True, size=outputs_size(m.info))
-                m.array = np.ndarray(m.info.input.shape, dtype=np.dtype(m.info.input.dtype), buffer=m.shm.buf)
-                m.outputs = output_views(m.info, m.out_shm.buf)
-                self._call(("attach", m.key, m.shm.name, m.out_shm.name), timeout=min(10.0, left()))
-                m.array[...] = 0  # the test inference: the model upload happens on the first invoke
-                t0 = time.perf_counter()
-                self._call(("infer", m.key), timeout=left())
-                m.first_inference_seconds = time.perf_counter() - t0
+                make_slots(m)
+                assert m.slots is not None and m.free is not None
+                blocks = [(slot.shm.name, slot.out_shm.name) for slot in m.slots]
+                self._call(link, ("attach", m.key, blocks), timeout=min(10.0, left()))
+                # the test inference (the model upload happens on the first invoke), on a free slot
+                try:
+                    index = m.free.get(timeout=left())
+                except queue.Empty:
+                    raise WorkerFailure("no free slot for the test inference", "hang") from None
+                try:
+                    m.slots[index].array[...] = 0
+                    t0 = time.perf_counter()
+                    self._call(link, ("infer", 0, m.key, index), timeout=left())
+                    m.first_inference_seconds = time.perf_counter() - t0
+                finally:
+                    m.free.put(index)
         except WorkerFailure as exc:
             self._down_locked(exc)
             raise
+        link.reader = threading.Thread(
+            target=read_replies, args=(self, link), name=f"edged-edgetpu-{self.label}-replies", daemon=True
+        )
+        link.reader.start()
         self.up = True
         self.generation += 1
         self.last_reason = None
@@ -187,8 +178,9 @@ class DeviceWorker:
             self.metrics.accelerator_up.labels(self.label).set(1)
 
     # ---------------------------------------------------------------- requests
-    def _call(self, msg: tuple[Any, ...], timeout: float) -> tuple[Any, ...]:
-        conn, proc = self._conn, self._proc
+    def _call(self, link: _Link, msg: tuple[Any, ...], timeout: float) -> tuple[Any, ...]:
+        """One request and its reply, before the reply thread runs (start-up)."""
+        conn, proc = link.conn, link.proc
         try:
             conn.send(msg)
             ready = conn.poll(timeout)
@@ -208,36 +200,94 @@ class DeviceWorker:
             raise WorkerFailure(reply[1], reply[2])
         return reply
 
-    def input_array(self, key: str) -> np.ndarray:
-        arr = self.models[key].array
-        assert arr is not None, "start() first"
-        return arr
-
-    def infer(self, key: str) -> tuple[list[np.ndarray], float]:
-        """Run the model ``key`` on what its input array holds; its outputs (views of shared
-        memory, valid until the next request for ``key``) and the child's invoke time.
-        Raises WorkerFailure."""
-        if not self._lock.acquire(timeout=self.deadline):
-            raise WorkerFailure(f"no result within {self.deadline:g} s; worker busy", "hang")
+    def submit(self, key: str, fill: Callable[[np.ndarray], Any]) -> Request:
+        """Start an inference of the model ``key``: ``fill`` writes the input into a free slot's
+        [H, W, C] array, the request is sent, and this returns without waiting for the reply
+        (:meth:`Request.wait`). Raises WorkerFailure when the worker is down."""
+        m = self.models[key]
+        assert m.slots is not None and m.free is not None, "start() first"
+        index = self._acquire(m)
         try:
+            view = m.slots[index].array[0]
+            fill(view)
+            del view
+            link = self._link
+            if not self.up or link is None:
+                raise self._down_failure()
+            req = Request(next(self._ids), self, m, index, link)
+            with link.lock:
+                if link.failure is not None:
+                    raise link.failure
+                link.pending[req.id] = req
+                req.sent = time.monotonic()
+                try:
+                    link.conn.send(("infer", req.id, key, index))
+                except (OSError, ValueError):
+                    del link.pending[req.id]
+                    raise WorkerFailure("worker stopped answering", "crash") from None
+        except BaseException:
+            m.free.put(index)
+            raise
+        return req
+
+    def _down_failure(self) -> WorkerFailure:
+        """Why a request cannot be sent: what took the worker down (its kind too: a stream that
+        submits just after a crash falls back for the crash, not for "down")."""
+        exc = self._last_failure
+        return (
+            WorkerFailure(exc.reason, exc.kind) if exc is not None else WorkerFailure("Edge TPU worker is down", "down")
+        )
+
+    def _acquire(self, m: _Model) -> int:
+        """A free slot; while every one is held, wait (the requests in flight each have a deadline)."""
+        assert m.free is not None
+        while True:
             if not self.up:
-                raise WorkerFailure(self.last_reason or "Edge TPU worker is down", "down")
+                raise self._down_failure()
             try:
-                reply = self._call(("infer", key), timeout=self.deadline)
-            except WorkerFailure as exc:  # any failure, an invoke error too, moves the streams off
-                self._down_locked(exc)
-                raise
-            outputs = self.models[key].outputs
-            assert outputs is not None
-            return outputs, reply[1]
+                return m.free.get(timeout=0.1)
+            except queue.Empty:
+                if self._closed.is_set():
+                    raise WorkerFailure("Edge TPU worker closed", "down") from None
+
+    def infer(self, key: str, data: Optional[np.ndarray] = None) -> tuple[list[np.ndarray], float]:
+        """One inference, waited for: copies of the outputs (in output order) and the child's invoke
+        time (``edged bench``, the tests). Raises WorkerFailure."""
+
+        def fill(view: np.ndarray) -> None:
+            if data is not None:
+                np.copyto(view, data.reshape(view.shape))
+
+        req = self.submit(key, fill)
+        try:
+            outputs, seconds = req.wait()
+            return [outputs[t.index].copy() for t in self.models[key].info.outputs], seconds
         finally:
-            self._lock.release()
+            req.release()
+
+    def _fail(self, link: _Link, exc: WorkerFailure) -> None:
+        """A request of ``link`` failed: the first failure of the child now running marks the worker down."""
+        with link.lock:
+            if link.failure is not None:
+                return
+            link.failure = exc
+        with self._lock:
+            if self._link is link and self.up:
+                self._down_locked(exc)
+            elif self._link is link:
+                self._kill_locked()
 
     # ---------------------------------------------------------------- failure and probing
     def _down_locked(self, exc: WorkerFailure) -> None:
         was_up = self.up
         self.up = False
         self.last_reason = exc.reason
+        self._last_failure = exc
+        link = self._link
+        if link is not None:
+            with link.lock:  # no request is sent to this child any more; those in flight fail with exc
+                if link.failure is None:
+                    link.failure = exc
         self._kill_locked()
         if self.metrics is not None:
             self.metrics.accelerator_up.labels(self.label).set(0)
@@ -296,48 +346,49 @@ class DeviceWorker:
             log.info("Edge TPU %s: worker is back (generation %d)", self.label, self.generation)
 
     def _kill_locked(self) -> None:
-        proc, conn = self._proc, self._conn
-        self._proc = self._conn = None
-        if proc is None:
+        link, self._link = self._link, None
+        if link is None:
             return
-        if proc.is_alive():
-            proc.kill()
-        proc.join(2.0)
-        if conn is not None:
-            conn.close()
+        with link.lock:
+            if link.failure is None:
+                link.failure = WorkerFailure(self.last_reason or "Edge TPU worker stopped", "down")
+        if link.proc.is_alive():
+            link.proc.kill()
+        link.proc.join(2.0)
+        if link.reader is None:  # before start-up ended; afterwards the reply thread closes the pipe
+            link.conn.close()
 
     @property
     def pid(self) -> int | None:
-        proc = self._proc
-        return proc.pid if proc is not None else None
+        link = self._link
+        return link.proc.pid if link is not None else None
 
     # ---------------------------------------------------------------- shutdown
     def _free_shm(self, m: _Model) -> None:
-        m.array = m.outputs = None
-        for block in (m.shm, m.out_shm):
-            if block is not None:
-                try:
-                    block.close()
-                    block.unlink()
-                except (FileNotFoundError, BufferError):
-                    pass
-        m.shm = m.out_shm = None
+        for slot in m.slots or []:
+            slot.free()
+        m.slots = m.free = None
 
     def close(self) -> None:
         self._closed.set()
         self._wake.set()
         got = self._lock.acquire(timeout=self.deadline + 0.5)
         try:
-            proc, conn = self._proc, self._conn
-            if proc is not None and proc.is_alive() and conn is not None:
-                try:
-                    conn.send(("quit",))
-                    conn.poll(0.5)
-                except (BrokenPipeError, OSError):
-                    pass
-                proc.join(0.5)
+            link = self._link
+            if link is not None and link.proc.is_alive():
+                with link.lock:
+                    if link.failure is None:
+                        link.failure = WorkerFailure("Edge TPU worker closed", "down")
+                    try:
+                        link.conn.send(("quit",))
+                    except (BrokenPipeError, OSError, ValueError):
+                        pass
+                link.proc.join(0.5)
             self._kill_locked()
             self.up = False
+            reader = link.reader if link is not None else None
+            if reader is not None and reader is not threading.current_thread():
+                reader.join(1.0)
             for m in self.models.values():
                 self._free_shm(m)
         finally:

@@ -1,9 +1,16 @@
 """The Edge TPU worker's child process (:mod:`edged.worker` supervises it).
 
-It serves one request at a time from the pipe: ``("load", key, path, library, options,
-threads)`` loads a model with the delegate, ``("attach", key, input block, output block)``
-maps its shared memory, ``("infer", key)`` invokes it, ``("quit",)`` ends. Each reply is
-``("ok", ...)`` or ``("err", reason, kind)``; it never dies on a request.
+It serves the requests of the pipe in order: ``("load", key, path, library, options,
+threads)`` loads a model with the delegate, ``("attach", key, [(input block, output block),
+...])`` maps the model's shared-memory slots, ``("infer", id, key, slot)`` invokes it on the
+slot's input and writes its outputs into the slot's output block, ``("quit",)`` ends. The
+parent sends the next ``infer`` before this one is answered, so it is already waiting in the
+pipe when an invoke ends: the Edge TPU idles only for a reply, a read and one input copy.
+Each reply is ``("ok", ...)`` (``("ok", id, invoke seconds)`` for an infer) or ``("err",
+reason, kind, id)``; it never dies on a request.
+
+With ``EDGED_EMULATE_EDGETPU`` set (benchmarks and tests: :mod:`edged.emulation`), a model
+that has a recording takes its recorded time per invoke and replays its recorded outputs.
 """
 
 from __future__ import annotations
@@ -60,9 +67,13 @@ def child_main(conn: Any, runtime_name: str) -> None:
             else:
                 conn.send(("err", f"unknown request {op!r}", "invoke"))
         except WorkerFailure as exc:
-            conn.send(("err", exc.reason, exc.kind))
+            conn.send(("err", exc.reason, exc.kind, _request_id(msg)))
         except Exception as exc:  # never die on a request: say what went wrong instead
-            conn.send(("err", f"{op} failed: {type(exc).__name__}: {_one_line(exc)}", "model"))
+            conn.send(("err", f"{op} failed: {type(exc).__name__}: {_one_line(exc)}", "model", _request_id(msg)))
+
+
+def _request_id(msg: tuple[Any, ...]) -> Any:
+    return msg[1] if msg[0] == "infer" and len(msg) > 1 else None
 
 
 def _load(msg: tuple[Any, ...], runtime: Any, runtime_name: str, models: dict[str, dict[str, Any]]) -> tuple[Any, ...]:
@@ -75,43 +86,52 @@ def _load(msg: tuple[Any, ...], runtime: Any, runtime_name: str, models: dict[st
         loaded = load_model(path, runtime_name, threads, delegates=[delegate])
     except EdgedError as exc:
         raise WorkerFailure(str(exc), "model") from None
-    models[key] = {"loaded": loaded, "delegate": delegate}
+    from .emulation import for_model
+
+    models[key] = {"loaded": loaded, "delegate": delegate, "emulated": for_model(path)}
     return ("ok", loaded.info, runtime.version)
 
 
 def _attach(msg: tuple[Any, ...], models: dict[str, dict[str, Any]]) -> tuple[Any, ...]:
-    """``("attach", key, input block, output block)``: the shared memory the model reads and writes."""
-    _, key, in_name, out_name = msg
+    """``("attach", key, [(input block, output block), ...])``: the shared-memory slots of a model."""
+    _, key, blocks = msg
     m = models[key]
     # the parent owns the blocks and unlinks them; spawned children share its resource
     # tracker, so attaching here adds no second registration to undo
-    m["shm"] = [shared_memory.SharedMemory(name=in_name), shared_memory.SharedMemory(name=out_name)]
     info = m["loaded"].info
-    m["input"] = np.ndarray(info.input.shape, dtype=np.dtype(info.input.dtype), buffer=m["shm"][0].buf)
     interp = m["loaded"].interpreter
     m["tensor"] = interp.tensor(info.input.index)
-    m["outputs"] = [
-        (interp.tensor(t.index), view) for t, view in zip(info.outputs, output_views(info, m["shm"][1].buf))
-    ]
+    m["shm"], m["slots"] = [], []
+    for in_name, out_name in blocks:
+        shm_in, shm_out = shared_memory.SharedMemory(name=in_name), shared_memory.SharedMemory(name=out_name)
+        m["shm"] += [shm_in, shm_out]
+        data = np.ndarray(info.input.shape, dtype=np.dtype(info.input.dtype), buffer=shm_in.buf)
+        outputs = [(interp.tensor(t.index), view) for t, view in zip(info.outputs, output_views(info, shm_out.buf))]
+        m["slots"].append((data, outputs))
     return ("ok",)
 
 
 def _infer(msg: tuple[Any, ...], models: dict[str, dict[str, Any]]) -> tuple[Any, ...]:
-    """``("infer", key)``: invoke on what the input block holds -> the invoke time in seconds."""
-    m = models[msg[1]]
+    """``("infer", id, key, slot)``: invoke on the slot's input -> ``("ok", id, invoke seconds)``."""
+    _, request, key, slot = msg
+    m = models[key]
     interp = m["loaded"].interpreter
+    data, outputs = m["slots"][slot]
     view = m["tensor"]()
-    np.copyto(view, m["input"])
+    np.copyto(view, data)
     del view
-    t0 = time.perf_counter()
+    emulated = m["emulated"]
     try:
+        if emulated is not None:
+            return ("ok", request, emulated.invoke(interp, data, outputs))
+        t0 = time.perf_counter()
         interp.invoke()
+        seconds = time.perf_counter() - t0
     except Exception as exc:
         raise WorkerFailure(f"invoke failed: {_one_line(exc)}", "invoke") from None
-    seconds = time.perf_counter() - t0
-    for tensor, view in m["outputs"]:  # outputs go back through shared memory too
-        np.copyto(view, tensor())
-    return ("ok", seconds)
+    for tensor, out in outputs:  # outputs go back through shared memory too
+        np.copyto(out, tensor())
+    return ("ok", request, seconds)
 
 
 def output_views(info: Any, buf: Any) -> list[np.ndarray]:

@@ -145,7 +145,7 @@ def test_inference_error_is_counted_and_stream_keeps_running(models_dir: Path) -
     )
     metrics = Metrics()
     stream = build_stream(cfg.streams[0], metrics)
-    real = stream.engine.run
+    real = stream.engine.submit
     calls = {"n": 0}
 
     def flaky(*args, **kwargs):  # the first three inferences fail, as a failing accelerator would
@@ -154,7 +154,7 @@ def test_inference_error_is_counted_and_stream_keeps_running(models_dir: Path) -
             raise RuntimeError("invoke failed")
         return real(*args, **kwargs)
 
-    stream.engine.run = flaky  # type: ignore[method-assign]
+    stream.engine.submit = flaky  # type: ignore[method-assign]
     with stream:
         wait_for(lambda: stream.metrics.processed >= 3, 10, "3 frames processed", interval=0.05)
     assert stream.metrics.processed >= 3 and stream.state in ("stopped", "running")

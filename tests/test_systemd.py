@@ -230,13 +230,13 @@ def test_watchdog_stops_when_an_inference_loop_is_wedged(tmp_path, notify_socket
         wait_for(lambda: len(notify_socket.with_key("WATCHDOG")) >= 4, 20, "pings")
         # wedge stream b's inference, at the engine: the call never returns until released
         engine = svc.stream("b").engine
-        real = engine.run
+        real = engine.submit
 
         def wedged(*args: Any, **kwargs: Any) -> Any:
             release.wait()
             return real(*args, **kwargs)
 
-        engine.run = wedged
+        engine.submit = wedged
         wedged_at = time.monotonic()
         n0 = len(results(tmp_path, "a"))
         time.sleep(3.0)  # not synchronisation: the time in which no ping may come, and a goes on
@@ -247,7 +247,7 @@ def test_watchdog_stops_when_an_inference_loop_is_wedged(tmp_path, notify_socket
         # stream a kept running meanwhile; once b turns again the pings resume
         n = len(results(tmp_path, "a"))
         assert n > n0 + 10, (n0, n)  # 3 s at 20 fps
-        engine.run = real
+        engine.submit = real
         release.set()
         resumed = time.monotonic()
         wait_for(lambda: [t for t, _ in notify_socket.with_key("WATCHDOG") if t > resumed], 5, "pings again")

@@ -135,7 +135,8 @@ def test_engine_matches_reference(name: str, frame_size: tuple[int, int], resize
     assert spec.dtype == io
     w, h = frame_size
     out = engine.process(_frame(w, h))
-    raw = engine.backend.output(spec.index)
+    assert engine.loaded is not None
+    raw = engine.loaded.interpreter.get_tensor(spec.index)  # the last invoke's
     q = spec.quantization
     expected = reference_decode(
         raw, q.scale, q.zero_point, channels_first, normalized, w, h, WIDTH, HEIGHT, resize,

@@ -14,6 +14,8 @@
 from __future__ import annotations
 
 from .local import Engine
-from .types import EngineStatus, InferenceEngine, InputSignature, Output, Prepared, Preparer
+from .types import EngineStatus, InferenceEngine, InputSignature, Output, PendingOutput, Prepared, Preparer
 
-__all__ = ["Engine", "EngineStatus", "InferenceEngine", "InputSignature", "Output", "Prepared", "Preparer"]
+__all__ = [
+    "Engine", "EngineStatus", "InferenceEngine", "InputSignature", "Output", "PendingOutput", "Prepared", "Preparer",
+]  # fmt: skip

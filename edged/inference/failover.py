@@ -6,14 +6,19 @@ start so that a fallback costs nothing). When the worker fails, the frame in han
 on the CPU twin at once and the stream stays there; the worker's probe thread restarts it
 with capped exponential backoff, and the stream moves back on its next frame once the
 worker's generation has changed. Every switch is logged once, with its reason.
+
+Inferences are submitted to the worker without waiting (several are in flight); when the
+worker fails, every one in flight is run on the CPU twin as its result is taken, in the
+order they were submitted, so none of their frames is lost.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Optional, Union
+from typing import TYPE_CHECKING, Optional, Union
 
 import numpy as np
 
@@ -21,7 +26,7 @@ from ..errors import AcceleratorError
 from ..model import ModelInfo
 from ..worker import DeviceWorker, WorkerFailure
 from .local import Engine, WorkerBackend
-from .types import EngineStatus, Output, Prepared, Preparer
+from .types import EngineStatus, Output, PendingOutput, Prepared, Preparer
 
 if TYPE_CHECKING:
     from ..config import ModelConfig
@@ -50,6 +55,7 @@ class FailoverEngine:
         self.tpu: Optional[Engine] = None
         self._tpu_generation = 0
         self.since: float = time.monotonic()
+        self._switch = threading.Lock()  # tpu, its generation, the switch bookkeeping
         self.last_reason: Optional[str] = start_reason
         if worker.up:
             self._attach_tpu()
@@ -88,13 +94,22 @@ class FailoverEngine:
     def preparer(self) -> Preparer:
         return self.current.preparer()
 
-    def process(self, image: np.ndarray) -> Output:
-        return self._run(lambda engine: engine.process(image))
-
-    def run(self, prepared: Prepared, image: np.ndarray) -> Output:
+    def submit(self, prepared: Optional[Prepared], image: np.ndarray) -> PendingOutput:
         """An input prepared for the other engine (the TPU and CPU models may quantise their
         input differently) is prepared again from ``image`` by the engine that runs it."""
-        return self._run(lambda engine: engine.run(prepared, image))
+        tpu = self._tpu_now()
+        if tpu is not None:
+            try:
+                return _OnTpu(self, tpu, tpu.submit(prepared, image), prepared, image)
+            except WorkerFailure as exc:
+                self._fall_back(tpu, exc)
+        return self._cpu_or_raise().submit(prepared, image)  # the frame in hand is not lost
+
+    def run(self, prepared: Prepared, image: np.ndarray) -> Output:
+        return self.submit(prepared, image).result()
+
+    def process(self, image: np.ndarray) -> Output:
+        return self.submit(None, image).result()
 
     def status(self) -> EngineStatus:
         return EngineStatus(
@@ -107,31 +122,38 @@ class FailoverEngine:
             next_probe_seconds=self.worker.next_probe_seconds(),
         )
 
-    def _run(self, fn: Callable[[Engine], Output]) -> Output:
+    def _tpu_now(self) -> Optional[Engine]:
+        """The TPU engine, attached again first when the worker came back since the stream left it."""
         w = self.worker
-        if self.tpu is None and w.up and w.generation != self._tpu_generation:
-            self._attach_tpu()
-            log.info(
-                "stream %s: back on the Edge TPU %s after %.0f s on the CPU",
-                self.stream, w.label, time.monotonic() - self.since,
-            )  # fmt: skip
-            self.since = time.monotonic()
-            self._set_active()
-        if self.tpu is not None:
-            try:
-                return fn(self.tpu)
-            except WorkerFailure as exc:
-                self._fall_back(exc)
+        with self._switch:
+            if self.tpu is None and w.up and w.generation != self._tpu_generation:
+                self._attach_tpu()
+                log.info(
+                    "stream %s: back on the Edge TPU %s after %.0f s on the CPU",
+                    self.stream, w.label, time.monotonic() - self.since,
+                )  # fmt: skip
+                self.since = time.monotonic()
+                self._set_active()
+            return self.tpu
+
+    def _cpu_or_raise(self) -> Engine:
         if self.cpu is None:
             raise AcceleratorError(f"Edge TPU down ({self.last_reason}) and no CPU twin to run on")
-        return fn(self.cpu)  # the frame in hand is not lost
+        return self.cpu
 
     # ---------------------------------------------------------------- switching
     def _attach_tpu(self) -> None:
         self.tpu = Engine(self.cfg, WorkerBackend(self.worker, self.stream))
         self._tpu_generation = self.worker.generation
 
-    def _fall_back(self, exc: WorkerFailure) -> None:
+    def _fall_back(self, tpu: Engine, exc: WorkerFailure) -> None:
+        """``tpu`` failed: leave it, once (the other inferences in flight on it fail too)."""
+        with self._switch:
+            if self.tpu is not tpu:
+                return
+            self._leave_tpu(exc)
+
+    def _leave_tpu(self, exc: WorkerFailure) -> None:
         self.tpu = None
         self.last_reason = exc.reason
         self.since = time.monotonic()
@@ -157,3 +179,20 @@ class FailoverEngine:
             return
         for acc in ("edgetpu", "cpu"):
             self.metrics.accelerator_active.labels(self.stream, acc).set(1 if acc == self.accelerator else 0)
+
+
+class _OnTpu:
+    """An inference in flight on the Edge TPU; run on the CPU twin instead if the worker fails."""
+
+    def __init__(self, engine: FailoverEngine, tpu: Engine, pending: PendingOutput, prepared: Optional[Prepared],
+                 image: np.ndarray) -> None:  # fmt: skip
+        self._engine, self._tpu, self._pending = engine, tpu, pending
+        self._prepared, self._image = prepared, image
+
+    def result(self) -> Output:
+        try:
+            return self._pending.result()
+        except WorkerFailure as exc:
+            self._engine._fall_back(self._tpu, exc)
+        cpu = self._engine._cpu_or_raise()
+        return cpu.submit(self._prepared, self._image).result()

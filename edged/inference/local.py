@@ -7,16 +7,20 @@ Backends:
 * :class:`WorkerBackend` — a model in an Edge TPU worker process (:mod:`edged.worker`).
   Preprocessing writes straight into the shared-memory block the worker reads.
 
-An engine is not thread-safe: one thread uses it (the stream's inference thread); a thread
-that prepares frames ahead has a :class:`~.types.Preparer` of its own.
+``Engine.submit`` starts an inference and returns a :class:`Pending` whose ``result()``
+waits for it and decodes it, so a stream decodes and publishes one frame while the next is
+being invoked. ``submit`` is thread-safe (the CPU twin of a failed-over stream is used by
+both of the stream's inference threads); a thread that prepares frames ahead has a
+:class:`~.types.Preparer` of its own.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Protocol, Union
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol, Union
 
 import numpy as np
 
@@ -35,21 +39,42 @@ if TYPE_CHECKING:
 log = logging.getLogger("edged.model")
 
 
+class Call(Protocol):
+    """One invoke started on a backend."""
+
+    answered: float  # time.perf_counter() when its outputs were there (set once ``wait`` returns)
+
+    def wait(self) -> tuple[dict[int, np.ndarray], float]:
+        """The outputs by tensor index (valid until ``release``) and the seconds the invoke itself took."""
+
+    def release(self) -> None:
+        """The call's buffers may be reused (once, after its outputs are read)."""
+
+
 class Backend(Protocol):
-    """Where a model is invoked: its input buffer, the invoke, its outputs."""
+    """Where a model is invoked: ``start`` fills its input and starts an invoke."""
 
     accelerator: str
     info: ModelInfo
     runtime_version: str
 
-    def input_view(self) -> np.ndarray:
-        """A fresh [H,W,C] view of the input buffer; it must be dropped before ``invoke``."""
+    def start(self, fill: Callable[[np.ndarray], object]) -> Call:
+        """``fill`` writes the input into the [H,W,C] buffer it is given (and drops it), then the
+        invoke starts; the in-process backend runs it before returning, the worker does not wait."""
 
-    def invoke(self) -> float:
-        """Run the model on what the input buffer holds; returns the seconds the invoke itself took."""
 
-    def output(self, index: int) -> np.ndarray:
-        """The values of output tensor ``index`` of the last invoke."""
+class _Done:
+    """An invoke that ran to its end in this thread; its outputs are copies."""
+
+    def __init__(self, outputs: dict[int, np.ndarray], seconds: float) -> None:
+        self.outputs, self.seconds = outputs, seconds
+        self.answered = time.perf_counter()
+
+    def wait(self) -> tuple[dict[int, np.ndarray], float]:
+        return self.outputs, self.seconds
+
+    def release(self) -> None:
+        pass
 
 
 class InProcessBackend:
@@ -63,21 +88,20 @@ class InProcessBackend:
         self.runtime_version = loaded.runtime.version
         self._interp = loaded.interpreter
         self._input_tensor = self._interp.tensor(self.info.input.index)
+        self._order = [t.index for t in self.info.outputs]
 
-    def input_view(self) -> np.ndarray:
-        return self._input_tensor()[0]
-
-    def invoke(self) -> float:
+    def start(self, fill: Callable[[np.ndarray], object]) -> Call:
+        fill(self._input_tensor()[0])
         t0 = time.perf_counter()
         self._interp.invoke()
-        return time.perf_counter() - t0
-
-    def output(self, index: int) -> np.ndarray:
-        return self._interp.get_tensor(index)
+        seconds = time.perf_counter() - t0
+        # copies: the next invoke overwrites the tensors while this one is still being decoded
+        return _Done({i: self._interp.get_tensor(i) for i in self._order}, seconds)
 
 
 class WorkerBackend:
-    """A model loaded in an Edge TPU worker process; input through shared memory."""
+    """A model loaded in an Edge TPU worker process; input and outputs through its shared-memory
+    slots, several inferences in flight (:mod:`edged.worker`)."""
 
     accelerator = "edgetpu"
 
@@ -86,20 +110,37 @@ class WorkerBackend:
         self.key = key
         self.info: ModelInfo = worker.models[key].info
         self.runtime_version = worker.runtime_version
-        self._outputs: dict[int, np.ndarray] = {}
-        self._order = [t.index for t in self.info.outputs]
 
-    def input_view(self) -> np.ndarray:
-        return self.worker.input_array(self.key)[0]
+    def start(self, fill: Callable[[np.ndarray], object]) -> Call:
+        """Raises :class:`edged.worker.WorkerFailure` when the worker is down; its ``wait`` does
+        when the worker cannot answer."""
+        return self.worker.submit(self.key, fill)
 
-    def invoke(self) -> float:
-        """Raises :class:`edged.worker.WorkerFailure` when the worker cannot answer."""
-        outputs, seconds = self.worker.infer(self.key)
-        self._outputs = dict(zip(self._order, outputs))
-        return seconds
 
-    def output(self, index: int) -> np.ndarray:
-        return self._outputs[index]
+class Pending:
+    """An inference started by :meth:`Engine.submit`; :meth:`result` waits for it and decodes it."""
+
+    def __init__(self, engine: Engine, call: Call, transform: Transform, preprocess: float, filled: float) -> None:
+        self._engine, self._call, self._transform = engine, call, transform
+        self._preprocess, self._filled = preprocess, filled
+
+    def result(self) -> Output:
+        """The decoded output; raises what the backend raises (a worker failure) and frees the call's buffers."""
+        call = self._call
+        try:
+            outputs, invoke = call.wait()
+            t2 = time.perf_counter()
+            decoded = self._engine._decode(outputs.__getitem__, self._transform)
+        finally:
+            call.release()
+        t3 = time.perf_counter()
+        timings = {
+            "preprocess": self._preprocess,
+            "inference": max(0.0, call.answered - self._filled),
+            "postprocess": t3 - t2,
+        }
+        e = self._engine
+        return Output(decoded.classes, decoded.objects, self._transform, timings, e.accelerator, invoke)
 
 
 def _tuple(v: Union[float, list[float], None]) -> Optional[tuple[float, ...]]:
@@ -134,6 +175,7 @@ class Engine:
         except ValueError as exc:
             raise ConfigError(f"model {self.info.name}: {exc}") from None
         self._decode = decoder_for(self.info, cfg, self.labels)
+        self._lock = threading.Lock()  # submit: the preprocessor and the backend's input, one thread at a time
 
     @classmethod
     def load(cls, cfg: ModelConfig, path: Union[str, Path, None] = None) -> Engine:
@@ -163,31 +205,35 @@ class Engine:
     def preparer(self) -> Preparer:
         return Preparer(self.signature, self._new_preprocessor())
 
-    def process(self, image: np.ndarray) -> Output:
-        t0 = time.perf_counter()
-        view = self.backend.input_view()
-        transform = self._preprocessor(image, view)
-        del view
-        return self._finish(transform, time.perf_counter() - t0)
+    def submit(self, prepared: Optional[Prepared], image: np.ndarray) -> Pending:
+        """Fill the input (a copy of ``prepared``; ``image`` prepared again when ``prepared`` is
+        None or of another signature) and start the invoke; thread-safe. The copy into the input
+        buffer counts as preprocessing."""
+        with self._lock:
+            t0 = time.perf_counter()
+            box: list[Any] = []
+            if prepared is not None and prepared.signature == self.signature:
+                transform, before = prepared.transform, prepared.seconds
+
+                def fill(view: np.ndarray) -> None:
+                    np.copyto(view, prepared.data)
+                    box.append(time.perf_counter())
+            else:
+                transform, before = None, 0.0
+
+                def fill(view: np.ndarray) -> None:
+                    box.append(self._preprocessor(image, view))
+                    box.append(time.perf_counter())
+
+            call = self.backend.start(fill)
+            filled = box[-1]
+            return Pending(self, call, transform or box[0], before + filled - t0, filled)
 
     def run(self, prepared: Prepared, image: np.ndarray) -> Output:
-        """The copy into the input buffer counts as preprocessing."""
-        if prepared.signature != self.signature:
-            return self.process(image)
-        t0 = time.perf_counter()
-        view = self.backend.input_view()
-        np.copyto(view, prepared.data)
-        del view
-        return self._finish(prepared.transform, prepared.seconds + time.perf_counter() - t0)
+        return self.submit(prepared, image).result()
+
+    def process(self, image: np.ndarray) -> Output:
+        return self.submit(None, image).result()
 
     def status(self) -> Optional[EngineStatus]:
         return None
-
-    def _finish(self, transform: Transform, preprocess_seconds: float) -> Output:
-        t1 = time.perf_counter()
-        invoke = self.backend.invoke()
-        t2 = time.perf_counter()
-        decoded = self._decode(self.backend.output, transform)
-        t3 = time.perf_counter()
-        timings = {"preprocess": preprocess_seconds, "inference": t2 - t1, "postprocess": t3 - t2}
-        return Output(decoded.classes, decoded.objects, transform, timings, self.accelerator, invoke)

@@ -8,7 +8,7 @@ from typing import Optional
 import numpy as np
 
 from ..model import ModelInfo
-from .types import EngineStatus, InferenceEngine, Output, Prepared, Preparer
+from .types import EngineStatus, InferenceEngine, Output, PendingOutput, Prepared, Preparer
 
 
 class FairLock:
@@ -56,13 +56,17 @@ class SharedEngine:
     def preparer(self) -> Preparer:
         return self.engine.preparer()
 
-    def process(self, image: np.ndarray) -> Output:
+    def submit(self, prepared: Optional[Prepared], image: np.ndarray) -> PendingOutput:
+        """Turns are taken to start an inference, not for its whole round trip: the streams'
+        requests interleave in the worker, and each decodes its own result."""
         with self._turns:
-            return self.engine.process(image)
+            return self.engine.submit(prepared, image)
+
+    def process(self, image: np.ndarray) -> Output:
+        return self.submit(None, image).result()
 
     def run(self, prepared: Prepared, image: np.ndarray) -> Output:
-        with self._turns:
-            return self.engine.run(prepared, image)
+        return self.submit(prepared, image).result()
 
     def status(self) -> Optional[EngineStatus]:
         return self.engine.status()

@@ -88,6 +88,13 @@ class EngineStatus:
         }
 
 
+class PendingOutput(Protocol):
+    """An inference started by ``submit``: the invoke may still be running."""
+
+    def result(self) -> Output:
+        """Wait for it and decode it (once)."""
+
+
 class InferenceEngine(Protocol):
     """What a stream needs of an engine; :class:`~.local.Engine`, :class:`~.failover.FailoverEngine`
     and :class:`~.shared.SharedEngine` implement it."""
@@ -107,8 +114,14 @@ class InferenceEngine(Protocol):
     def preparer(self) -> Preparer:
         """A preparer of its own, for a thread that prepares frames ahead of ``run``."""
 
+    def submit(self, prepared: Optional[Prepared], image: np.ndarray) -> PendingOutput:
+        """Start an inference on ``prepared`` (None, or one prepared for another signature: ``image``
+        is prepared again) and return without waiting for it where the backend allows (the Edge TPU
+        worker), so the stream decodes and publishes the previous frame meanwhile. ``prepared`` must
+        stay untouched until the result is taken (a failed-over frame is run again from it)."""
+
     def run(self, prepared: Prepared, image: np.ndarray) -> Output:
-        """Invoke on ``prepared``; one prepared for another signature is prepared again from ``image``."""
+        """``submit(prepared, image).result()``."""
 
     def process(self, image: np.ndarray) -> Output:
         """Prepare ``image`` straight into the input and invoke (one-shot use: ``edged infer``)."""

@@ -1,15 +1,16 @@
 """A Stream: source -> latest-frame slot -> engine -> sinks, given its parts.
 
-Two threads per stream. The capture thread reads frames, prepares each for the model and
+Three threads per stream. The capture thread reads frames, prepares each for the model and
 puts it into a one-frame slot; when the slot still holds a frame inference has not taken,
 that frame is replaced and counted as dropped, so no queue can grow and the newest frame
-always wins. The inference thread takes the newest frame, runs the engine, builds the
-:class:`~edged.result.Result` and hands it to every sink.
+always wins. The inference thread takes the newest frame and submits it to the engine
+without waiting for its result; the publish thread (:mod:`.publish`) takes the results in
+order, builds each :class:`~edged.result.Result` and hands it to every sink, while the
+next frame is being invoked.
 """
 
 from __future__ import annotations
 
-import collections
 import logging
 import queue
 import random
@@ -25,7 +26,7 @@ from ..metrics import StreamMetrics
 from ..result import Result
 from ..sinks import Sink
 from ..sources import Source
-from .results import build_result
+from .publish import DEPTH, InFlight, Publisher
 from .slot import LatestSlot, ReadyFrame
 from .state import SourceState, StreamState
 
@@ -34,7 +35,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("edged.pipeline")
 
-BUFFERS = 3  # prepared inputs: one being filled, one waiting in the slot, one being copied into the model
+# prepared inputs: one being filled, one waiting in the slot, the ones in flight (each kept until
+# its result is taken: a frame whose Edge TPU fails is run again from it on the CPU twin)
+BUFFERS = 3 + DEPTH
 ERROR_LOG_EVERY = 30.0  # seconds between two log lines of one stage's errors
 THREAD_RESTART_MIN_SECONDS, THREAD_RESTART_MAX_SECONDS = 0.5, 30.0  # a crashed thread starts again after
 # a live source's first open happens in the capture thread; after this long it no longer
@@ -53,7 +56,6 @@ class Stream:
         self.id: str = cfg.id
         self.engine = engine
         self.source = source
-        self.sinks = sinks
         self.metrics = metrics
         self.slot = LatestSlot()
         self.preparer = engine.preparer()
@@ -65,14 +67,11 @@ class Stream:
         self._threads: list[threading.Thread] = []
         self.state = StreamState.CREATED
         self.last_error: Optional[str] = None
-        self._times: collections.deque[float] = collections.deque(maxlen=256)
-        self.latest: Optional[Result] = None
-        self.latest_frame: Optional[tuple[Result, np.ndarray]] = None  # the result and the frame it is of
+        self.publisher = Publisher(self.id, engine, sinks, metrics, self._report, self._buffers.put)
         self.source_state = SourceState.CREATED
         self.source_error: Optional[str] = None
         self._source_down_since: Optional[float] = None
-        self.first_result = threading.Event()
-        self.heartbeat = time.monotonic()  # the inference loop's last turn (the systemd watchdog reads it)
+        self._beat = time.monotonic()  # the inference loop's last turn
         self._error_logged: dict[str, float] = {}
         self._source_lock = threading.Lock()  # the source state: set by the capture thread and the grace timer
         self._grace: Optional[threading.Timer] = None
@@ -94,8 +93,9 @@ class Stream:
         for sink in self.sinks:
             sink.start()
         self.state = StreamState.RUNNING
-        self.heartbeat = time.monotonic()
-        for target, role in ((self._capture_loop, "capture"), (self._inference_loop, "infer")):
+        self._beat = self.publisher.heartbeat = time.monotonic()
+        loops = ((self._capture_loop, "capture"), (self._inference_loop, "infer"), (self._publish_loop, "publish"))
+        for target, role in loops:
             t = threading.Thread(target=self._guard, args=(target, role), name=f"{self.id}-{role}", daemon=True)
             t.start()
             self._threads.append(t)
@@ -120,6 +120,7 @@ class Stream:
         deadline = time.monotonic() + timeout
         for t in self._threads:
             t.join(max(0.0, deadline - time.monotonic()))
+        self.publisher.discard_all()
         self.source.close()  # again, now that no read is under way: releases a device the reader held
         for sink in self.sinks:
             try:
@@ -144,6 +145,32 @@ class Stream:
     def has_result(self) -> bool:
         return self.first_result.is_set()
 
+    @property
+    def sinks(self) -> list[Sink]:
+        return self.publisher.sinks
+
+    @sinks.setter
+    def sinks(self, sinks: list[Sink]) -> None:
+        self.publisher.sinks = sinks
+
+    @property
+    def first_result(self) -> threading.Event:
+        return self.publisher.first_result
+
+    @property
+    def latest(self) -> Optional[Result]:
+        return self.publisher.latest
+
+    @property
+    def latest_frame(self) -> Optional[tuple[Result, np.ndarray]]:
+        """The latest result and the frame it is of."""
+        return self.publisher.latest_frame
+
+    @property
+    def heartbeat(self) -> float:
+        """The older of the last turns of the inference and publish loops (the systemd watchdog reads it)."""
+        return min(self._beat, self.publisher.heartbeat)
+
     # -------------------------------------------------------------- threads
     def _guard(self, target: Callable[[], None], role: str) -> None:
         """Run a thread's loop; a crash is never silent: counted (stage ``thread``), logged with its
@@ -165,7 +192,7 @@ class Stream:
                 return
             delay = min(delay * 2, THREAD_RESTART_MAX_SECONDS)
             self.state = StreamState.RUNNING
-            self.heartbeat = time.monotonic()
+            self._beat = self.publisher.heartbeat = time.monotonic()
             log.info("stream %s: %s thread started again", self.id, role)
 
     def _report(self, stage: str, exc: BaseException) -> None:
@@ -329,54 +356,33 @@ class Stream:
 
     def _inference_loop(self) -> None:
         while not self._stop.is_set():
-            self.heartbeat = time.monotonic()
+            self._beat = time.monotonic()
             ready = self.slot.take(0.25)
             if ready is None:
                 if self.slot.ended:
                     break
                 continue
-            self._infer(ready)
+            queued = time.monotonic() - ready.ready
+            try:
+                pending = self.engine.submit(ready.prepared, ready.frame.image)
+            except Exception as exc:
+                self._buffers.put(ready.prepared.data)
+                self._report("inference", exc)
+                continue
+            if not self.publisher.put(InFlight(ready, pending, queued), self._stop):
+                break
+        self.publisher.input_done.set()  # the publish thread finishes what is in flight, then ends
+
+    def _publish_loop(self) -> None:
+        self.publisher.loop(self._stop)
         if self.state is StreamState.RUNNING:
             self.state = StreamState.ENDED if not self._stop.is_set() else StreamState.STOPPED
         self.metrics.up.set(0)
 
-    def _infer(self, ready: ReadyFrame) -> None:
-        frame, prepared = ready.frame, ready.prepared
-        queued = time.monotonic() - ready.ready
-        try:
-            out = self.engine.run(prepared, frame.image)
-        except Exception as exc:
-            self._report("inference", exc)
-            return
-        finally:
-            self._buffers.put(prepared.data)
-        result = build_result(self.id, frame, out, self.engine.info, queued)
-        p0 = time.perf_counter()
-        for sink in self.sinks:
-            try:
-                sink.publish(result)
-            except Exception as exc:
-                self._report("publish", exc)
-        publish = time.perf_counter() - p0
-        done = time.monotonic()
-        m = self.metrics
-        m.stage["queue"].observe(max(0.0, queued))
-        for stage in ("preprocess", "inference", "postprocess"):
-            m.stage[stage].observe(out.timings[stage])
-        m.stage["publish"].observe(publish)
-        m.frame_latency.observe(done - frame.monotonic)
-        m.count_processed(out.accelerator)
-        m.up.set(1)
-        m.last_result.set(time.time())
-        self._times.append(done)
-        self.latest = result
-        self.latest_frame = (result, frame.image)
-        self.first_result.set()
-
     # -------------------------------------------------------------- status
     def fps(self, window: float = 5.0) -> float:
         now = time.monotonic()
-        times = [t for t in list(self._times) if now - t <= window]
+        times = [t for t in list(self.publisher.times) if now - t <= window]
         if len(times) < 2:
             return 0.0
         span = max(now - times[0], times[-1] - times[0])

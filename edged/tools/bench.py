@@ -120,14 +120,14 @@ def bench_edgetpu(model: Path, warmup: int, runs: int, library: str | None, sele
         first = time.perf_counter() - t0
         m = worker.models["bench"]
         assert m.info is not None
-        worker.input_array("bench")[...] = random_input(m.info.input.shape, m.info.input.dtype)
+        data = random_input(m.info.input.shape, m.info.input.dtype)
         for _ in range(warmup):
-            worker.infer("bench")
+            worker.infer("bench", data)
         lat, invoke = [], []
         w0 = time.perf_counter()
         for _ in range(runs):
             s = time.perf_counter()
-            _, seconds = worker.infer("bench")
+            _, seconds = worker.infer("bench", data)
             lat.append(time.perf_counter() - s)
             invoke.append(seconds)
         wall = time.perf_counter() - w0

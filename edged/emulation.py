@@ -1,0 +1,109 @@
+"""An Edge TPU's time profile, emulated in the worker process: for benchmarks and tests only.
+
+This machine has no Edge TPU, and on a Coral the question that matters is how much of the
+time the TPU waits for the host. With ``EDGED_EMULATE_EDGETPU`` naming a folder of
+recordings, the Edge TPU worker's child does not run the interpreter: each invoke takes the
+recorded time per invoke (sleeping, so the CPU is free, as it is while a TPU works) and
+writes the outputs recorded for that very input — those of a real CPU inference made
+beforehand, outside the timed region (:func:`record`). An input with no recording (a frame
+the benchmark did not record) is run on the CPU for real, then the remaining time is slept,
+and a line is appended to ``misses.log`` in the folder, so a benchmark can say how many.
+
+A recording is ``<model file stem>.npz``: ``invoke_seconds`` (a scalar), ``digests`` (one
+CRC-32 per input, uint32) and ``out<i>`` (the outputs of those inputs, stacked, in output
+order). The daemon warns at start when the variable is set: its results are then replayed,
+not computed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import zlib
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+ENV = "EDGED_EMULATE_EDGETPU"
+
+
+def folder() -> Optional[Path]:
+    """The recordings folder when emulation is on, else None."""
+    value = os.environ.get(ENV)
+    return Path(value) if value else None
+
+
+def digest(data: np.ndarray) -> int:
+    """The key of an input: the CRC-32 of its bytes (about 0.1 ms for 300x300x3 here)."""
+    return zlib.crc32(np.ascontiguousarray(data))
+
+
+class Recorder:
+    """Collects a model's outputs for each distinct input, then saves them with a time profile."""
+
+    def __init__(self) -> None:
+        self.digests: list[int] = []
+        self.outputs: list[list[np.ndarray]] = []
+        self._seen: set[int] = set()
+
+    def add(self, data: np.ndarray, outputs: Sequence[np.ndarray]) -> None:
+        d = digest(data)
+        if d not in self._seen:
+            self._seen.add(d)
+            self.digests.append(d)
+            self.outputs.append([np.array(o, copy=True) for o in outputs])
+
+    def save(self, path: Path, invoke_seconds: float) -> None:
+        arrays: dict[str, Any] = {
+            "invoke_seconds": np.float64(invoke_seconds),
+            "digests": np.asarray(self.digests, np.uint32),
+        }
+        for i in range(len(self.outputs[0]) if self.outputs else 0):
+            arrays[f"out{i}"] = np.stack([o[i] for o in self.outputs])
+        np.savez(path, **arrays)
+
+
+class EmulatedInvoke:
+    """The invoke of one model in the worker's child, replaced by its recording."""
+
+    def __init__(self, recording: Path, misses: Path) -> None:
+        with np.load(recording) as z:
+            self.seconds = float(z["invoke_seconds"])
+            digests = z["digests"]
+            outs = [z[f"out{i}"] for i in range(sum(1 for k in z.files if k.startswith("out")))]
+        self.table = {int(d): [o[j] for o in outs] for j, d in enumerate(digests)}
+        self.misses = misses
+        self._late = 0.0  # how late a sleep wakes up on average: slept that much less
+
+    def invoke(self, interp: Any, data: np.ndarray, outputs: list[tuple[Any, np.ndarray]]) -> float:
+        """Take the profile's time, write the recorded outputs into the output views; the seconds taken."""
+        t0 = time.perf_counter()
+        recorded = self.table.get(digest(data))
+        if recorded is None:  # not recorded: the real outputs, on the CPU
+            interp.invoke()
+            for tensor, view in outputs:
+                np.copyto(view, tensor())
+            with open(self.misses, "a") as f:
+                f.write(f"{os.getpid()} {digest(data)}\n")
+        else:
+            for (_, view), values in zip(outputs, recorded):
+                np.copyto(view, values)
+        until = t0 + self.seconds
+        left = until - time.perf_counter() - self._late
+        if left > 0:
+            before = time.perf_counter()
+            time.sleep(left)
+            self._late = 0.9 * self._late + 0.1 * max(0.0, time.perf_counter() - before - left)
+        return time.perf_counter() - t0
+
+
+def for_model(path: str) -> Optional[EmulatedInvoke]:
+    """The emulated invoke of the model at ``path`` when emulation is on and it has a recording."""
+    where = folder()
+    if where is None:
+        return None
+    recording = where / f"{Path(path).stem}.npz"
+    if not recording.is_file():
+        return None
+    return EmulatedInvoke(recording, where / "misses.log")
