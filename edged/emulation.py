@@ -7,7 +7,8 @@ recorded time per invoke (sleeping, so the CPU is free, as it is while a TPU wor
 writes the outputs recorded for that very input — those of a real CPU inference made
 beforehand, outside the timed region (:func:`record`). An input with no recording (a frame
 the benchmark did not record) is run on the CPU for real, then the remaining time is slept,
-and a line is appended to ``misses.log`` in the folder, so a benchmark can say how many.
+and a line is appended to ``misses.log`` in the folder (not for the worker's start-up test
+inference), so a benchmark can say how many.
 
 A recording is ``<model file stem>.npz``: ``invoke_seconds`` (a scalar), ``digests`` (one
 CRC-32 per input, uint32) and ``out<i>`` (the outputs of those inputs, stacked, in output
@@ -76,16 +77,18 @@ class EmulatedInvoke:
         self.misses = misses
         self._late = 0.0  # how late a sleep wakes up on average: slept that much less
 
-    def invoke(self, interp: Any, data: np.ndarray, outputs: list[tuple[Any, np.ndarray]]) -> float:
-        """Take the profile's time, write the recorded outputs into the output views; the seconds taken."""
+    def invoke(self, interp: Any, data: np.ndarray, outputs: list[tuple[Any, np.ndarray]], test: bool = False) -> float:
+        """Take the profile's time, write the recorded outputs into the output views; the seconds
+        taken. ``test``: the worker's start-up test inference, whose miss is not written down."""
         t0 = time.perf_counter()
         recorded = self.table.get(digest(data))
         if recorded is None:  # not recorded: the real outputs, on the CPU
             interp.invoke()
             for tensor, view in outputs:
                 np.copyto(view, tensor())
-            with open(self.misses, "a") as f:
-                f.write(f"{os.getpid()} {digest(data)}\n")
+            if not test:
+                with open(self.misses, "a") as f:
+                    f.write(f"{os.getpid()} {digest(data)}\n")
         else:
             for (_, view), values in zip(outputs, recorded):
                 np.copyto(view, values)
@@ -107,3 +110,20 @@ def for_model(path: str) -> Optional[EmulatedInvoke]:
     if not recording.is_file():
         return None
     return EmulatedInvoke(recording, where / "misses.log")
+
+
+def record(engine: Any, images: Sequence[np.ndarray], path: Path, invoke_seconds: float) -> int:
+    """Record an in-process ``engine``'s outputs for each image, prepared as a stream prepares it,
+    and save them with the profile's time per invoke; the number of distinct inputs recorded."""
+    preparer, recorder = engine.preparer(), Recorder()
+    spec = engine.info.input
+    buf = np.empty(spec.shape[1:], np.dtype(spec.dtype))
+    order = [t.index for t in engine.info.outputs]
+    for image in images:
+        prepared = preparer.prepare(image, buf)
+        call = engine.backend.start(lambda view, data=prepared.data: np.copyto(view, data))
+        outputs, _ = call.wait()
+        recorder.add(prepared.data, [outputs[i] for i in order])
+        call.release()
+    recorder.save(path, invoke_seconds)
+    return len(recorder.digests)

@@ -110,8 +110,18 @@ def comes_back_and_stays(svc: Service, sink: Collect, fault_file: Path, port: in
     assert st["next_probe_seconds"] is None or st["next_probe_seconds"] <= 8.0, st
     assert scrape(port)[("edged_edgetpu_flaps_total", (("device", "default"),))] == worker.flaps
     fault_file.write_text("")  # the TPU is healthy again: the next probe (within probe_max_seconds) finds it
-    t = time.time()
-    back = wait_for(lambda: [r for r in sink.since(t) if r.accelerator == "edgetpu"], 20, "back on the Edge TPU")
+
+    def healthy_generation() -> bool:
+        """Up, and still the same worker three fault delays later: not one spawned just before the
+        file was cleared (that one read the fault and dies FAULT_AFTER_MS after its start)."""
+        gen = worker.generation
+        if not worker.up:
+            return False
+        time.sleep(3 * FAULT_AFTER_MS / 1000)
+        return worker.up and worker.generation == gen
+
+    wait_for(healthy_generation, 30, "a healthy worker")
+    back = wait_for(lambda: [r for r in sink.since(time.time() - 0.5) if r.accelerator == "edgetpu"], 5, "TPU results")
     time.sleep(3.0)
     assert {r.accelerator for r in sink.since(back[0].timestamp)} == {"edgetpu"}, "it stays on the TPU"
     assert worker.up and stream_status(svc.streams[0])["edgetpu"]["next_probe_seconds"] is None
