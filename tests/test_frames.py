@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
+from edged.config import config_from_dict
+from edged.daemon.wiring import build_stream
 from edged.errors import SourceError
+from edged.metrics import Metrics
 from edged.sources import make_source
 from edged.sources.capture import CaptureSource
 from edged.sources.frames import FramePool
@@ -75,6 +79,9 @@ def test_the_pool_is_bounded_and_follows_a_change_of_resolution() -> None:
         pool.keep(image)
     assert len(pool) == 3
     assert pool.take() is None  # all three still held
+    assert [b is h for b, h in zip(pool._buffers, held[2:])] == [True] * 3  # the newest: the oldest left
+    del held[4], image
+    assert pool.take() is not None and len(pool) == 3
     small = np.zeros((60, 80, 3), np.uint8)
     pool.keep(small)
     assert len(pool) == 1  # the old size's buffers are dropped (the holders keep theirs alive)
@@ -172,3 +179,45 @@ def test_capture_sources_reuse_free_buffers_only(tmp_path: Path) -> None:
         with pytest.raises(SourceError, match="ended"):
             while True:
                 src.read()
+
+
+def test_a_stream_never_overwrites_the_frames_it_shows_or_anyone_holds(tmp_path: Path, models_dir: Path) -> None:
+    """Through the real stream: the ``latest_frame`` snapshots taken while it runs (whole,
+    or a view of one channel) keep their pixels while later frames are decoded, and the
+    source still reuses the buffers nobody holds."""
+    path = _video(tmp_path / "clip.avi", frames=24)
+    cfg = config_from_dict(
+        {
+            "streams": [
+                {
+                    "id": "v",
+                    "source": {"type": "video", "path": str(path), "realtime": False, "loop": True},
+                    "model": {
+                        "path": str(models_dir / "mobilenet_v2_1.0_224_quant.tflite"),
+                        "labels": str(models_dir / "imagenet_labels.txt"),
+                        "threads": 1,
+                    },
+                    "sinks": [],
+                }
+            ]
+        }
+    )
+    stream = build_stream(cfg.streams[0], Metrics())
+    held: list[tuple[int, np.ndarray]] = []
+    with stream:
+        deadline = time.monotonic() + 20
+        while (len(held) < 12 or stream.metrics.processed < 80) and time.monotonic() < deadline:
+            pair = stream.latest_frame
+            if pair is not None and (not held or held[-1][0] != pair[0].seq):
+                result, image = pair
+                held.append((result.seq, image if len(held) % 2 else image[:, :, 1]))  # whole, or a view
+            time.sleep(0.05)
+    assert len(held) >= 12 and stream.metrics.processed >= 80, (len(held), stream.metrics.processed)
+    for seq, image in held:  # frame seq of the looped 24-frame clip has the value (seq % 24 % 12) * 20
+        assert int(np.median(image)) == pytest.approx((seq % 24 % 12) * 20, abs=6), seq
+    images = [image if image.base is None else image.base for _, image in held]
+    assert all(not np.shares_memory(a, b) for i, a in enumerate(images) for b in images[i + 1 :])
+    pool = stream.source._pool  # type: ignore[attr-defined]
+    # a new buffer only for a frame the test kept, or while the pool fills (8)
+    assert pool.allocated <= len(held) + pool.size + 1, (pool.reused, pool.allocated, len(held))
+    assert pool.reused > 0

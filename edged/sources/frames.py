@@ -6,7 +6,8 @@ A frame travels on after its read (the latest-frame slot, an inference under way
 stream's ``latest_frame`` kept for the HTTP snapshot, sinks), so a buffer is handed out
 again only when CPython's reference count says the pool is its sole holder. A view of a
 buffer keeps its base alive (``view.base``), so a view held downstream blocks reuse too.
-Otherwise the read allocates, as before; the pool keeps at most ``size`` buffers.
+Otherwise the read allocates, as before; the pool keeps at most ``size`` buffers, the
+newest: one held downstream for long makes room for the new one and leaves with its holder.
 
 Only Python references count: code that keeps a raw pointer to the pixels (through
 ``ctypes.data``, say) without holding the array, or a weak reference to it, is not seen.
@@ -57,14 +58,24 @@ class FramePool:
         return None
 
     def keep(self, image: np.ndarray) -> None:
-        """Note the array a read returned: a new one joins the pool while there is room. One of
-        another shape or dtype (the stream changed resolution) replaces the pool's buffers."""
+        """Note the array a read returned: a new one joins the pool, in place of the oldest of
+        the buffers still held when the pool is full. One of another shape or dtype (the stream changed
+        resolution) replaces the pool's buffers."""
         if any(b is image for b in self._buffers):
             return
         if self._buffers and (self._buffers[0].shape != image.shape or self._buffers[0].dtype != image.dtype):
             self._buffers = []  # the old ones stay alive for as long as downstream holds them
-        if len(self._buffers) < self.size and image.flags.c_contiguous and image.base is None:
-            self._buffers.append(image)
+        if not image.flags.c_contiguous or image.base is not None:
+            return
+        if len(self._buffers) >= self.size:
+            # full of buffers still held (a read allocates only when none is free): the oldest of
+            # them leaves the pool, to whoever holds it, so that a frame kept for good (a sink's,
+            # a snapshot's) does not take a place for good
+            busy = next((i for i in range(len(self._buffers)) if _count(self._buffers, i) > SOLE), None)
+            if busy is None:
+                return
+            del self._buffers[busy]
+        self._buffers.append(image)
 
     def read(self, cap: cv2.VideoCapture) -> tuple[bool, Optional[np.ndarray]]:
         """``cap.read()`` into a free buffer when there is one (OpenCV fills an array of the
