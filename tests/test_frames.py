@@ -79,8 +79,13 @@ def test_the_pool_is_bounded_and_follows_a_change_of_resolution() -> None:
         pool.keep(image)
     assert len(pool) == 3
     assert pool.take() is None  # all three still held
-    assert [b is h for b, h in zip(pool._buffers, held[2:])] == [True] * 3  # the newest: the oldest left
+    assert [b is h for b, h in zip(pool._buffers, held[2:])] == [True] * 3  # the newest
     del held[4], image
+    assert pool.take() is not None and len(pool) == 3
+    for _ in range(3):
+        assert pool.take() is not None  # held[4] is free again: held[2] and held[3] are held longer
+    pool.keep(_frame())  # (this one is dropped at once)
+    assert len(pool) == 3 and not any(b is held[2] for b in pool._buffers)  # the one held longest left
     assert pool.take() is not None and len(pool) == 3
     small = np.zeros((60, 80, 3), np.uint8)
     pool.keep(small)
@@ -92,6 +97,7 @@ def test_the_pool_is_bounded_and_follows_a_change_of_resolution() -> None:
     pool.keep(np.zeros((H, W), np.uint16))  # another dtype or channel count too
     again = pool.take()
     assert len(pool) == 1 and again is not None and again.shape == (H, W) and again.dtype == np.uint16
+    del again
 
 
 def test_views_and_non_contiguous_arrays_never_join() -> None:
@@ -206,18 +212,18 @@ def test_a_stream_never_overwrites_the_frames_it_shows_or_anyone_holds(tmp_path:
     held: list[tuple[int, np.ndarray]] = []
     with stream:
         deadline = time.monotonic() + 20
-        while (len(held) < 12 or stream.metrics.processed < 80) and time.monotonic() < deadline:
+        while (len(held) < 10 or stream.metrics.processed < 60) and time.monotonic() < deadline:
             pair = stream.latest_frame
-            if pair is not None and (not held or held[-1][0] != pair[0].seq):
+            if pair is not None and (not held or pair[0].seq >= held[-1][0] + 4):  # one frame in four at most
                 result, image = pair
                 held.append((result.seq, image if len(held) % 2 else image[:, :, 1]))  # whole, or a view
-            time.sleep(0.05)
-    assert len(held) >= 12 and stream.metrics.processed >= 80, (len(held), stream.metrics.processed)
+            time.sleep(0.01)
+    assert len(held) >= 10 and stream.metrics.processed >= 60, (len(held), stream.metrics.processed)
     for seq, image in held:  # frame seq of the looped 24-frame clip has the value (seq % 24 % 12) * 20
         assert int(np.median(image)) == pytest.approx((seq % 24 % 12) * 20, abs=6), seq
     images = [image if image.base is None else image.base for _, image in held]
     assert all(not np.shares_memory(a, b) for i, a in enumerate(images) for b in images[i + 1 :])
     pool = stream.source._pool  # type: ignore[attr-defined]
     # a new buffer only for a frame the test kept, or while the pool fills (8)
-    assert pool.allocated <= len(held) + pool.size + 1, (pool.reused, pool.allocated, len(held))
-    assert pool.reused > 0
+    assert pool.allocated <= len(held) + pool.size + 2, (pool.reused, pool.allocated, len(held))
+    assert pool.reused >= stream.metrics.processed // 2, (pool.reused, pool.allocated, len(held))

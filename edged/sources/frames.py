@@ -45,37 +45,44 @@ class FramePool:
     def __init__(self, size: int = DEFAULT_SIZE) -> None:
         self.size = size
         self._buffers: list[np.ndarray] = []
+        self._held: list[int] = []  # per buffer: the takes it has been found held in a row
         self.reused = 0  # reads that got a buffer back (for tests and the bench)
         self.allocated = 0  # reads that did not
 
     def take(self) -> Optional[np.ndarray]:
         """A buffer nothing but the pool holds, or None when every one is still in use."""
-        for i in range(len(self._buffers)):
+        found: Optional[int] = None
+        for i in range(len(self._buffers)):  # every one looked at: how long each has been held
             if _count(self._buffers, i) <= SOLE:
-                self.reused += 1
-                return self._buffers[i]
-        self.allocated += 1
-        return None
+                self._held[i] = 0
+                if found is None:
+                    found = i
+            else:
+                self._held[i] += 1
+        if found is None:
+            self.allocated += 1
+            return None
+        self.reused += 1
+        return self._buffers[found]
 
     def keep(self, image: np.ndarray) -> None:
-        """Note the array a read returned: a new one joins the pool, in place of the oldest of
-        the buffers still held when the pool is full. One of another shape or dtype (the stream changed
+        """Note the array a read returned: a new one joins the pool, in place of the buffer
+        held longest when the pool is full. One of another shape or dtype (the stream changed
         resolution) replaces the pool's buffers."""
         if any(b is image for b in self._buffers):
             return
         if self._buffers and (self._buffers[0].shape != image.shape or self._buffers[0].dtype != image.dtype):
-            self._buffers = []  # the old ones stay alive for as long as downstream holds them
+            self.clear()  # the old ones stay alive for as long as downstream holds them
         if not image.flags.c_contiguous or image.base is not None:
             return
         if len(self._buffers) >= self.size:
-            # full of buffers still held (a read allocates only when none is free): the oldest of
-            # them leaves the pool, to whoever holds it, so that a frame kept for good (a sink's,
-            # a snapshot's) does not take a place for good
-            busy = next((i for i in range(len(self._buffers)) if _count(self._buffers, i) > SOLE), None)
-            if busy is None:
-                return
-            del self._buffers[busy]
+            # full of buffers still held (a read allocates only when none is free): the one held
+            # longest leaves the pool, to whoever holds it, so that a frame kept for good (a
+            # sink's, a snapshot's) does not take a place for good
+            longest = max(range(len(self._buffers)), key=self._held.__getitem__)
+            del self._buffers[longest], self._held[longest]
         self._buffers.append(image)
+        self._held.append(0)
 
     def read(self, cap: cv2.VideoCapture) -> tuple[bool, Optional[np.ndarray]]:
         """``cap.read()`` into a free buffer when there is one (OpenCV fills an array of the
@@ -88,7 +95,7 @@ class FramePool:
         return ok, image
 
     def clear(self) -> None:
-        self._buffers = []
+        self._buffers, self._held = [], []
 
     def __len__(self) -> int:
         return len(self._buffers)
