@@ -6,8 +6,8 @@ A frame travels on after its read (the latest-frame slot, an inference under way
 stream's ``latest_frame`` kept for the HTTP snapshot, sinks), so a buffer is handed out
 again only when CPython's reference count says the pool is its sole holder. A view of a
 buffer keeps its base alive (``view.base``), so a view held downstream blocks reuse too.
-Otherwise the read allocates, as before; the pool keeps at most ``size`` buffers, the
-newest: one held downstream for long makes room for the new one and leaves with its holder.
+Otherwise the read allocates, as before; the pool keeps at most ``size`` buffers: when it
+is full, the one held longest downstream leaves it (with its holder) for the new one.
 
 Only Python references count: code that keeps a raw pointer to the pixels (through
 ``ctypes.data``, say) without holding the array, or a weak reference to it, is not seen.
