@@ -16,6 +16,7 @@ import numpy as np
 
 from ..errors import SourceError
 from .base import Source
+from .frames import FramePool
 
 
 class CaptureSource(Source):
@@ -26,6 +27,7 @@ class CaptureSource(Source):
         self.cap: cv2.VideoCapture | None = None
         self._lock = threading.Lock()
         self._release_pending = False
+        self._pool = FramePool()  # frames are decoded into buffers nothing downstream holds any more
 
     # subclasses: open the capture (raise SourceError when it does not open), and name it
     def _open_capture(self) -> cv2.VideoCapture:  # pragma: no cover - overridden
@@ -50,7 +52,7 @@ class CaptureSource(Source):
                 return None
             if self.cap is None:
                 raise SourceError(f"{self.describe()} is not open")
-            ok, image = self.cap.read()
+            ok, image = self._pool.read(self.cap)
             if self._release_pending:
                 self._release_locked()
         if not ok or image is None:
@@ -63,6 +65,7 @@ class CaptureSource(Source):
         if self.cap is not None:
             self.cap.release()
             self.cap = None
+        self._pool.clear()
         self._release_pending = False
 
     def release(self) -> None:

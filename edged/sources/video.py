@@ -13,6 +13,7 @@ from pydantic import Field
 from ..errors import SourceError
 from ..registry import SOURCES, StrictConfig
 from .base import Source
+from .frames import FramePool
 
 
 class VideoSourceConfig(StrictConfig):
@@ -35,6 +36,7 @@ class VideoFileSource(Source):
         self.cap: cv2.VideoCapture | None = None
         self.fps: float | None = None
         self._lock = threading.Lock()  # read() and release() never overlap
+        self._pool = FramePool()  # frames are decoded into buffers nothing downstream holds any more
 
     def open(self) -> None:
         cap = self._open_file()
@@ -80,15 +82,15 @@ class VideoFileSource(Source):
 
     def _read(self) -> tuple[np.ndarray, str | None, Mapping[str, Any] | None] | None:
         assert self.cap is not None, "open() first"
-        ok, image = self.cap.read()
+        ok, image = self._pool.read(self.cap)
         if not ok and self.cfg.loop:
             self.cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
-            ok, image = self.cap.read()
+            ok, image = self._pool.read(self.cap)
             if not ok:  # some containers do not seek; or the file was truncated or is being rewritten
                 self.cap.release()
                 self.cap = None
                 self.cap = self._open_file()
-                ok, image = self.cap.read()
+                ok, image = self._pool.read(self.cap)
         if not ok:
             if not self.cfg.loop:
                 return None
@@ -100,6 +102,7 @@ class VideoFileSource(Source):
             if self.cap is not None:
                 self.cap.release()
                 self.cap = None
+            self._pool.clear()
 
 
 SOURCES.register("video", VideoSourceConfig, VideoFileSource)
