@@ -1,0 +1,84 @@
+"""What a one-shot command costs to start: ``edged infer`` (and ``edged inspect``) against the floor.
+
+    python bench/startup.py [--rounds 5] [--model FILE] [--image FILE] [--testdata DIR] [--no-inspect]
+
+Each round runs, interleaved so that a busy machine slows every command alike:
+
+* ``baseline``: ``python -c`` importing the runtime (ai_edge_litert), loading the model and one
+  invoke: what any one-shot inference needs at least (no image read, no preprocessing);
+* ``infer``: ``python -m edged infer -m MODEL IMAGE``, the whole command;
+* ``inspect``: ``python -m edged inspect MODEL``.
+
+Prints the median and the spread (min..max) of each command's wall time in milliseconds, and
+the ratio of the medians to the baseline. Not a test: timings depend on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BASELINE = (
+    "from ai_edge_litert.interpreter import Interpreter\n"
+    "it = Interpreter(model_path={model!r})\n"
+    "it.allocate_tensors()\n"
+    "it.invoke()\n"
+)
+
+
+def _testdata(arg: str | None) -> Path:
+    return Path(arg or os.environ.get("EDGED_TESTDATA") or ROOT.parent / "shared" / "testdata")
+
+
+def _wall_ms(argv: list[str], env: dict[str, str]) -> float:
+    t0 = time.perf_counter()
+    done = subprocess.run(argv, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    ms = (time.perf_counter() - t0) * 1e3
+    if done.returncode != 0:
+        sys.exit(f"{' '.join(argv)}: exit {done.returncode}\n{done.stderr}")
+    return ms
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds (at least 3)")
+    ap.add_argument("--testdata", help="reference data folder (default: $EDGED_TESTDATA or ../shared/testdata)")
+    ap.add_argument("--model", help="model (default: the testdata's mobilenet_v2_1.0_224_quant.tflite)")
+    ap.add_argument("--image", help="image (default: the testdata's grace_hopper.bmp)")
+    ap.add_argument("--accelerator", default="auto", choices=("auto", "cpu", "edgetpu"), help="edged infer's")
+    ap.add_argument("--no-inspect", action="store_true", help="do not time edged inspect")
+    args = ap.parse_args()
+    data = _testdata(args.testdata)
+    model = args.model or str(data / "models" / "mobilenet_v2_1.0_224_quant.tflite")
+    image = args.image or str(data / "images" / "grace_hopper.bmp")
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    py = sys.executable
+    commands = {
+        "baseline": [py, "-c", BASELINE.format(model=model)],
+        "infer": [py, "-m", "edged", "infer", "--accelerator", args.accelerator, "-m", model, image],
+    }
+    if not args.no_inspect:
+        commands["inspect"] = [py, "-m", "edged", "inspect", model]
+    for argv in commands.values():  # warm the page cache and the bytecode caches; not counted
+        _wall_ms(argv, env)
+    times: dict[str, list[float]] = {name: [] for name in commands}
+    for _ in range(max(3, args.rounds)):
+        for name, argv in commands.items():
+            times[name].append(_wall_ms(argv, env))
+    print(f"model {model}, image {image}, {max(3, args.rounds)} rounds, wall time in ms")
+    base = statistics.median(times["baseline"])
+    for name, ms in times.items():
+        med = statistics.median(ms)
+        ratio = f"{med / base:.2f}x baseline" if name != "baseline" else ""
+        print(f"  {name:<9} median {med:7.1f}  spread {min(ms):7.1f} .. {max(ms):7.1f}  {ratio}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
