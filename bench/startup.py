@@ -9,6 +9,10 @@ Each round runs, interleaved so that a busy machine slows every command alike:
 * ``infer``: ``python -m edged infer -m MODEL IMAGE``, the whole command;
 * ``inspect``: ``python -m edged inspect MODEL``.
 
+The commands run as an installed edged would: with bytecode caches (in a temporary
+``PYTHONPYCACHEPREFIX``, so the tree stays clean, and written even when the environment sets
+``PYTHONDONTWRITEBYTECODE``), unless ``--no-bytecode-cache``.
+
 Prints the median and the spread (min..max) of each command's wall time in milliseconds, and
 the ratio of the medians to the baseline. Not a test: timings depend on the machine.
 """
@@ -20,6 +24,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -53,11 +58,15 @@ def main() -> int:
     ap.add_argument("--image", help="image (default: the testdata's grace_hopper.bmp)")
     ap.add_argument("--accelerator", default="auto", choices=("auto", "cpu", "edgetpu"), help="edged infer's")
     ap.add_argument("--no-inspect", action="store_true", help="do not time edged inspect")
+    ap.add_argument("--no-bytecode-cache", action="store_true", help="keep the environment's bytecode settings")
     args = ap.parse_args()
     data = _testdata(args.testdata)
     model = args.model or str(data / "models" / "mobilenet_v2_1.0_224_quant.tflite")
     image = args.image or str(data / "images" / "grace_hopper.bmp")
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    if not args.no_bytecode_cache:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = tempfile.mkdtemp(prefix="edged-startup-pycache-")
     py = sys.executable
     commands = {
         "baseline": [py, "-c", BASELINE.format(model=model)],
