@@ -17,11 +17,11 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 
 from . import demo as _demo  # noqa: F401 - importing the package registers the synthetic source kind
 from . import sinks as _sinks  # noqa: F401 - importing the package registers its kinds
-from . import sources as _sources  # noqa: F401 - importing the package registers its kinds
 from .errors import ConfigError
 from .model_config import EdgeTpuConfig, ModelConfig, format_validation_errors
 from .registry import SINKS, SOURCES, StrictConfig
 from .sinks.log import LogSinkConfig
+from .sources import kinds as _sources  # noqa: F401 - importing it registers the source kinds
 
 # --------------------------------------------------------------------------- sources and sinks
 # Each kind of source and sink lives, with its configuration class, in the module of its
