@@ -160,9 +160,9 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
 
 def _infer_images(engine: InferenceEngine, images: list[str]) -> int:
+    from .result import build_result
     from .sources import Frame
     from .sources.images import read_image
-    from .stream import build_result
 
     failures = 0
     for seq, path in enumerate(images):
