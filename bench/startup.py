@@ -1,13 +1,16 @@
 """What a one-shot command costs to start: ``edged infer`` (and ``edged inspect``) against the floor.
 
     python bench/startup.py [--rounds 5] [--model FILE] [--image FILE] [--testdata DIR] [--no-inspect]
+                            [--compare SOURCE_TREE]
 
 Each round runs, interleaved so that a busy machine slows every command alike:
 
 * ``baseline``: ``python -c`` importing the runtime (ai_edge_litert), loading the model and one
   invoke: what any one-shot inference needs at least (no image read, no preprocessing);
 * ``infer``: ``python -m edged infer -m MODEL IMAGE``, the whole command;
-* ``inspect``: ``python -m edged inspect MODEL``.
+* ``inspect``: ``python -m edged inspect MODEL``;
+* with ``--compare DIR``, the same two commands run from another source tree (e.g. a worktree of
+  main: before and after a change, in the same rounds).
 
 The commands run as an installed edged would: with bytecode caches (in a temporary
 ``PYTHONPYCACHEPREFIX``, so the tree stays clean, and written even when the environment sets
@@ -43,7 +46,14 @@ def _testdata(arg: str | None) -> Path:
 
 def _wall_ms(argv: list[str], env: dict[str, str]) -> float:
     t0 = time.perf_counter()
-    done = subprocess.run(argv, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    done = subprocess.run(
+        argv,
+        env=env,
+        cwd=env["PYTHONPATH"].split(os.pathsep)[0],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     ms = (time.perf_counter() - t0) * 1e3
     if done.returncode != 0:
         sys.exit(f"{' '.join(argv)}: exit {done.returncode}\n{done.stderr}")
@@ -58,34 +68,41 @@ def main() -> int:
     ap.add_argument("--image", help="image (default: the testdata's grace_hopper.bmp)")
     ap.add_argument("--accelerator", default="auto", choices=("auto", "cpu", "edgetpu"), help="edged infer's")
     ap.add_argument("--no-inspect", action="store_true", help="do not time edged inspect")
+    ap.add_argument("--compare", metavar="DIR", help="another source tree of edged, timed in the same rounds")
     ap.add_argument("--no-bytecode-cache", action="store_true", help="keep the environment's bytecode settings")
     args = ap.parse_args()
     data = _testdata(args.testdata)
     model = args.model or str(data / "models" / "mobilenet_v2_1.0_224_quant.tflite")
     image = args.image or str(data / "images" / "grace_hopper.bmp")
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    base_env = dict(os.environ)
     if not args.no_bytecode_cache:
-        env.pop("PYTHONDONTWRITEBYTECODE", None)
-        env["PYTHONPYCACHEPREFIX"] = tempfile.mkdtemp(prefix="edged-startup-pycache-")
+        base_env.pop("PYTHONDONTWRITEBYTECODE", None)
+        base_env["PYTHONPYCACHEPREFIX"] = tempfile.mkdtemp(prefix="edged-startup-pycache-")
+    trees = {"": ROOT} | ({"@" + Path(args.compare).name: Path(args.compare).resolve()} if args.compare else {})
     py = sys.executable
-    commands = {
-        "baseline": [py, "-c", BASELINE.format(model=model)],
-        "infer": [py, "-m", "edged", "infer", "--accelerator", args.accelerator, "-m", model, image],
-    }
-    if not args.no_inspect:
-        commands["inspect"] = [py, "-m", "edged", "inspect", model]
-    for argv in commands.values():  # warm the page cache and the bytecode caches; not counted
+    commands: dict[str, tuple[list[str], dict[str, str]]] = {}
+    for suffix, tree in trees.items():
+        env = {**base_env, "PYTHONPATH": str(tree) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        if not suffix:
+            commands["baseline"] = ([py, "-c", BASELINE.format(model=model)], env)
+        commands["infer" + suffix] = (
+            [py, "-m", "edged", "infer", "--accelerator", args.accelerator, "-m", model, image],
+            env,
+        )
+        if not args.no_inspect:
+            commands["inspect" + suffix] = ([py, "-m", "edged", "inspect", model], env)
+    for argv, env in commands.values():  # warm the page cache and the bytecode caches; not counted
         _wall_ms(argv, env)
     times: dict[str, list[float]] = {name: [] for name in commands}
     for _ in range(max(3, args.rounds)):
-        for name, argv in commands.items():
+        for name, (argv, env) in commands.items():
             times[name].append(_wall_ms(argv, env))
     print(f"model {model}, image {image}, {max(3, args.rounds)} rounds, wall time in ms")
     base = statistics.median(times["baseline"])
     for name, ms in times.items():
         med = statistics.median(ms)
         ratio = f"{med / base:.2f}x baseline" if name != "baseline" else ""
-        print(f"  {name:<9} median {med:7.1f}  spread {min(ms):7.1f} .. {max(ms):7.1f}  {ratio}")
+        print(f"  {name:<16} median {med:7.1f}  spread {min(ms):7.1f} .. {max(ms):7.1f}  {ratio}")
     return 0
 
 
