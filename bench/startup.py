@@ -16,14 +16,16 @@ The commands run as an installed edged would: with bytecode caches (in a tempora
 ``PYTHONPYCACHEPREFIX``, so the tree stays clean, and written even when the environment sets
 ``PYTHONDONTWRITEBYTECODE``), unless ``--no-bytecode-cache``.
 
-Prints the median and the spread (min..max) of each command's wall time in milliseconds, and
-the ratio of the medians to the baseline. Not a test: timings depend on the machine.
+Prints the median and the spread (min..max) of each command's wall time and CPU time (user +
+system, which other work on a busy machine disturbs less) in milliseconds, and the ratio of
+the medians to the baseline. Not a test: timings depend on the machine.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -44,7 +46,9 @@ def _testdata(arg: str | None) -> Path:
     return Path(arg or os.environ.get("EDGED_TESTDATA") or ROOT.parent / "shared" / "testdata")
 
 
-def _wall_ms(argv: list[str], env: dict[str, str]) -> float:
+def _run_ms(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """The wall time and the CPU time (user + system) of one run, in ms."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     done = subprocess.run(
         argv,
@@ -55,9 +59,10 @@ def _wall_ms(argv: list[str], env: dict[str, str]) -> float:
         text=True,
     )
     ms = (time.perf_counter() - t0) * 1e3
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         sys.exit(f"{' '.join(argv)}: exit {done.returncode}\n{done.stderr}")
-    return ms
+    return ms, (after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime) * 1e3
 
 
 def main() -> int:
@@ -92,17 +97,22 @@ def main() -> int:
         if not args.no_inspect:
             commands["inspect" + suffix] = ([py, "-m", "edged", "inspect", model], env)
     for argv, env in commands.values():  # warm the page cache and the bytecode caches; not counted
-        _wall_ms(argv, env)
+        _run_ms(argv, env)
     times: dict[str, list[float]] = {name: [] for name in commands}
+    cpu: dict[str, list[float]] = {name: [] for name in commands}
     for _ in range(max(3, args.rounds)):
         for name, (argv, env) in commands.items():
-            times[name].append(_wall_ms(argv, env))
-    print(f"model {model}, image {image}, {max(3, args.rounds)} rounds, wall time in ms")
-    base = statistics.median(times["baseline"])
-    for name, ms in times.items():
-        med = statistics.median(ms)
-        ratio = f"{med / base:.2f}x baseline" if name != "baseline" else ""
-        print(f"  {name:<16} median {med:7.1f}  spread {min(ms):7.1f} .. {max(ms):7.1f}  {ratio}")
+            wall, used = _run_ms(argv, env)
+            times[name].append(wall)
+            cpu[name].append(used)
+    print(f"model {model}, image {image}, {max(3, args.rounds)} rounds, in ms")
+    for label, series in (("wall time", times), ("CPU time (user + system; steadier on a busy machine)", cpu)):
+        print(label)
+        base = statistics.median(series["baseline"])
+        for name, ms in series.items():
+            med = statistics.median(ms)
+            ratio = f"{med / base:.2f}x baseline" if name != "baseline" else ""
+            print(f"  {name:<20} median {med:7.1f}  spread {min(ms):7.1f} .. {max(ms):7.1f}  {ratio}")
     return 0
 
 
