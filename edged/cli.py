@@ -8,7 +8,8 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Optional
 
 from . import __version__
 from .errors import ConfigError, EdgedError
@@ -16,6 +17,7 @@ from .runtime import RUNTIMES
 
 if TYPE_CHECKING:
     from .inference import InferenceEngine
+    from .model_config import ModelConfig
 
 log = logging.getLogger("edged")
 
@@ -114,12 +116,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+@dataclass(frozen=True)
+class _InferStream:
+    """``edged infer``'s one stream, as placement reads it (a configuration's streams are StreamConfig)."""
+
+    model: ModelConfig
+    id: str = "infer"
+    shared_model: Optional[str] = None
+
+
 def cmd_infer(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
-    from .config import Config, EdgeTpuConfig, ModelConfig, StreamConfig, format_validation_errors
-    from .demo.synthetic import SyntheticSourceConfig
-    from .inference.placement import build_engines
+    from .inference.placement import place_streams
+    from .model_config import EdgeTpuConfig, ModelConfig, format_validation_errors
 
     options: dict[str, str] = {}
     for item in args.delegate_option:
@@ -135,16 +145,13 @@ def cmd_infer(args: argparse.Namespace) -> int:
         "max_detections": args.max_detections, "yolo_boxes": args.yolo_boxes,
     }  # fmt: skip
     raw_model = {k: v for k, v in raw_model.items() if v is not None or k in ("labels", "threads", "threshold")}
-    try:  # the same sections a configuration file has, so the same checks, defaults and engines
-        cfg = Config(
-            edgetpu=EdgeTpuConfig(library=args.edgetpu_library, options=options),
-            streams=[
-                StreamConfig(id="infer", source=SyntheticSourceConfig(), model=ModelConfig(**raw_model), sinks=[])
-            ],
-        )
+    try:  # the sections a configuration file has, so the same checks, defaults and engines (not the daemon's
+        # whole Config: its sources and sinks are not needed here, and importing them is most of the start-up)
+        tcfg = EdgeTpuConfig(library=args.edgetpu_library, options=options)
+        model = ModelConfig(**raw_model)
     except ValidationError as exc:
-        raise ConfigError(format_validation_errors(exc, prefix="--").replace("--streams[0].model.", "--")) from None
-    engines, workers = build_engines(cfg, None)
+        raise ConfigError(format_validation_errors(exc, prefix="--")) from None
+    engines, workers = place_streams([_InferStream(model)], tcfg)
     try:
         return _infer_images(engines["infer"], args.images)
     finally:
@@ -153,9 +160,9 @@ def cmd_infer(args: argparse.Namespace) -> int:
 
 
 def _infer_images(engine: InferenceEngine, images: list[str]) -> int:
+    from .result import build_result
     from .sources import Frame
     from .sources.images import read_image
-    from .stream import build_result
 
     failures = 0
     for seq, path in enumerate(images):

@@ -6,4 +6,5 @@
 
 from __future__ import annotations
 
+from ..sources import kinds as _core_kinds  # noqa: F401 - the core's source kinds register first, as they always did
 from . import synthetic, truth  # noqa: F401 - they register the synthetic source kind and the truth scorer

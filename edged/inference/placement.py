@@ -15,20 +15,32 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Protocol, Sequence
 
 from ..edgetpu import EdgeTpu, default_library, list_edge_tpus, model_pair
-from ..errors import AcceleratorError
-from ..worker import DeviceWorker, WorkerFailure
-from .failover import FailoverEngine
+from ..errors import AcceleratorError, WorkerFailure
 from .local import Engine
 from .shared import SharedEngine
 from .types import InferenceEngine
 
-if TYPE_CHECKING:
-    from ..config import Config, EdgeTpuConfig, ModelConfig, StreamConfig
+if TYPE_CHECKING:  # the Edge TPU's parts (multiprocessing, the worker) are imported when a plan names them
+    from ..config import Config
     from ..health import HealthBoard
     from ..metrics import Metrics
+    from ..model_config import EdgeTpuConfig, ModelConfig
+    from ..worker import DeviceWorker
+    from .failover import FailoverEngine
+
+
+class StreamModel(Protocol):
+    """What placement reads of a stream: a :class:`~edged.config.StreamConfig`, or ``edged infer``'s one."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def model(self) -> ModelConfig: ...
+    @property
+    def shared_model(self) -> Optional[str]: ...
 
 
 @dataclass(frozen=True)
@@ -52,7 +64,7 @@ def wants_edgetpu(m: ModelConfig) -> bool:
     return m.accelerator == "edgetpu" or model_pair(m.path, m.cpu_model)[0] is not None
 
 
-def plan_placement(streams: Sequence[StreamConfig], tpus: Sequence[EdgeTpu]) -> list[Placement]:
+def plan_placement(streams: Sequence[StreamModel], tpus: Sequence[EdgeTpu]) -> list[Placement]:
     """One :class:`Placement` per stream, in order; starts nothing."""
     plan: list[Placement] = []
     spread = 0
@@ -96,6 +108,10 @@ def _workers(
     board: Optional[HealthBoard],
 ) -> tuple[dict[str, DeviceWorker], dict[str, str]]:
     """The workers the plan names, with their models registered and started; the reasons of those that failed."""
+    if not any(p.on == "edgetpu" and p.device is not None for p in plan):
+        return {}, {}
+    from ..worker import DeviceWorker
+
     library = tcfg.library or default_library()
     workers: dict[str, DeviceWorker] = {}
     for p in plan:
@@ -126,9 +142,20 @@ def build_engines(
 ) -> tuple[dict[str, InferenceEngine], list[DeviceWorker]]:
     """Place every stream of ``config``, start the Edge TPU workers (their probe threads report to
     ``board``), return the engines by stream id."""
-    plan = plan_placement(config.streams, list_edge_tpus() if tpus is None else tpus)
-    models = {s.id: s.model for s in config.streams}
-    workers, reasons = _workers(plan, models, config.edgetpu, metrics, board)
+    return place_streams(config.streams, config.edgetpu, metrics, tpus, board)
+
+
+def place_streams(
+    streams: Sequence[StreamModel],
+    tcfg: EdgeTpuConfig,
+    metrics: Optional[Metrics] = None,
+    tpus: Optional[Sequence[EdgeTpu]] = None,
+    board: Optional[HealthBoard] = None,
+) -> tuple[dict[str, InferenceEngine], list[DeviceWorker]]:
+    """:func:`build_engines` for streams given alone, with the Edge TPU section (``edged infer``)."""
+    plan = plan_placement(streams, list_edge_tpus() if tpus is None else tpus)
+    models = {s.id: s.model for s in streams}
+    workers, reasons = _workers(plan, models, tcfg, metrics, board)
     engines: dict[str, InferenceEngine] = {}
     shared: dict[str, SharedEngine] = {}
     try:
@@ -159,6 +186,8 @@ def _failover(
         raise AcceleratorError(
             f"stream {p.stream}: accelerator is edgetpu but the Edge TPU delegate did not load ({reason})"
         )
+    from .failover import FailoverEngine
+
     engine = FailoverEngine(p.stream, m, worker, p.cpu_twin, metrics, start_reason=reason)
     first = worker.models[p.stream].first_inference_seconds
     if first is not None and metrics is not None:

@@ -2,7 +2,9 @@
 
 Each kind of source is chosen by the ``type`` field of its configuration; a kind registers
 its configuration class and its factory in :data:`edged.registry.SOURCES` in the module of
-its implementation (importing this package registers the kinds it holds).
+its implementation. Importing :mod:`.kinds` registers the kinds this package holds
+(:mod:`edged.config` does); the package alone does not import them, so that a one-shot
+command reading an image file (``edged infer``) does not import cameras and network streams.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import os
 import cv2
 
 from ..registry import SOURCES, KindConfig
-from . import camera, images, network, video  # noqa: F401 - they register their kinds
 from .base import Frame, Source
 
 LOG_LEVEL_ERROR = 2  # OpenCV's cv::utils::logging::LOG_LEVEL_ERROR (0 silent, 1 fatal, 2 error)
