@@ -42,7 +42,7 @@ import numpy as np
 from .errors import WorkerFailure
 from .health import GuardedThread, HealthBoard
 from .worker_child import child_main
-from .worker_requests import Request, _Link, _Model, describe_exit, make_slots, read_replies
+from .worker_requests import Request, _Link, _Model, make_slots, read_replies, start_call
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class DeviceWorker:
         self.probe_max = probe_max
         self.metrics = metrics
         if stable_seconds is None:
-            from .config import EdgeTpuConfig
+            from .model_config import EdgeTpuConfig
 
             stable_seconds = EdgeTpuConfig().stable_seconds  # the one default
         self.stable_seconds = stable_seconds
@@ -121,6 +121,13 @@ class DeviceWorker:
 
     def _start_locked(self) -> None:
         self._kill_locked()
+        from .worker_child import check_library
+
+        try:  # a missing libedgetpu (the usual case) costs no spawn, at start or at each probe
+            check_library(self.library)
+        except WorkerFailure as exc:
+            self._down_locked(exc)
+            raise
         parent, child = self._ctx.Pipe()
         from .emulation import ENV, folder
         from .runtime import get_runtime
@@ -138,30 +145,9 @@ class DeviceWorker:
             self.metrics.worker_restarts.labels(self.label).inc()
         self._spawns += 1
         until = time.monotonic() + START_SECONDS
-
-        def left() -> float:
-            return round(max(0.1, until - time.monotonic()), 1)
-
         try:
             for m in self.models.values():
-                reply = self._call(link, ("load", m.key, m.path, self.library, self.options, m.threads), left())
-                m.info, self.runtime_version = reply[1], reply[2]
-                make_slots(m)
-                assert m.slots is not None and m.free is not None
-                blocks = [(slot.shm.name, slot.out_shm.name) for slot in m.slots]
-                self._call(link, ("attach", m.key, blocks), timeout=min(10.0, left()))
-                # the test inference (the model upload happens on the first invoke), on a free slot
-                try:
-                    index = m.free.get(timeout=left())
-                except queue.Empty:
-                    raise WorkerFailure("no free slot for the test inference", "hang") from None
-                try:
-                    m.slots[index].array[...] = 0
-                    t0 = time.perf_counter()
-                    self._call(link, ("infer", 0, m.key, index), timeout=left())
-                    m.first_inference_seconds = time.perf_counter() - t0
-                finally:
-                    m.free.put(index)
+                self._load(link, m, until)
         except WorkerFailure as exc:
             self._down_locked(exc)
             raise
@@ -177,29 +163,32 @@ class DeviceWorker:
         if self.metrics is not None:
             self.metrics.accelerator_up.labels(self.label).set(1)
 
-    # ---------------------------------------------------------------- requests
-    def _call(self, link: _Link, msg: tuple[Any, ...], timeout: float) -> tuple[Any, ...]:
-        """One request and its reply, before the reply thread runs (start-up)."""
-        conn, proc = link.conn, link.proc
-        try:
-            conn.send(msg)
-            ready = conn.poll(timeout)
-        except (BrokenPipeError, EOFError, OSError):
-            proc.join(0.5)
-            raise WorkerFailure(describe_exit(proc.exitcode), "crash") from None
-        if not ready:
-            if not proc.is_alive():
-                raise WorkerFailure(describe_exit(proc.exitcode), "crash")
-            raise WorkerFailure(f"no result within {timeout:g} s; worker killed", "hang")
-        try:
-            reply = conn.recv()
-        except (EOFError, OSError):
-            proc.join(0.5)
-            raise WorkerFailure(describe_exit(proc.exitcode), "crash") from None
-        if reply[0] != "ok":
-            raise WorkerFailure(reply[1], reply[2])
-        return reply
+    def _load(self, link: _Link, m: _Model, until: float) -> None:
+        """Load one model in the child, attach its slots, run its test inference (the model upload
+        happens on the first invoke) on a free slot, all before ``until``."""
 
+        def left() -> float:
+            return round(max(0.1, until - time.monotonic()), 1)
+
+        reply = start_call(link, ("load", m.key, m.path, self.library, self.options, m.threads), left())
+        m.info, self.runtime_version = reply[1], reply[2]
+        make_slots(m)
+        assert m.slots is not None and m.free is not None
+        blocks = [(slot.shm.name, slot.out_shm.name) for slot in m.slots]
+        start_call(link, ("attach", m.key, blocks), timeout=min(10.0, left()))
+        try:
+            index = m.free.get(timeout=left())
+        except queue.Empty:
+            raise WorkerFailure("no free slot for the test inference", "hang") from None
+        try:
+            m.slots[index].array[...] = 0
+            t0 = time.perf_counter()
+            start_call(link, ("infer", 0, m.key, index), timeout=left())
+            m.first_inference_seconds = time.perf_counter() - t0
+        finally:
+            m.free.put(index)
+
+    # ---------------------------------------------------------------- requests
     def submit(self, key: str, fill: Callable[[np.ndarray], Any]) -> Request:
         """Start an inference of the model ``key``: ``fill`` writes the input into a free slot's
         [H, W, C] array, the request is sent, and this returns without waiting for the reply

@@ -25,14 +25,19 @@ import numpy as np
 from .errors import EdgedError, WorkerFailure
 
 
-def _load_delegate(runtime: Any, library: str, options: dict[str, str]) -> Any:
+def check_library(library: str) -> None:
+    """WorkerFailure (kind ``delegate``) when the delegate library cannot be loaded at all."""
     import ctypes
 
-    try:  # check the library itself first: a missing one is the usual case, and is worth saying so
+    try:
         ctypes.CDLL(library)
     except OSError as exc:
         detail = str(exc).replace(f"{library}: ", "")
         raise WorkerFailure(f"delegate library not found: {library} ({detail})", "delegate") from None
+
+
+def _load_delegate(runtime: Any, library: str, options: dict[str, str]) -> Any:
+    check_library(library)  # first: a missing one is the usual case, and is worth saying so
     if runtime.load_delegate is None:
         raise WorkerFailure(f"the {runtime.name} runtime cannot load external delegates", "delegate")
     try:

@@ -123,6 +123,29 @@ def describe_exit(code: int | None) -> str:
     return f"worker exited with code {code}"
 
 
+def start_call(link: _Link, msg: tuple[Any, ...], timeout: float) -> tuple[Any, ...]:
+    """One request and its reply, before the reply thread runs (start-up)."""
+    conn, proc = link.conn, link.proc
+    try:
+        conn.send(msg)
+        ready = conn.poll(timeout)
+    except (BrokenPipeError, EOFError, OSError):
+        proc.join(0.5)
+        raise WorkerFailure(describe_exit(proc.exitcode), "crash") from None
+    if not ready:
+        if not proc.is_alive():
+            raise WorkerFailure(describe_exit(proc.exitcode), "crash")
+        raise WorkerFailure(f"no result within {timeout:g} s; worker killed", "hang")
+    try:
+        reply = conn.recv()
+    except (EOFError, OSError):
+        proc.join(0.5)
+        raise WorkerFailure(describe_exit(proc.exitcode), "crash") from None
+    if reply[0] != "ok":
+        raise WorkerFailure(reply[1], reply[2])
+    return reply
+
+
 def make_slots(m: _Model) -> None:
     """The model's shared-memory slots, made once (kept across restarts of the child)."""
     shape, dtype = tuple(m.info.input.shape), np.dtype(m.info.input.dtype)

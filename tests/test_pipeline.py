@@ -163,7 +163,7 @@ def test_inference_error_is_counted_and_stream_keeps_running(models_dir: Path) -
 
 
 @pytest.mark.faults
-@pytest.mark.parametrize("role", ["capture", "infer"])
+@pytest.mark.parametrize("role", ["capture", "infer", "publish"])
 def test_a_crashed_stream_thread_is_said_and_started_again(role: str) -> None:
     """An exception that escapes a stream's loop: the stream is failed (health, counter, log) and
     its thread starts again by itself, results flowing once more."""
@@ -176,7 +176,8 @@ def test_a_crashed_stream_thread_is_said_and_started_again(role: str) -> None:
     sink = Collect()
     stream.sinks.append(sink)
     slot, crashes = stream.slot, {"n": 0}
-    real = slot.put if role == "capture" else slot.take
+    owner, name = {"capture": (slot, "put"), "infer": (slot, "take"), "publish": (stream.publisher, "_complete")}[role]
+    real = getattr(owner, name)
 
     def broken(*args: Any) -> Any:  # the first call after the first result raises, once
         if stream.first_result.is_set() and not crashes["n"]:
@@ -184,7 +185,7 @@ def test_a_crashed_stream_thread_is_said_and_started_again(role: str) -> None:
             raise RuntimeError("injected")
         return real(*args)
 
-    setattr(slot, "put" if role == "capture" else "take", broken)
+    setattr(owner, name, broken)
     with stream:
         wait_for(lambda: crashes["n"], 10, "the injected crash")
         # failed for the 0.5 s before its thread starts again: health says so meanwhile

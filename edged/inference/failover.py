@@ -22,15 +22,15 @@ from typing import TYPE_CHECKING, Optional, Union
 
 import numpy as np
 
-from ..errors import AcceleratorError
+from ..errors import AcceleratorError, WorkerFailure
 from ..model import ModelInfo
-from ..worker import DeviceWorker, WorkerFailure
 from .local import Engine, WorkerBackend
 from .types import EngineStatus, Output, PendingOutput, Prepared, Preparer
 
 if TYPE_CHECKING:
     from ..config import ModelConfig
     from ..metrics import Metrics
+    from ..worker import DeviceWorker
 
 log = logging.getLogger("edged.failover")
 
