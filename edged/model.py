@@ -6,6 +6,7 @@ model file can be wrong ends in a one-line :class:`~edged.errors.ModelError`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from dataclasses import asdict, dataclass, field
@@ -98,8 +99,8 @@ class ModelInfo:
     def input(self) -> TensorSpec:
         return self.inputs[0]
 
-    @property
-    def name(self) -> str:
+    @functools.cached_property
+    def name(self) -> str:  # read for every result: made once
         return Path(self.path).name
 
     def to_dict(self) -> dict[str, Any]:

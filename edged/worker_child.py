@@ -15,7 +15,9 @@ that has a recording takes its recorded time per invoke and replays its recorded
 
 from __future__ import annotations
 
+import queue
 import signal
+import threading
 import time
 from multiprocessing import shared_memory
 from typing import Any
@@ -47,34 +49,71 @@ def _load_delegate(runtime: Any, library: str, options: dict[str, str]) -> Any:
 
 
 def child_main(conn: Any, runtime_name: str) -> None:
-    """The worker's main loop: load / attach / infer / quit requests, one at a time."""
+    """The worker's main loop: load / attach / infer / quit requests, in order. Requests are
+    read and replies sent by threads of their own, so between two invokes this thread only
+    takes the next request and copies its input (an invoke releases the GIL: the reading and
+    sending happen meanwhile)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when the worker stops
     from .runtime import get_runtime
 
     runtime = get_runtime(runtime_name)
     models: dict[str, dict[str, Any]] = {}
+    inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    replies: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    sender = threading.Thread(target=_send_replies, args=(conn, replies), name="replies", daemon=True)
+    sender.start()
+    threading.Thread(target=_read_requests, args=(conn, inbox), name="requests", daemon=True).start()
+    try:
+        while _serve(inbox.get(), replies, runtime, runtime_name, models):
+            pass
+    finally:
+        replies.put(None)
+        sender.join(2.0)
+
+
+def _read_requests(conn: Any, inbox: queue.SimpleQueue[Any]) -> None:
     while True:
         try:
-            msg = conn.recv()
+            inbox.put(conn.recv())
         except (EOFError, OSError):
+            inbox.put(None)  # the parent is gone: the child ends
             return
-        op = msg[0]
+
+
+def _send_replies(conn: Any, replies: queue.SimpleQueue[Any]) -> None:
+    while True:
+        reply = replies.get()
+        if reply is None:
+            return
         try:
-            if op == "quit":
-                conn.send(("ok",))
-                return
-            if op == "load":
-                conn.send(_load(msg, runtime, runtime_name, models))
-            elif op == "attach":
-                conn.send(_attach(msg, models))
-            elif op == "infer":
-                conn.send(_infer(msg, models))
-            else:
-                conn.send(("err", f"unknown request {op!r}", "invoke"))
-        except WorkerFailure as exc:
-            conn.send(("err", exc.reason, exc.kind, _request_id(msg)))
-        except Exception as exc:  # never die on a request: say what went wrong instead
-            conn.send(("err", f"{op} failed: {type(exc).__name__}: {_one_line(exc)}", "model", _request_id(msg)))
+            conn.send(reply)
+        except (BrokenPipeError, OSError):
+            return  # the parent is gone: the reading thread ends the child
+
+
+def _serve(msg: Any, replies: queue.SimpleQueue[Any], runtime: Any, runtime_name: str,
+           models: dict[str, dict[str, Any]]) -> bool:  # fmt: skip
+    """One request (None: the parent is gone); False when the child ends."""
+    if msg is None:
+        return False
+    op = msg[0]
+    try:
+        if op == "quit":
+            replies.put(("ok",))
+            return False
+        if op == "infer":
+            replies.put(_infer(msg, models))
+        elif op == "load":
+            replies.put(_load(msg, runtime, runtime_name, models))
+        elif op == "attach":
+            replies.put(_attach(msg, models))
+        else:
+            replies.put(("err", f"unknown request {op!r}", "invoke"))
+    except WorkerFailure as exc:
+        replies.put(("err", exc.reason, exc.kind, _request_id(msg)))
+    except Exception as exc:  # never die on a request: say what went wrong instead
+        replies.put(("err", f"{op} failed: {type(exc).__name__}: {_one_line(exc)}", "model", _request_id(msg)))
+    return True
 
 
 def _request_id(msg: tuple[Any, ...]) -> Any:
