@@ -124,6 +124,16 @@ def rss_mb(pid: int) -> float:
     return total
 
 
+def invokes(env: dict[str, str]) -> dict[str, tuple[int, float]]:
+    """Each emulated TPU's invokes so far and the seconds they took (its worker's invokes file)."""
+    folder = env.get(emulation.ENV)
+    out = {}
+    for f in Path(folder).glob("invokes-*.txt") if folder else []:
+        n, busy = f.read_text().split()
+        out[f.name] = (int(n), float(busy))
+    return out
+
+
 def daemon(work: Path, lib: Path, streams: list[dict[str, Any]], env: dict[str, str], seconds: float) -> dict:
     """``edged run`` on ``streams`` for a warm-up then ``seconds``: results/s and latencies from the sinks."""
     for i, s in enumerate(streams):
@@ -141,16 +151,19 @@ def daemon(work: Path, lib: Path, streams: list[dict[str, Any]], env: dict[str, 
                 raise SystemExit(f"edged did not start: {proc.stderr.read() if proc.stderr else ''}")
             time.sleep(0.1)
         time.sleep(1.5)  # warm-up
-        start = [len(f.read_bytes().splitlines()) for f in files]
+        start, before = [len(f.read_bytes().splitlines()) for f in files], invokes(env)
         t0 = time.monotonic()
         time.sleep(seconds)
-        lines = [f.read_bytes().splitlines()[n:] for f, n in zip(files, start)]
+        lines, after = [f.read_bytes().splitlines()[n:] for f, n in zip(files, start)], invokes(env)
         wall = time.monotonic() - t0
         memory = rss_mb(proc.pid)
     finally:
         proc.terminate()
         proc.wait(10)
     results = [json.loads(line) for part in lines for line in part]
+    # how busy each emulated TPU was (its invokes files are rewritten twice a second: about right over a window)
+    deltas = [(after[k][0] - before.get(k, (0, 0.0))[0], after[k][1] - before.get(k, (0, 0.0))[1]) for k in after]
+    deltas = [d for d in deltas if d[0] > 0]
     total = [r["latency_ms"]["total"] for r in results]
     in_hand = [r["latency_ms"]["total"] - r["latency_ms"]["capture"] for r in results]
     return {
@@ -159,6 +172,8 @@ def daemon(work: Path, lib: Path, streams: list[dict[str, Any]], env: dict[str, 
         "latency_p50_ms": statistics.median(total) if total else None,
         "in_hand_p50_ms": statistics.median(in_hand) if in_hand else None,
         "rss_mb": memory,
+        "tpu_busy": statistics.mean(b / wall for _, b in deltas) if deltas else None,
+        "invoke_ms": 1e3 * sum(b for _, b in deltas) / sum(n for n, _ in deltas) if deltas else None,
     }
 
 
@@ -247,6 +262,10 @@ def report(rows: dict[str, list[dict]], rounds: int) -> dict[str, Any]:
         line = f"{name:44s} {spread(fps):>26s} /s"
         if ratios:
             line += f"   / limit {spread(ratios)}"
+        busy = [r["tpu_busy"] for r in runs if r.get("tpu_busy") is not None]
+        if busy:
+            invoke = [r["invoke_ms"] for r in runs]
+            line += f"   TPU busy {spread(busy)}, invoke {spread(invoke)} ms"
         lat = [r["latency_p50_ms"] for r in runs if r.get("latency_p50_ms") is not None]
         if lat and "paced" in name:
             hand = [r["in_hand_p50_ms"] for r in runs]

@@ -8,7 +8,9 @@ writes the outputs recorded for that very input — those of a real CPU inferenc
 beforehand, outside the timed region (:func:`record`). An input with no recording (a frame
 the benchmark did not record) is run on the CPU for real, then the remaining time is slept,
 and a line is appended to ``misses.log`` in the folder (not for the worker's start-up test
-inference), so a benchmark can say how many.
+inference), so a benchmark can say how many. Each worker also keeps ``invokes-<pid>.txt``
+there (its invokes and the seconds they took, rewritten twice a second): how busy the
+emulated TPU really was.
 
 A recording is ``<model file stem>.npz``: ``invoke_seconds`` (a scalar), ``digests`` (one
 CRC-32 per input, uint32) and ``out<i>`` (the outputs of those inputs, stacked, in output
@@ -75,7 +77,9 @@ class EmulatedInvoke:
             outs = [z[f"out{i}"] for i in range(sum(1 for k in z.files if k.startswith("out")))]
         self.table = {int(d): [o[j] for o in outs] for j, d in enumerate(digests)}
         self.misses = misses
-        self._late = 0.0  # how late a sleep wakes up on average: slept that much less
+        self._late = 0.0  # how late a sleep wakes up on average: slept that much less (at most 10 %)
+        self._stats = misses.parent / f"invokes-{os.getpid()}.txt"  # invokes and busy seconds, for benchmarks
+        self.count, self.busy, self._written = 0, 0.0, 0.0
 
     def invoke(self, interp: Any, data: np.ndarray, outputs: list[tuple[Any, np.ndarray]], test: bool = False) -> float:
         """Take the profile's time, write the recorded outputs into the output views; the seconds
@@ -95,10 +99,20 @@ class EmulatedInvoke:
         until = t0 + self.seconds
         left = until - time.perf_counter() - self._late
         if left > 0:
-            before = time.perf_counter()
             time.sleep(left)
-            self._late = 0.9 * self._late + 0.1 * max(0.0, time.perf_counter() - before - left)
-        return time.perf_counter() - t0
+        late = time.perf_counter() - until  # negative when this sleep woke up early enough
+        self._late = min(max(0.0, self._late + 0.1 * late), 0.1 * self.seconds)
+        return self._count(time.perf_counter() - t0)
+
+    def _count(self, seconds: float) -> float:
+        """Keep the totals; written to ``invokes-<pid>.txt`` twice a second (``count busy_seconds``)."""
+        self.count += 1
+        self.busy += seconds
+        now = time.monotonic()
+        if now - self._written >= 0.5:
+            self._written = now
+            self._stats.write_text(f"{self.count} {self.busy:.6f}\n")
+        return seconds
 
 
 def for_model(path: str) -> Optional[EmulatedInvoke]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import queue
 import signal
+import sys
 import threading
 import time
 from multiprocessing import shared_memory
@@ -54,6 +55,7 @@ def child_main(conn: Any, runtime_name: str) -> None:
     takes the next request and copies its input (an invoke releases the GIL: the reading and
     sending happen meanwhile)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when the worker stops
+    sys.setswitchinterval(0.001)  # the invoking thread gets the GIL back quickly from the other two
     from .runtime import get_runtime
 
     runtime = get_runtime(runtime_name)
