@@ -8,9 +8,9 @@ writes the outputs recorded for that very input — those of a real CPU inferenc
 beforehand, outside the timed region (:func:`record`). An input with no recording (a frame
 the benchmark did not record) is run on the CPU for real, then the remaining time is slept,
 and a line is appended to ``misses.log`` in the folder (not for the worker's start-up test
-inference), so a benchmark can say how many. Each worker also keeps ``invokes-<pid>.txt``
-there (its invokes and the seconds they took, rewritten twice a second): how busy the
-emulated TPU really was.
+inference), so a benchmark can say how many. Each worker also keeps ``invokes-<pid>-<n>.txt``
+there (a model's invokes and the seconds they took, rewritten twice a second): how busy
+the emulated TPU really was.
 
 A recording is ``<model file stem>.npz``: ``invoke_seconds`` (a scalar), ``digests`` (one
 CRC-32 per input, uint32) and ``out<i>`` (the outputs of those inputs, stacked, in output
@@ -20,6 +20,7 @@ not computed.
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 import zlib
@@ -29,6 +30,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 ENV = "EDGED_EMULATE_EDGETPU"
+_instances = itertools.count()  # the models emulated in this process
 
 
 def folder() -> Optional[Path]:
@@ -78,7 +80,8 @@ class EmulatedInvoke:
         self.table = {int(d): [o[j] for o in outs] for j, d in enumerate(digests)}
         self.misses = misses
         self._late = 0.0  # how late a sleep wakes up on average: slept that much less (at most 10 %)
-        self._stats = misses.parent / f"invokes-{os.getpid()}.txt"  # invokes and busy seconds, for benchmarks
+        # invokes and busy seconds of this model in this worker, for benchmarks
+        self._stats = misses.parent / f"invokes-{os.getpid()}-{next(_instances)}.txt"
         self.count, self.busy, self._written = 0, 0.0, 0.0
 
     def invoke(self, interp: Any, data: np.ndarray, outputs: list[tuple[Any, np.ndarray]], test: bool = False) -> float:
@@ -105,7 +108,7 @@ class EmulatedInvoke:
         return self._count(time.perf_counter() - t0)
 
     def _count(self, seconds: float) -> float:
-        """Keep the totals; written to ``invokes-<pid>.txt`` twice a second (``count busy_seconds``)."""
+        """Keep the totals; written to ``invokes-<pid>-<n>.txt`` twice a second (``count busy_seconds``)."""
         self.count += 1
         self.busy += seconds
         now = time.monotonic()
