@@ -133,7 +133,10 @@ def invokes(env: dict[str, str]) -> dict[str, tuple[int, float]]:
     out: dict[str, tuple[int, float]] = {}
     for f in Path(folder).glob("invokes-*.txt") if folder else []:
         pid = f.name.split("-")[1]
-        n, busy = f.read_text().split()
+        try:
+            n, busy = f.read_text().split()
+        except (OSError, ValueError):  # replaced under us: the totals of the last half second are lost
+            continue
         had = out.get(pid, (0, 0.0))
         out[pid] = (had[0] + int(n), had[1] + float(busy))
     return out

@@ -114,7 +114,9 @@ class EmulatedInvoke:
         now = time.monotonic()
         if now - self._written >= 0.5:
             self._written = now
-            self._stats.write_text(f"{self.count} {self.busy:.6f}\n")
+            part = self._stats.with_suffix(".part")
+            part.write_text(f"{self.count} {self.busy:.6f}\n")
+            os.replace(part, self._stats)  # a reader never sees it half written
         return seconds
 
 
