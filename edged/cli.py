@@ -70,11 +70,16 @@ def _add_infer(sub: Any) -> None:
     inf = sub.add_parser("infer", help="run a model on images; one JSON result a line on stdout")
     inf.add_argument("--model", "-m", required=True, help=".tflite model")
     inf.add_argument("--labels", "-l", help="labels file")
-    inf.add_argument("--top-k", "-k", type=int, default=3, help="classes or objects kept (default 3)")
+    inf.add_argument(
+        "--top-k",
+        "-k",
+        type=int,
+        help="classes kept (default 3), or objects kept at most (default: all above the threshold)",
+    )
     inf.add_argument("--threshold", "-t", type=float, help="minimum score (default 0.1 classes, 0.5 objects)")
     inf.add_argument("--resize", choices=("stretch", "letterbox"), default="stretch")
     inf.add_argument("--iou-threshold", type=float, help="YOLO detectors: NMS overlap above which a box goes (0.45)")
-    inf.add_argument("--max-detections", type=int, help="YOLO detectors: objects kept after NMS, at most (300)")
+    inf.add_argument("--max-detections", type=int, help="detectors: objects kept, at most (300)")
     inf.add_argument("--yolo-boxes", choices=("auto", "normalized", "pixels"), help="YOLO detectors: box units (auto)")
     inf.add_argument("--interpolation", choices=("linear", "nearest", "area"), default="linear")
     inf.add_argument("--runtime", choices=("auto", *RUNTIMES), default="auto")

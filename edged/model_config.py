@@ -24,7 +24,13 @@ class ModelConfig(StrictConfig):
     threads: Optional[int] = Field(
         None, ge=1, le=64, description="CPU threads for the interpreter (default: all cores)"
     )
-    top_k: int = Field(3, ge=0, le=1000, description="classes (or objects) kept per result")
+    top_k: Optional[int] = Field(
+        None,
+        ge=0,
+        le=10000,
+        description="classification: classes kept per result (default 3; 0: every class above the threshold); "
+        "detection: objects kept, at most (default: every object above the threshold, up to max_detections)",
+    )
     threshold: Optional[float] = Field(
         None, ge=0, le=1, description="minimum score kept (default 0.1 for classification, 0.5 for detection)"
     )
@@ -39,7 +45,9 @@ class ModelConfig(StrictConfig):
     iou_threshold: float = Field(
         0.45, ge=0, le=1, description="YOLO detectors: NMS drops a box overlapping a better one of its class by more"
     )
-    max_detections: int = Field(300, ge=1, le=10000, description="YOLO detectors: at most this many objects leave NMS")
+    max_detections: int = Field(
+        300, ge=1, le=10000, description="detectors: at most this many objects per result (YOLO: leave NMS)"
+    )
     yolo_boxes: Literal["auto", "normalized", "pixels"] = Field(
         "auto", description="YOLO detectors: box units; auto tells normalised from input-pixel boxes per frame"
     )

@@ -44,25 +44,36 @@ class Box:
 class Class:
     """One class of a classification result."""
 
-    id: int
+    class_id: int
     label: str
     score: float
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "label": self.label, "score": self.score}
+        # "id": the class id under its old name, kept for one release (docs/result-schema.md)
+        return {"class_id": self.class_id, "id": self.class_id, "label": self.label, "score": self.score}
 
 
 @dataclass(frozen=True)
 class Object:
-    """One detected object: its class, score and box."""
+    """One detected object: its class, score and box; once tracked (edged.tracking), its track id,
+    the zones it is in and whether it stands still."""
 
-    id: int
+    class_id: int
     label: str
     score: float
     box: Box
+    track_id: Optional[int] = None
+    zones: tuple[str, ...] = ()
+    stationary: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "label": self.label, "score": self.score, "box": self.box.to_dict()}
+        d: dict[str, Any] = {"class_id": self.class_id, "id": self.class_id, "label": self.label, "score": self.score}
+        d["box"] = self.box.to_dict()
+        if self.track_id is not None:
+            d["track_id"] = self.track_id
+            d["zones"] = list(self.zones)
+            d["stationary"] = self.stationary
+        return d
 
 
 @dataclass

@@ -9,9 +9,9 @@ from edged.preprocess import compute_transform, dequantize
 def test_classify_top_k_threshold_and_labels() -> None:
     scores = np.array([0.05, 0.6, 0.2, 0.15], dtype=np.float32)
     out = classify(scores, top_k=3, threshold=0.1, labels={1: "cat", 2: "dog"})
-    assert [c.id for c in out] == [1, 2, 3]
+    assert [c.class_id for c in out] == [1, 2, 3]
     assert [c.label for c in out] == ["cat", "dog", "3"]
-    assert classify(scores, top_k=2, threshold=0.0)[1].id == 2
+    assert classify(scores, top_k=2, threshold=0.0)[1].class_id == 2
     assert classify(scores, top_k=0) == []
 
 

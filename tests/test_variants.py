@@ -81,7 +81,7 @@ def run() -> Run:
             for name, engine in engines.items():
                 classes = engine.process(frame).classes
                 assert classes, f"{name}: no class"
-                pred[name].append(classes[0].id)
+                pred[name].append(classes[0].class_id)
                 if keep:
                     inputs[name].append(_input(engine))
     return Run(np.array(truth), {k: np.array(v) for k, v in pred.items()}, inputs, expected, engines)

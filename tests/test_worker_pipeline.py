@@ -77,11 +77,11 @@ def worker_for(lib: Path, model: Path, key: str = "cam", deadline: float = 5.0) 
 
 def reference(model: Path, frames: list[np.ndarray]) -> list[list[tuple[int, float]]]:
     cpu = Engine.load(model_cfg(model))
-    return [[(c.id, round(c.score, 4)) for c in cpu.process(f).classes or []] for f in frames]
+    return [[(c.class_id, round(c.score, 4)) for c in cpu.process(f).classes or []] for f in frames]
 
 
 def classes(out) -> list[tuple[int, float]]:  # type: ignore[no-untyped-def]
-    return [(c.id, round(c.score, 4)) for c in out.classes or []]
+    return [(c.class_id, round(c.score, 4)) for c in out.classes or []]
 
 
 def test_the_emulated_tpu_takes_its_time_and_gives_the_recorded_outputs(fake_lib, model, frames, emulated) -> None:

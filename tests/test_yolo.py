@@ -144,7 +144,7 @@ def test_engine_matches_reference(name: str, frame_size: tuple[int, int], resize
     )  # fmt: skip
     assert out.objects is not None and len(out.objects) >= 5
     _same(out.objects, expected)
-    assert all(set(o.to_dict()) == {"id", "label", "score", "box"} for o in out.objects)
+    assert all(set(o.to_dict()) == {"class_id", "id", "label", "score", "box"} for o in out.objects)
 
 
 def test_known_objects_of_the_float_model() -> None:
@@ -153,7 +153,9 @@ def test_known_objects_of_the_float_model() -> None:
     objects = engine.process(_frame(WIDTH, HEIGHT)).objects or []
     # anchor 1 is suppressed by anchor 0 (same class), anchor 5 scores below 0.5
     order = [0, 7, 2, 6, 3, 4]
-    assert [(o.id, o.score) for o in objects] == [(int(np.argmax(DESIGNED[a][0])), max(DESIGNED[a][0])) for a in order]
+    assert [(o.class_id, o.score) for o in objects] == [
+        (int(np.argmax(DESIGNED[a][0])), max(DESIGNED[a][0])) for a in order
+    ]
     for o, a in zip(objects, order):
         cx, cy, w, h = DESIGNED[a][1]
         want = [max(cx - w / 2, 0), max(cy - h / 2, 0), min(cx + w / 2, WIDTH), min(cy + h / 2, HEIGHT)]
@@ -167,7 +169,7 @@ def test_labels_top_k_and_config_keys(tmp_path: Path) -> None:
     labels.write_text("cat\ndog\nbird\n")
     frame = _frame(WIDTH, HEIGHT)
     objs = Engine.from_file(path, labels=str(labels), top_k=2).process(frame).objects or []
-    assert [(o.id, o.label) for o in objs] == [(0, "cat"), (0, "cat")]
+    assert [(o.class_id, o.label) for o in objs] == [(0, "cat"), (0, "cat")]
     # a looser NMS keeps anchor 1 (IoU 0.77 with anchor 0); max_detections caps the result
     loose = Engine.load(ModelConfig(path=str(path), top_k=0, iou_threshold=0.9)).process(frame)
     assert len(loose.objects or []) == 7
@@ -330,7 +332,7 @@ def test_box_format_auto_and_errors() -> None:
     b = detect_yolo(normalised, transform, WIDTH, HEIGHT)
     c = detect_yolo(normalised, transform, WIDTH, HEIGHT, box_format="normalized")
     assert a == c
-    assert [o.id for o in a] == [o.id for o in b]
+    assert [o.class_id for o in a] == [o.class_id for o in b]
     for o, p in zip(a, b):
         assert list(o.box.to_dict().values()) == pytest.approx(list(p.box.to_dict().values()), abs=0.11)
     with pytest.raises(ValueError):

@@ -95,14 +95,27 @@ class YoloDecoder:
         return Decoded(objects=objects)
 
 
+DEFAULT_TOP_K = 3  # classes a classification result keeps unless top_k says otherwise
+
+
+def q_size(info: ModelInfo) -> int:
+    """The number of classes of a classifier's output."""
+    n = 1
+    for d in info.outputs[0].shape:
+        n *= int(d)
+    return max(1, n)
+
+
 def decoder_for(info: ModelInfo, cfg: ModelConfig, labels: Optional[dict[int, str]]) -> Decoder:
     """The decoder of a model's task and output layout, with the configuration's threshold and caps."""
     threshold = cfg.threshold if cfg.threshold is not None else DEFAULT_THRESHOLD[info.task]
-    top_k = cfg.top_k if cfg.top_k > 0 else None
     _, h, w, _ = info.input.shape
     if info.task == "classification":
         q = info.outputs[0].quantization
-        return ClassifyDecoder(info.outputs[0].index, q.scale, q.zero_point, cfg.top_k, threshold, labels)
+        k = DEFAULT_TOP_K if cfg.top_k is None else (cfg.top_k or q_size(info))  # 0: every class above threshold
+        return ClassifyDecoder(info.outputs[0].index, q.scale, q.zero_point, k, threshold, labels)
+    # a detector keeps every object above the threshold, up to max_detections, unless top_k caps it
+    top_k = min(cfg.top_k, cfg.max_detections) if cfg.top_k else cfg.max_detections
     yolo = info.yolo_output
     if yolo is not None:
         q = next(t for t in info.outputs if t.index == yolo.index).quantization
