@@ -1,0 +1,206 @@
+"""One stream's scene: each frame's detections filtered, masked, tracked, placed in zones,
+counted (debounced) and turned into events. Pure logic: no clock, no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence, Set, Tuple
+
+import numpy as np
+
+from ..result import Box, Object
+from .config import ANY_LABEL, EventsConfig, LabelFilter, MaskConfig, ObjectsConfig, ZoneConfig
+from .events import EventState, TrackEvent
+from .occupancy import Key, Occupancy
+from .tracker import Step, Track, Tracker
+from .zones import Geometry
+
+
+@dataclass
+class SceneUpdate:
+    """What one frame changed.
+
+    ``objects``: the detections kept (tracked labels, past the filters and masks); a confirmed
+    track's carries its ``track_id``, the zones it is counted in and its stationary flag; a
+    detection of a track not confirmed yet (or a low-score one that continues no track) has no
+    ``track_id``. ``occupancy``: every count known, (zone or None, label or None) -> objects;
+    ``changed``: the keys whose count changed in this frame; ``best``: the ids of the events
+    whose best frame is this one (keep the frame for their snapshot).
+    """
+
+    objects: List[Object] = field(default_factory=list)
+    events: List[TrackEvent] = field(default_factory=list)
+    occupancy: Dict[Key, int] = field(default_factory=dict)
+    changed: Set[Key] = field(default_factory=set)
+    best: List[str] = field(default_factory=list)
+
+
+@dataclass
+class _Still:
+    """Where a track's box stopped, since when, and whether that makes it stationary."""
+
+    box: Box
+    since: float
+    stationary: bool = False
+
+
+def _to_pixels(area: float, frame_area: float) -> float:
+    return area * frame_area if area <= 1 else area
+
+
+class SceneTracker:
+    """The tracking of one stream (see docs/events.md)."""
+
+    def __init__(
+        self,
+        stream: str,
+        objects_cfg: ObjectsConfig,
+        zones: Dict[str, ZoneConfig],
+        masks: Sequence[MaskConfig],
+        events_cfg: EventsConfig,
+    ) -> None:
+        self.stream = stream
+        self.cfg = objects_cfg
+        self.events_cfg = events_cfg
+        self._zone_cfgs = dict(zones)
+        self.geometry = Geometry(self._zone_cfgs, list(masks))
+        self.tracker = Tracker(
+            objects_cfg.max_missed_frames, objects_cfg.min_hits, objects_cfg.match_iou, objects_cfg.new_track_score
+        )
+        self.occupancy = Occupancy(
+            {None: (objects_cfg, None), **{n: (z.debounce(objects_cfg), z.labels) for n, z in self._zone_cfgs.items()}}
+        )
+        self._track = frozenset(objects_cfg.track) if objects_cfg.track is not None else None
+        self._labels: List[str] = list(objects_cfg.track or [])
+        for label in self._labels:
+            self.occupancy.add_label(label)
+        self._filters: Dict[str, Tuple[float, float, float]] = {}  # label -> min score, min/max area (pixels)
+        self._events: Dict[int, EventState] = {}  # by track serial
+        self._still: Dict[int, _Still] = {}
+
+    def labels(self) -> List[str]:
+        """The labels tracked: the ``track`` list, else every label seen so far (in order)."""
+        return list(self._labels)
+
+    def zones(self) -> Dict[str, Optional[Tuple[str, ...]]]:
+        """Each zone's name and the labels it counts (None: every label tracked)."""
+        return {n: (tuple(z.labels) if z.labels is not None else None) for n, z in self._zone_cfgs.items()}
+
+    def _resize(self, width: int, height: int) -> None:
+        old = self.geometry.size
+        if not self.geometry.resize(width, height):
+            return
+        self._filters = {}
+        if old is not None:  # the source came back at another size: the tracks follow
+            sx, sy = width / old[0], height / old[1]
+            self.tracker.rescale(sx, sy)
+            for s in self._still.values():
+                b = s.box
+                s.box = Box(b.xmin * sx, b.ymin * sy, b.xmax * sx, b.ymax * sy)
+
+    def _limits(self, label: str) -> Tuple[float, float, float]:
+        limits = self._filters.get(label)
+        if limits is None:
+            f = self.cfg.filters.get(label) or self.cfg.filters.get(ANY_LABEL) or LabelFilter()
+            w, h = self.geometry.size or (0, 0)
+            hi = float("inf") if f.max_area is None else _to_pixels(f.max_area, w * h)
+            limits = self._filters[label] = (f.min_score, _to_pixels(f.min_area, w * h), hi)
+        return limits
+
+    def _keep(self, objects: Sequence[Object]) -> List[Object]:
+        kept = []
+        for o in objects:
+            if self._track is not None and o.label not in self._track:
+                continue
+            min_score, min_area, max_area = self._limits(o.label)
+            area = o.box.area
+            if o.score < min_score or area < min_area or area > max_area or self.geometry.masked(o.box):
+                continue
+            kept.append(o)
+            if self._track is None and o.label not in self._labels:
+                self._labels.append(o.label)
+                self.occupancy.add_label(o.label)
+        return kept
+
+    def update(self, objects: Sequence[Object], width: int, height: int, timestamp: float) -> SceneUpdate:
+        """One frame: its detections (frame pixels), its size and its wall-clock timestamp."""
+        self._resize(width, height)
+        kept = self._keep(objects)
+        n = len(kept)
+        boxes = np.array([(o.box.xmin, o.box.ymin, o.box.xmax, o.box.ymax) for o in kept], dtype=np.float64)
+        step = self.tracker.update(boxes.reshape(n, 4), [o.label for o in kept], np.array([o.score for o in kept]))
+        detection = {t.serial: i for i, t in enumerate(step.assigned) if t is not None}
+        for t in self.tracker.tracks:
+            d = detection.get(t.serial)
+            inside = self.geometry.zones_of(kept[d].box, t.label) if d is not None else None
+            self.occupancy.observe(t.serial, t.label, inside, t.confirmed, timestamp)
+            if d is not None and t.confirmed:
+                self._stationary(t.serial, kept[d].box, timestamp)
+        for t in step.ended:
+            self.occupancy.observe(t.serial, t.label, None, True, timestamp)
+        update = SceneUpdate()
+        if self.events_cfg.enabled:
+            self._frame_events(step, kept, detection, timestamp, update)
+        for t in step.ended:
+            self.occupancy.end(t.serial)
+            self._still.pop(t.serial, None)
+        for t in step.dropped:
+            self.occupancy.forget(t.serial)
+        update.changed = self.occupancy.finish(timestamp)
+        update.occupancy = dict(self.occupancy.counts)
+        update.objects = [self._tracked(o, t) for o, t in zip(kept, step.assigned)]
+        return update
+
+    def _tracked(self, o: Object, t: Optional[Track]) -> Object:
+        if t is None or t.track_id is None:
+            return o
+        still = self._still.get(t.serial)
+        zones = self.occupancy.zones_of(t.serial)
+        return Object(o.class_id, o.label, o.score, o.box, t.track_id, zones, still is not None and still.stationary)
+
+    def _stationary(self, serial: int, box: Box, now: float) -> None:
+        s = self._still.get(serial)
+        if s is None:
+            self._still[serial] = _Still(box, now)
+        elif s.box.iou(box) < self.cfg.stationary_iou:
+            s.box, s.since, s.stationary = box, now, False
+        elif not s.stationary and self.cfg.stationary_seconds > 0:
+            s.stationary = now - s.since >= self.cfg.stationary_seconds
+
+    def _frame_events(
+        self, step: Step, kept: List[Object], detection: Dict[int, int], now: float, update: SceneUpdate
+    ) -> None:
+        for t in step.confirmed:
+            self._events[t.serial] = EventState(
+                self.stream, t.label, t.track_id or 0, now, self.events_cfg.update_interval_seconds
+            )
+        for t in self.tracker.tracks:
+            state = self._events.get(t.serial)
+            if state is None:
+                continue
+            d = detection.get(t.serial)
+            seen = (kept[d].score, kept[d].box) if d is not None else None
+            still = self._still.get(t.serial)
+            event, best = state.frame(
+                now, seen, self.occupancy.zones_of(t.serial), still is not None and still.stationary, t.hits
+            )
+            if event is not None:
+                update.events.append(event)
+            if best:
+                update.best.append(state.id)
+        for t in step.ended:
+            state = self._events.pop(t.serial, None)
+            if state is not None:
+                update.events.append(state.end(state.last_seen))
+
+    def end_all(self, timestamp: float) -> SceneUpdate:
+        """Tracking stops (detection switched off, the stream stopping): every event ends at
+        ``timestamp``, every count goes to 0 at once."""
+        update = SceneUpdate()
+        update.events = [state.end(timestamp) for state in self._events.values()]
+        self._events = {}
+        self._still = {}
+        self.tracker.reset()
+        update.changed = self.occupancy.clear()
+        update.occupancy = dict(self.occupancy.counts)
+        return update
