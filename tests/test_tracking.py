@@ -174,3 +174,22 @@ def test_a_zone_counts_only_its_labels() -> None:
     assert u.occupancy[("drive", "car")] == 1 and u.occupancy[("drive", None)] == 1
     assert ("drive", "person") not in u.occupancy and u.occupancy[(None, None)] == 2
     assert s.zones() == {"drive": ("car",)} and s.labels() == ["person", "car"]
+
+
+def test_a_crowd_keeps_its_ids_and_both_iou_paths_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    from edged.tracking import tracker
+
+    s = scene({"min_hits": 1})
+    crowd = [[person_at(40 + 55 * k + 3 * i, 200 + 20 * (k % 3)) for k in range(11)] for i in range(15)]
+    ups = run(s, crowd)  # 11 tracks x 11 detections: past NUMPY_PAIRS
+    assert 11 * 11 > tracker.NUMPY_PAIRS
+    assert all(ids(u) == list(range(1, 12)) for u in ups)
+    boxes = [(o.box.xmin, o.box.ymin, o.box.xmax, o.box.ymax) for o in crowd[0]]
+    shifted = [(x0 + 30, y0 + 5, x1 + 30, y1 + 5) for x0, y0, x1, y1 in boxes]  # overlapping two neighbours
+    codes = [1 if k == 4 else 0 for k in range(11)]
+    with_numpy = tracker.candidates(boxes, codes, shifted, codes, 0.01)
+    monkeypatch.setattr(tracker, "NUMPY_PAIRS", 10**6)
+    plain = tracker.candidates(boxes, codes, shifted, codes, 0.01)
+    assert len(with_numpy) > 11 and [(r, c) for _, r, c in with_numpy] == [(r, c) for _, r, c in plain]
+    assert [v for v, _, _ in with_numpy] == pytest.approx([v for v, _, _ in plain])
+    assert all(codes[r] == codes[c] for _, r, c in with_numpy)

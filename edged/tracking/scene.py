@@ -6,8 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Set, Tuple
 
-import numpy as np
-
 from ..result import Box, Object
 from .config import ANY_LABEL, EventsConfig, LabelFilter, MaskConfig, ObjectsConfig, ZoneConfig
 from .events import EventState, TrackEvent
@@ -42,6 +40,15 @@ class _Still:
     box: Box
     since: float
     stationary: bool = False
+
+
+def _iou(a: Box, b: Box) -> float:
+    ix = min(a.xmax, b.xmax) - max(a.xmin, b.xmin)
+    iy = min(a.ymax, b.ymax) - max(a.ymin, b.ymin)
+    if ix <= 0 or iy <= 0:
+        return 0.0
+    inter = ix * iy
+    return inter / ((a.xmax - a.xmin) * (a.ymax - a.ymin) + (b.xmax - b.xmin) * (b.ymax - b.ymin) - inter)
 
 
 def _to_pixels(area: float, frame_area: float) -> float:
@@ -113,7 +120,8 @@ class SceneTracker:
             if self._track is not None and o.label not in self._track:
                 continue
             min_score, min_area, max_area = self._limits(o.label)
-            area = o.box.area
+            b = o.box
+            area = (b.xmax - b.xmin) * (b.ymax - b.ymin)
             if o.score < min_score or area < min_area or area > max_area or self.geometry.masked(o.box):
                 continue
             kept.append(o)
@@ -126,9 +134,8 @@ class SceneTracker:
         """One frame: its detections (frame pixels), its size and its wall-clock timestamp."""
         self._resize(width, height)
         kept = self._keep(objects)
-        n = len(kept)
-        boxes = np.array([(o.box.xmin, o.box.ymin, o.box.xmax, o.box.ymax) for o in kept], dtype=np.float64)
-        step = self.tracker.update(boxes.reshape(n, 4), [o.label for o in kept], np.array([o.score for o in kept]))
+        boxes = [(o.box.xmin, o.box.ymin, o.box.xmax, o.box.ymax) for o in kept]
+        step = self.tracker.update(boxes, [o.label for o in kept], [o.score for o in kept])
         detection = {t.serial: i for i, t in enumerate(step.assigned) if t is not None}
         for t in self.tracker.tracks:
             d = detection.get(t.serial)
@@ -138,9 +145,10 @@ class SceneTracker:
                 self._stationary(t.serial, kept[d].box, timestamp)
         for t in step.ended:
             self.occupancy.observe(t.serial, t.label, None, True, timestamp)
+        zones = {t.serial: self.occupancy.zones_of(t.serial) for t in self.tracker.tracks if t.confirmed}
         update = SceneUpdate()
         if self.events_cfg.enabled:
-            self._frame_events(step, kept, detection, timestamp, update)
+            self._frame_events(step, kept, detection, zones, timestamp, update)
         for t in step.ended:
             self.occupancy.end(t.serial)
             self._still.pop(t.serial, None)
@@ -148,27 +156,33 @@ class SceneTracker:
             self.occupancy.forget(t.serial)
         update.changed = self.occupancy.finish(timestamp)
         update.occupancy = dict(self.occupancy.counts)
-        update.objects = [self._tracked(o, t) for o, t in zip(kept, step.assigned)]
+        update.objects = [self._tracked(o, t, zones) for o, t in zip(kept, step.assigned)]
         return update
 
-    def _tracked(self, o: Object, t: Optional[Track]) -> Object:
+    def _tracked(self, o: Object, t: Optional[Track], zones: Dict[int, Tuple[str, ...]]) -> Object:
         if t is None or t.track_id is None:
             return o
         still = self._still.get(t.serial)
-        zones = self.occupancy.zones_of(t.serial)
-        return Object(o.class_id, o.label, o.score, o.box, t.track_id, zones, still is not None and still.stationary)
+        stationary = still is not None and still.stationary
+        return Object(o.class_id, o.label, o.score, o.box, t.track_id, zones.get(t.serial, ()), stationary)
 
     def _stationary(self, serial: int, box: Box, now: float) -> None:
         s = self._still.get(serial)
         if s is None:
             self._still[serial] = _Still(box, now)
-        elif s.box.iou(box) < self.cfg.stationary_iou:
+        elif _iou(s.box, box) < self.cfg.stationary_iou:
             s.box, s.since, s.stationary = box, now, False
         elif not s.stationary and self.cfg.stationary_seconds > 0:
             s.stationary = now - s.since >= self.cfg.stationary_seconds
 
     def _frame_events(
-        self, step: Step, kept: List[Object], detection: Dict[int, int], now: float, update: SceneUpdate
+        self,
+        step: Step,
+        kept: List[Object],
+        detection: Dict[int, int],
+        zones: Dict[int, Tuple[str, ...]],
+        now: float,
+        update: SceneUpdate,
     ) -> None:
         for t in step.confirmed:
             self._events[t.serial] = EventState(
@@ -182,7 +196,7 @@ class SceneTracker:
             seen = (kept[d].score, kept[d].box) if d is not None else None
             still = self._still.get(t.serial)
             event, best = state.frame(
-                now, seen, self.occupancy.zones_of(t.serial), still is not None and still.stationary, t.hits
+                now, seen, zones.get(t.serial, ()), still is not None and still.stationary, t.hits
             )
             if event is not None:
                 update.events.append(event)

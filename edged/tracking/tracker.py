@@ -6,44 +6,53 @@ tracker, given when a track is confirmed (``min_hits`` frames in a row)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+NUMPY_PAIRS = 64  # track x detection pairs above which the IoU is computed with numpy
 VELOCITY_GAIN = 0.5  # how much of a new velocity measurement is taken (the rest: the previous estimate)
+
+
+BoxT = Tuple[float, float, float, float]  # xmin, ymin, xmax, ymax
 
 
 @dataclass(eq=False)
 class Track:
     """One tracked object. ``box`` is its last detected box (xmin, ymin, xmax, ymax, pixels);
-    ``velocity`` its centre's motion per frame."""
+    ``velocity`` its centre's motion per frame. Plain floats: cheaper than numpy at this size."""
 
     serial: int  # unique in its tracker, from birth (``track_id`` comes with confirmation)
     label: str
     code: int
-    box: np.ndarray
+    box: BoxT
     score: float
     hits: int = 1
     missed: int = 0
     track_id: Optional[int] = None
-    velocity: np.ndarray = field(default_factory=lambda: np.zeros(2))
+    velocity: Tuple[float, float] = (0.0, 0.0)
 
     @property
     def confirmed(self) -> bool:
         return self.track_id is not None
 
-    def predicted(self) -> np.ndarray:
+    def predicted(self) -> BoxT:
         """Where its box is expected in the coming frame."""
-        dx, dy = self.velocity * (self.missed + 1)
-        return self.box + (dx, dy, dx, dy)
+        k = self.missed + 1
+        dx, dy = self.velocity[0] * k, self.velocity[1] * k
+        x0, y0, x1, y1 = self.box
+        return (x0 + dx, y0 + dy, x1 + dx, y1 + dy)
 
-    def _centre(self, box: np.ndarray) -> np.ndarray:
-        return np.array(((box[0] + box[2]) / 2, (box[1] + box[3]) / 2))
-
-    def matched(self, box: np.ndarray, score: float) -> None:
-        step = (self._centre(box) - self._centre(self.box)) / (self.missed + 1)
-        self.velocity = step if self.hits == 1 else self.velocity + VELOCITY_GAIN * (step - self.velocity)
+    def matched(self, box: BoxT, score: float) -> None:
+        k = self.missed + 1
+        old = self.box
+        sx = (box[0] + box[2] - old[0] - old[2]) / (2 * k)
+        sy = (box[1] + box[3] - old[1] - old[3]) / (2 * k)
+        if self.hits > 1:
+            vx, vy = self.velocity
+            sx, sy = vx + VELOCITY_GAIN * (sx - vx), vy + VELOCITY_GAIN * (sy - vy)
+        self.velocity = (sx, sy)
         self.box, self.score = box, score
         self.hits += 1
         self.missed = 0
@@ -63,29 +72,50 @@ class Step:
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU of every box of ``a`` (T, 4) with every box of ``b`` (N, 4)."""
-    ix = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
-    iy = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
-    inter = ix * iy
-    area_a = np.clip(a[:, 2] - a[:, 0], 0, None) * np.clip(a[:, 3] - a[:, 1], 0, None)
-    area_b = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
+    ix = np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0])
+    iy = np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1])
+    inter = np.maximum(ix, 0.0) * np.maximum(iy, 0.0)
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
     union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
+    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
 
 
-def greedy_match(iou: np.ndarray, threshold: float) -> List[Tuple[int, int]]:
-    """Pairs (row, column), best IoU first, each row and column once, IoU >= ``threshold``."""
-    rows, cols = np.nonzero(iou >= threshold)
-    if len(rows) == 0:
-        return []
-    order = np.argsort(-iou[rows, cols], kind="stable")
-    used_r, used_c, pairs = set(), set(), []
-    for k in order:
-        r, c = int(rows[k]), int(cols[k])
+def candidates(a: Sequence[BoxT], ca: Sequence[int], b: Sequence[BoxT], cb: Sequence[int], threshold: float) -> List:
+    """(IoU, row, column) of the pairs of the same class (``ca``, ``cb``) with IoU >= ``threshold``,
+    in row-major order. Plain Python below ``NUMPY_PAIRS`` pairs (numpy's per-call cost dominates
+    there), numpy above."""
+    if len(a) * len(b) > NUMPY_PAIRS:
+        iou = iou_matrix(np.array(a, dtype=np.float64), np.array(b, dtype=np.float64))
+        iou[np.array(ca)[:, None] != np.array(cb)[None, :]] = 0.0
+        rows, cols = np.nonzero(iou >= threshold)
+        return [(float(iou[r, c]), int(r), int(c)) for r, c in zip(rows, cols)]
+    out = []
+    for r, (ax0, ay0, ax1, ay1) in enumerate(a):
+        area_a = (ax1 - ax0) * (ay1 - ay0)
+        for c, (bx0, by0, bx1, by1) in enumerate(b):
+            if cb[c] != ca[r]:
+                continue
+            ix = min(ax1, bx1) - max(ax0, bx0)
+            iy = min(ay1, by1) - max(ay0, by0)
+            if ix <= 0 or iy <= 0:
+                continue
+            inter = ix * iy
+            union = area_a + (bx1 - bx0) * (by1 - by0) - inter
+            if union > 0 and inter / union >= threshold:
+                out.append((inter / union, r, c))
+    return out
+
+
+def greedy_match(pairs: List[Tuple[float, int, int]]) -> List[Tuple[int, int]]:
+    """(row, column) of ``pairs`` (IoU, row, column), best IoU first, each row and column once."""
+    used_r, used_c, out = set(), set(), []
+    for _, r, c in sorted(pairs, key=lambda p: -p[0]):
         if r not in used_r and c not in used_c:
             used_r.add(r)
             used_c.add(c)
-            pairs.append((r, c))
-    return pairs
+            out.append((r, c))
+    return out
 
 
 class Tracker:
@@ -103,22 +133,22 @@ class Tracker:
         self._next_id = 1
         self._serial = 0
 
-    def _match(self, tracks: List[Track], boxes: np.ndarray, codes: np.ndarray, dets: np.ndarray) -> List[Tuple]:
-        if not tracks or len(dets) == 0:
+    def _match(self, tracks: List[Track], boxes: Sequence[BoxT], codes: List[int], dets: List[int]) -> List[Tuple]:
+        if not tracks or not dets:
             return []
-        iou = iou_matrix(np.array([t.predicted() for t in tracks]), boxes[dets])
-        iou[np.array([t.code for t in tracks])[:, None] != codes[dets][None, :]] = 0.0
-        return [(tracks[r], int(dets[c])) for r, c in greedy_match(iou, self.match_iou)]
+        pairs = candidates(
+            [t.predicted() for t in tracks], [t.code for t in tracks], [boxes[d] for d in dets],
+            [codes[d] for d in dets], self.match_iou,
+        )  # fmt: skip
+        return [(tracks[r], dets[c]) for r, c in greedy_match(pairs)]
 
-    def update(self, boxes: np.ndarray, labels: Sequence[str], scores: np.ndarray) -> Step:
-        """Match one frame's detections (``boxes`` (N, 4) pixels, their labels and scores)."""
-        n = len(labels)
-        boxes = np.asarray(boxes, dtype=np.float64).reshape(n, 4)
-        scores = np.asarray(scores, dtype=np.float64).reshape(n)
-        codes = np.array([self._codes.setdefault(label, len(self._codes)) for label in labels], dtype=np.int64)
-        high = np.nonzero(scores >= self.new_track_score)[0]
-        low = np.nonzero(scores < self.new_track_score)[0]
-        assigned: List[Optional[Track]] = [None] * n
+    def update(self, boxes: Sequence[BoxT], labels: Sequence[str], scores: Sequence[float]) -> Step:
+        """Match one frame's detections (their boxes (xmin, ymin, xmax, ymax) in pixels, labels, scores)."""
+        boxes = [tuple(map(float, b)) for b in boxes]
+        codes = [self._codes.setdefault(label, len(self._codes)) for label in labels]
+        high = [i for i, s in enumerate(scores) if s >= self.new_track_score]
+        low = [i for i, s in enumerate(scores) if s < self.new_track_score]
+        assigned: List[Optional[Track]] = [None] * len(labels)
         pairs = self._match(self.tracks, boxes, codes, high)
         matched = {id(t) for t, _ in pairs}
         rest = [t for t in self.tracks if id(t) not in matched and t.confirmed]
@@ -142,7 +172,7 @@ class Tracker:
         for d in high:
             if assigned[d] is None:
                 self._serial += 1
-                track = Track(self._serial, labels[d], int(codes[d]), boxes[d], float(scores[d]))
+                track = Track(self._serial, labels[d], codes[d], boxes[d], float(scores[d]))
                 if self.min_hits <= 1:
                     self._confirm(track, confirmed)
                 assigned[d] = track
@@ -158,8 +188,9 @@ class Tracker:
     def rescale(self, sx: float, sy: float) -> None:
         """The frame was resized by (``sx``, ``sy``): move the tracks with it."""
         for t in self.tracks:
-            t.box = t.box * (sx, sy, sx, sy)
-            t.velocity = t.velocity * (sx, sy)
+            x0, y0, x1, y1 = t.box
+            t.box = (x0 * sx, y0 * sy, x1 * sx, y1 * sy)
+            t.velocity = (t.velocity[0] * sx, t.velocity[1] * sy)
 
     def reset(self) -> List[Track]:
         """Forget every track (ids go on increasing); returns the confirmed ones."""
