@@ -174,6 +174,11 @@ def test_a_zone_counts_only_its_labels() -> None:
     assert u.occupancy[("drive", "car")] == 1 and u.occupancy[("drive", None)] == 1
     assert ("drive", "person") not in u.occupancy and u.occupancy[(None, None)] == 2
     assert s.zones() == {"drive": ("car",)} and s.labels() == ["person", "car"]
+    assert u.labels_added == ["person", "car"]
+    assert s.update([person_at(100), obj("dog", 400, 10, 450, 60)], W, H, 0.1).labels_added == ["dog"]
+    assert s.labels() == ["person", "car", "dog"] and (None, "dog") in s.update([], W, H, 0.2).occupancy
+    listed = scene({"track": ["person", "car"]})
+    assert listed.labels() == ["person", "car"] and listed.update([person_at(100)], W, H, 0).labels_added == []
 
 
 def test_a_crowd_keeps_its_ids_and_both_iou_paths_agree(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -135,3 +135,16 @@ def test_an_unwritable_directory_raises_one_line(tmp_path: Path) -> None:
 def test_names_that_would_leave_the_directory_are_refused(tmp_path: Path, stream: str) -> None:
     with pytest.raises(ValueError, match="snapshot stream"):
         store(tmp_path, Clock()).save(stream, "e", image(1), BOX, "car", 0.5)
+
+
+def test_an_unreadable_directory_raises_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "snap" / "cam").mkdir(parents=True)
+
+    def denied(path: str) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(os, "scandir", denied)
+    with pytest.raises(SnapshotError, match=r"^snapshots .*/snap: Permission denied$"):
+        store(tmp_path, Clock()).latest("cam")
+    with pytest.raises(SnapshotError, match="Permission denied"):
+        store(tmp_path, Clock()).save("cam", "e", image(1), BOX, "car", 0.5)

@@ -23,7 +23,9 @@ class SceneUpdate:
     detection of a track not confirmed yet (or a low-score one that continues no track) has no
     ``track_id``. ``occupancy``: every count known, (zone or None, label or None) -> objects;
     ``changed``: the keys whose count changed in this frame; ``best``: the ids of the events
-    whose best frame is this one (keep the frame for their snapshot).
+    whose best frame is this one (keep the frame for their snapshot); ``labels_added``: the
+    labels seen for the first time (``track`` unset), whose counts appear in ``occupancy`` from
+    this frame on.
     """
 
     objects: List[Object] = field(default_factory=list)
@@ -31,6 +33,7 @@ class SceneUpdate:
     occupancy: Dict[Key, int] = field(default_factory=dict)
     changed: Set[Key] = field(default_factory=set)
     best: List[str] = field(default_factory=list)
+    labels_added: List[str] = field(default_factory=list)
 
 
 @dataclass
@@ -114,7 +117,7 @@ class SceneTracker:
             limits = self._filters[label] = (f.min_score, _to_pixels(f.min_area, w * h), hi)
         return limits
 
-    def _keep(self, objects: Sequence[Object]) -> List[Object]:
+    def _keep(self, objects: Sequence[Object], update: SceneUpdate) -> List[Object]:
         kept = []
         for o in objects:
             if self._track is not None and o.label not in self._track:
@@ -128,12 +131,14 @@ class SceneTracker:
             if self._track is None and o.label not in self._labels:
                 self._labels.append(o.label)
                 self.occupancy.add_label(o.label)
+                update.labels_added.append(o.label)
         return kept
 
     def update(self, objects: Sequence[Object], width: int, height: int, timestamp: float) -> SceneUpdate:
         """One frame: its detections (frame pixels), its size and its wall-clock timestamp."""
         self._resize(width, height)
-        kept = self._keep(objects)
+        update = SceneUpdate()
+        kept = self._keep(objects, update)
         boxes = [(o.box.xmin, o.box.ymin, o.box.xmax, o.box.ymax) for o in kept]
         step = self.tracker.update(boxes, [o.label for o in kept], [o.score for o in kept])
         detection = {t.serial: i for i, t in enumerate(step.assigned) if t is not None}
@@ -146,7 +151,6 @@ class SceneTracker:
         for t in step.ended:
             self.occupancy.observe(t.serial, t.label, None, True, timestamp)
         zones = {t.serial: self.occupancy.zones_of(t.serial) for t in self.tracker.tracks if t.confirmed}
-        update = SceneUpdate()
         if self.events_cfg.enabled:
             self._frame_events(step, kept, detection, zones, timestamp, update)
         for t in step.ended:

@@ -62,14 +62,17 @@ class SnapshotStore:
         if self._files is not None:
             return self._files
         found = []
-        subs = [p for p in self.directory.iterdir() if p.is_dir()] if self.directory.is_dir() else []
-        for sub in subs:
-            for entry in os.scandir(sub):
-                if entry.name.startswith(".") and entry.name.endswith(".tmp"):
-                    Path(entry.path).unlink(missing_ok=True)
-                elif entry.name.endswith(SUFFIX) and entry.is_file():
-                    st = entry.stat()
-                    found.append((st.st_mtime, Path(entry.path), st.st_size))
+        try:
+            subs = [p for p in self.directory.iterdir() if p.is_dir()] if self.directory.is_dir() else []
+            for sub in subs:
+                for entry in os.scandir(sub):
+                    if entry.name.startswith(".") and entry.name.endswith(".tmp"):
+                        Path(entry.path).unlink(missing_ok=True)
+                    elif entry.name.endswith(SUFFIX) and entry.is_file():
+                        st = entry.stat()
+                        found.append((st.st_mtime, Path(entry.path), st.st_size))
+        except OSError as exc:
+            raise SnapshotError(f"snapshots {self.directory}: {exc.strerror or exc}") from None
         found.sort(key=lambda f: f[0])
         self._files = {path: (mtime, size) for mtime, path, size in found}
         self.total_bytes = sum(size for _, size in self._files.values())
