@@ -198,3 +198,11 @@ def test_a_crowd_keeps_its_ids_and_both_iou_paths_agree(monkeypatch: pytest.Monk
     assert len(with_numpy) > 11 and [(r, c) for _, r, c in with_numpy] == [(r, c) for _, r, c in plain]
     assert [v for v, _, _ in with_numpy] == pytest.approx([v for v, _, _ in plain])
     assert all(codes[r] == codes[c] for _, r, c in with_numpy)
+
+
+def test_a_point_on_the_edge_is_inside_a_car_at_the_bottom_of_the_frame_counts() -> None:
+    s = scene(
+        {"min_hits": 1, "enter_frames": 1}, {"drive": {"coordinates": [[0.1, 0.5], [0.9, 0.5], [0.9, 1.0], [0.1, 1.0]]}}
+    )
+    u = s.update([obj("car", 200, 380, 300, 480), obj("car", 10, 380, 60, 480)], W, H, 0.0)  # bottoms on y = 480
+    assert [o.zones for o in u.objects] == [("drive",), ()]  # x 250 inside, x 35 left of 64
