@@ -35,10 +35,20 @@ from support.client import free_port
 from support.wait import wait_for
 
 VERSION = "2024.3.3"  # the latest patch of 2024.3 (the last release line that installs on Python 3.11)
-# the integrations the configuration sets up, besides those bootstrap always loads; their
-# manifests' requirements (and their dependencies') go into the venv
-COMPONENTS = ("homeassistant", "http", "api", "websocket_api", "config", "mqtt", "logger", "system_log")
-COMPONENTS += ("persistent_notification", "file_upload", "auth", "onboarding", "diagnostics", "repairs")
+# The integrations whose manifests' requirements (and their dependencies') go into the venv.
+# 2024.3's bootstrap sets up DEFAULT_INTEGRATIONS whatever the configuration (and goes into
+# recovery mode when ``frontend`` fails): those first; then the core and logging ones, what the
+# configuration sets up, what mqtt's platforms import at its start (camera imports stream), and what
+# analytics imports (energy, recorder), stage 1 sets up (cloud).
+COMPONENTS = (
+    *("application_credentials", "backup", "frontend", "hardware", "logger", "network", "system_health"),
+    *("automation", "person", "scene", "script", "tag", "zone", "counter", "input_boolean", "input_button"),
+    *("input_datetime", "input_number", "input_select", "input_text", "schedule", "timer"),
+    *("homeassistant", "persistent_notification", "system_log", "http", "api", "websocket_api", "config"),
+    *("mqtt", "camera", "stream", "image", "binary_sensor", "sensor", "switch", "recorder", "energy", "cloud"),
+)
+# pins package_constraints.txt lacks: hass-nabucasa's acme 2.8.0 needs josepy 1 (2 has no ComparableX509)
+EXTRA_CONSTRAINTS = ("josepy<2",)
 STATUS_TOPIC = "homeassistant/status"
 
 
@@ -87,11 +97,23 @@ def _build(venv: Path) -> None:
     _run([*pip, "download", "--no-deps", "-d", str(venv / "dl"), f"homeassistant=={VERSION}"], "pip download")
     wheel_path = next((venv / "dl").glob("homeassistant-*.whl"))
     with zipfile.ZipFile(wheel_path) as wheel:
-        (venv / "constraints.txt").write_bytes(wheel.read("homeassistant/package_constraints.txt"))
+        constraints = wheel.read("homeassistant/package_constraints.txt").decode()
+        (venv / "constraints.txt").write_text(constraints + "\n".join(EXTRA_CONSTRAINTS) + "\n")
         reqs = component_requirements(wheel)
     (venv / "requirements.txt").write_text("\n".join(reqs) + "\n")
     _run([*pip, "install", "-c", str(venv / "constraints.txt"), str(wheel_path), *reqs], "pip install")
     shutil.rmtree(venv / "dl")
+    (venv / "edged-build.txt").write_text(_build_stamp())
+
+
+def _build_stamp() -> str:
+    """What a venv was built for: a cached venv built for something else is built anew."""
+    return "\n".join([VERSION, *EXTRA_CONSTRAINTS, *COMPONENTS]) + "\n"
+
+
+def _complete(venv: Path) -> bool:
+    stamp = venv / "edged-build.txt"
+    return (venv / "bin" / "python").exists() and stamp.exists() and stamp.read_text() == _build_stamp()
 
 
 def ha_python() -> Path:
@@ -101,14 +123,14 @@ def ha_python() -> Path:
     cache = _cache()
     final = cache / f"homeassistant-{VERSION}"
     python = final / "bin" / "python"
-    if python.exists():
+    if _complete(final):
         return python
     cache.mkdir(parents=True, exist_ok=True)
     with open(cache / f"homeassistant-{VERSION}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another test process may be building it
-        if python.exists():
+        if _complete(final):
             return python
-        for stale in cache.glob(f"homeassistant-{VERSION}.tmp-*"):  # a build that was killed
+        for stale in [*cache.glob(f"homeassistant-{VERSION}.tmp-*"), final]:  # killed, or built for less
             shutil.rmtree(stale, ignore_errors=True)
         tmp = cache / f"homeassistant-{VERSION}.tmp-{os.getpid()}"
         started = time.monotonic()
@@ -272,6 +294,7 @@ class HomeAssistant:
 
         def up() -> bool:
             assert self.proc is not None and self.proc.poll() is None, self._what("Home Assistant exited")()
+            assert "Activating recovery mode" not in self.log(400), self._what("Home Assistant in recovery mode")()
             try:
                 running = self._request("GET", "/api/config", timeout=2).get("state") == "RUNNING"
             except (OSError, ValueError):
