@@ -91,6 +91,7 @@ def test_discovered_device_in_home_assistant(tmp_path: Path) -> None:
         with HomeAssistant(tmp_path, broker.port) as ha:
             assert ("online", False) in ha.status, ha.status  # its birth message, not retained
             check_device(ha, device)
+            check_restart(ha)
     finally:
         device.close()
         broker.stop()
@@ -139,3 +140,14 @@ def check_device(ha: HomeAssistant, device: Device) -> None:
     ha.wait_state(count, lambda s: s is None)
     wait_for(lambda: count not in ha.entity_registry(), 30, f"{count} to leave the entity registry")
     assert sensor in ha.entity_registry() and ha.state(sensor)["state"] == "off"
+
+
+def check_restart(ha: HomeAssistant) -> None:
+    """A restart: its will (``offline``: it stops without disconnecting), its birth again, and the
+    entities back from the retained configs and states."""
+    del ha.status[:]
+    ha.restart()
+    assert ha.status[:2] == [("offline", False), ("online", False)], ha.status
+    ha.wait_state(ENTITIES["binary_sensor"][0], "off")
+    ha.wait_state(ENTITIES["switch"][0], "off")
+    assert ha.state(ENTITIES["sensor"][0]) is None  # its config was removed: no retained config left
