@@ -268,7 +268,11 @@ class HomeAssistant:
         return client
 
     def __enter__(self) -> HomeAssistant:
-        self.start()
+        try:
+            self.start()
+        except BaseException:  # a start that failed leaves no process nor client behind
+            self.__exit__()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
