@@ -1,0 +1,153 @@
+"""The Home Assistant harness proven: a real Home Assistant core (support.homeassistant) on a real
+mosquitto, and a paho client acting as a device that announces itself by MQTT discovery.
+
+The first run builds Home Assistant's venv (minutes; cached in ${EDGED_CACHE:-~/.cache/edged}),
+hence the long timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+from support.client import free_port
+from support.homeassistant import HomeAssistant
+from support.mosquitto import Broker
+from support.wait import wait_for
+
+paho = pytest.importorskip("paho.mqtt.client")
+
+BASE = "edged/testdev"
+AVAILABILITY = f"{BASE}/status"
+DEVICE = {
+    "identifiers": ["edged_testdev"],
+    "name": "edged testdev",
+    "model": "edged test model",
+    "sw_version": "1.2.3",
+    "manufacturer": "edged project",
+    "configuration_url": "http://127.0.0.1:8080/",
+}
+# component -> (entity_id, its discovery config); all on one device, behind one availability topic
+ENTITIES = {
+    "binary_sensor": (
+        "binary_sensor.edged_testdev_cam_person",
+        {"name": "Person", "state_topic": f"{BASE}/cam/person", "payload_on": "ON", "payload_off": "OFF"}
+        | {"device_class": "occupancy"},
+    ),
+    "sensor": (
+        "sensor.edged_testdev_cam_count",
+        {"name": "Count", "state_topic": f"{BASE}/cam/count", "state_class": "measurement"},
+    ),
+    "switch": (
+        "switch.edged_testdev_cam_detect",
+        {"name": "Detect", "state_topic": f"{BASE}/cam/detect", "command_topic": f"{BASE}/cam/detect/set"},
+    ),
+}
+
+
+def config_topic(component: str) -> str:
+    return f"homeassistant/{component}/edged_testdev/{ENTITIES[component][0].split('.')[1]}/config"
+
+
+class Device:
+    """A paho client publishing as a device would, keeping what it receives on its command topics."""
+
+    def __init__(self, port: int) -> None:
+        self.received: list[tuple[str, str]] = []
+        self.lock = threading.Lock()
+        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="edged-testdev")
+        self.client.on_message = self._on_message
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        self.client.subscribe(f"{BASE}/+/+/set", 1)
+
+    def _on_message(self, client: object, userdata: object, msg: paho.MQTTMessage) -> None:
+        with self.lock:
+            self.received.append((msg.topic, msg.payload.decode()))
+
+    def publish(self, topic: str, payload: str | bytes, retain: bool = True) -> None:
+        self.client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(5)
+
+    def announce(self) -> None:
+        for component, (entity_id, config) in ENTITIES.items():
+            object_id = entity_id.split(".")[1]
+            full = config | {"unique_id": object_id, "object_id": object_id, "availability_topic": AVAILABILITY}
+            self.publish(config_topic(component), json.dumps(full | {"device": DEVICE}))
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+@pytest.mark.system
+@pytest.mark.timeout(1800)  # the first run builds the venv
+def test_discovered_device_in_home_assistant(tmp_path: Path) -> None:
+    broker = Broker(tmp_path, free_port())
+    broker.start()
+    device = Device(broker.port)
+    try:
+        with HomeAssistant(tmp_path, broker.port) as ha:
+            assert ("online", False) in ha.status, ha.status  # its birth message, not retained
+            check_device(ha, device)
+            check_restart(ha)
+    finally:
+        device.close()
+        broker.stop()
+
+
+def check_device(ha: HomeAssistant, device: Device) -> None:
+    sensor, count, switch = (ENTITIES[c][0] for c in ("binary_sensor", "sensor", "switch"))
+    device.publish(AVAILABILITY, "online")
+    device.publish(f"{BASE}/cam/person", "OFF")
+    device.publish(f"{BASE}/cam/count", "3")
+    device.publish(f"{BASE}/cam/detect", "ON")
+    device.announce()
+    assert ha.wait_state(sensor, "off")["attributes"]["device_class"] == "occupancy"
+    assert ha.wait_state(count, "3")["attributes"]["state_class"] == "measurement"
+    ha.wait_state(switch, "on")
+
+    registry = ha.entity_registry()
+    entries = [registry[e] for e, _ in ENTITIES.values()]
+    assert [e["unique_id"] for e in entries] == [e.split(".")[1] for e, _ in ENTITIES.values()]
+    assert {e["platform"] for e in entries} == {"mqtt"}
+    assert len({e["device_id"] for e in entries}) == 1 and entries[0]["device_id"]
+    dev = ha.devices()[entries[0]["device_id"]]
+    assert {k: dev[k] for k in ("name", "model", "sw_version", "manufacturer", "configuration_url")} == {
+        k: v for k, v in DEVICE.items() if k != "identifiers"
+    }
+    assert dev["identifiers"] == [["mqtt", "edged_testdev"]]
+
+    device.publish(f"{BASE}/cam/person", "ON")
+    ha.wait_state(sensor, "on")
+    device.publish(f"{BASE}/cam/person", "OFF")
+    ha.wait_state(sensor, "off")
+
+    ha.call_service("switch", "turn_off", {"entity_id": switch})
+    wait_for(lambda: (f"{BASE}/cam/detect/set", "OFF") in device.received, 30, "HA to command OFF")
+    assert ha.state(switch)["state"] == "on"  # not optimistic: it has a state topic
+    device.publish(f"{BASE}/cam/detect", "OFF")
+    ha.wait_state(switch, "off")
+
+    device.publish(AVAILABILITY, "offline")
+    for entity_id, _ in ENTITIES.values():
+        ha.wait_state(entity_id, "unavailable")
+    device.publish(AVAILABILITY, "online")
+    ha.wait_state(sensor, "off")
+
+    device.publish(config_topic("sensor"), "")  # an empty retained config removes the entity
+    ha.wait_state(count, lambda s: s is None)
+    wait_for(lambda: count not in ha.entity_registry(), 30, f"{count} to leave the entity registry")
+    assert sensor in ha.entity_registry() and ha.state(sensor)["state"] == "off"
+
+
+def check_restart(ha: HomeAssistant) -> None:
+    """A restart: its will (``offline``: it stops without disconnecting), its birth again, and the
+    entities back from the retained configs and states."""
+    del ha.status[:]
+    ha.restart()
+    assert ha.status[:2] == [("offline", False), ("online", False)], ha.status
+    ha.wait_state(ENTITIES["binary_sensor"][0], "off")
+    ha.wait_state(ENTITIES["switch"][0], "off")
+    assert ha.state(ENTITIES["sensor"][0]) is None  # its config was removed: no retained config left
