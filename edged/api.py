@@ -33,6 +33,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from . import __version__
 from .config import STREAM_ID
+from .events import TYPES
 from .listener import Conn, DeadlineReader, Listener
 from .metrics import CONTENT_TYPE_LATEST
 
@@ -279,9 +280,12 @@ class Handler(BaseHTTPRequestHandler):
     # ------------------------------------------------------------------ Server-Sent Events
     def _events(self, query: dict[str, list[str]]) -> None:
         service = self.server.service
-        unknown = set(query) - {"stream"}
+        unknown = set(query) - {"stream", "types"}
         if unknown:
-            raise _BadRequest(400, f"unknown query parameter {sorted(unknown)[0]!r}; only stream= is known")
+            raise _BadRequest(400, f"unknown query parameter {sorted(unknown)[0]!r}; stream= and types= are known")
+        types = frozenset(t for v in query.get("types", []) for t in v.split(",") if t) or TYPES
+        if types - TYPES:
+            raise _BadRequest(400, f"unknown type {sorted(types - TYPES)[0][:32]!r} in types=; result and event are")
         wanted = query.get("stream")
         if wanted is not None:
             missing = [s for s in wanted if service.stream(s) is None]
@@ -290,7 +294,7 @@ class Handler(BaseHTTPRequestHandler):
         if self.command == "HEAD":
             self._send(200, b"", "text/event-stream")
             return
-        sub = service.events.subscribe(frozenset(wanted) if wanted else None)
+        sub = service.events.subscribe(frozenset(wanted) if wanted else None, types)
         if sub is None:
             raise _BadRequest(503, f"too many event clients (at most {service.events.max_clients})")
         self.conn.release()  # a stream now: counted by the hub, not in the API's threads
@@ -310,8 +314,8 @@ class Handler(BaseHTTPRequestHandler):
                 chunks = []
                 if lost:
                     chunks.append(f'event: lost\ndata: {{"lost": {lost}}}\n\n')
-                for eid, data in events:
-                    chunks.append(f"id: {eid}\nevent: result\ndata: {data}\n\n")
+                for eid, kind, data in events:
+                    chunks.append(f"id: {eid}\nevent: {kind}\ndata: {data}\n\n")
                 if not chunks and time.monotonic() - beat >= KEEPALIVE_SECONDS:
                     chunks.append(": keep-alive\n\n")
                 if chunks:

@@ -22,6 +22,7 @@ from .model_config import EdgeTpuConfig, ModelConfig, format_validation_errors
 from .registry import SINKS, SOURCES, StrictConfig
 from .sinks.log import LogSinkConfig
 from .sources import kinds as _sources  # noqa: F401 - importing it registers the source kinds
+from .tracking.config import EventsConfig, MaskConfig, ObjectsConfig, Zones, check_scene
 
 # --------------------------------------------------------------------------- sources and sinks
 # Each kind of source and sink lives, with its configuration class, in the module of its
@@ -47,6 +48,18 @@ class StreamConfig(StrictConfig):
         None, description="set when model names an entry of models: streams naming the same entry share one engine"
     )
     sinks: List[SinkConfig] = Field(default_factory=lambda: [LogSinkConfig()])
+    detect: bool = Field(True, description="detection on at start (switched off and on by MQTT or Home Assistant)")
+    objects: ObjectsConfig = Field(
+        default_factory=ObjectsConfig, description="detectors: the labels tracked, their filters, the tracking"
+    )
+    zones: Zones = Field(default_factory=dict, description="detectors: named areas, each with its occupancy")
+    masks: List[MaskConfig] = Field(default_factory=list, description="detectors: areas whose detections are dropped")
+    events: EventsConfig = Field(default_factory=EventsConfig, description="detectors: events and their snapshots")
+
+    @model_validator(mode="after")
+    def _scene(self) -> StreamConfig:
+        check_scene(self.objects, self.zones)
+        return self
 
 
 class LogConfig(StrictConfig):
@@ -150,6 +163,31 @@ def parse_listen(value: str) -> tuple[str, int]:
 # --------------------------------------------------------------------------- loading
 
 
+class DuplicateKeyError(yaml.MarkedYAMLError):
+    """A mapping names a key twice (YAML says keys are unique; PyYAML would keep the last silently)."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # a << merge key is PyYAML's to resolve
+            key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+            try:
+                first = seen.get(key)
+            except TypeError:
+                continue  # an unhashable key: PyYAML's own error says it
+            if first is not None:
+                raise DuplicateKeyError(
+                    None, None, f"duplicate key {key!r} (first on line {first.line + 1})", key_node.start_mark
+                )
+            seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+
 def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
     def fix(d: dict[str, Any], key: str) -> None:
         v = d.get(key)
@@ -197,12 +235,13 @@ def load_config(path: str | Path) -> Config:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read config file {p}: {exc}") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise ConfigError(f"{p}: {where}YAML syntax error: {problem}") from None
+        kind = "YAML error" if isinstance(exc, DuplicateKeyError) else "YAML syntax error"
+        raise ConfigError(f"{p}: {where}{kind}: {problem}") from None
     if raw is None:
         raise ConfigError(f"{p}: the file is empty")
     return config_from_dict(raw, str(p), p.parent.resolve())

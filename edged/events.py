@@ -1,7 +1,8 @@
-"""Results fanned out to Server-Sent Events clients.
+"""Results and events fanned out to Server-Sent Events clients.
 
-Each stream gets a :class:`HubSink`; ``publish()`` (the inference thread) serialises the
-result once and appends it to each subscriber's bounded deque. A subscriber that does not
+Each stream gets a :class:`HubSink`; ``publish()`` (the publish thread) serialises the
+result once and appends it to each subscriber's bounded deque (SSE type ``result``), and
+``scene()`` does the same with each tracked object's event (SSE type ``event``). A subscriber that does not
 keep up loses its oldest events (counted, and told in its next event), never the daemon's
 time: the inference thread never blocks on a slow browser.
 """
@@ -9,24 +10,32 @@ time: the inference thread never blocks on a slow browser.
 from __future__ import annotations
 
 import collections
+import json
 import threading
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from .result import Result
-from .sinks.base import Sink
+from .sinks.base import SceneReport, Sink
+
+if TYPE_CHECKING:
+    from .tracking import TrackEvent
 
 SUBSCRIBER_BACKLOG = 256  # events a client may fall behind before the oldest go
+TYPES = frozenset({"result", "event"})  # the SSE types a client may ask for (types=)
 
 
 class Subscriber:
-    def __init__(self, hub: EventHub, streams: Optional[frozenset[str]], backlog: int) -> None:
+    def __init__(
+        self, hub: EventHub, streams: Optional[frozenset[str]], backlog: int, types: frozenset[str] = TYPES
+    ) -> None:
         self.hub = hub
         self.streams = streams
-        self.events: collections.deque[tuple[str, str]] = collections.deque(maxlen=backlog)  # (id, json)
+        self.types = types
+        self.events: collections.deque[tuple[str, str, str]] = collections.deque(maxlen=backlog)  # (id, type, json)
         self.lost = 0
         self.closed = False
 
-    def take(self, timeout: float) -> tuple[list[tuple[str, str]], int]:
+    def take(self, timeout: float) -> tuple[list[tuple[str, str, str]], int]:
         """The events waiting (after at most ``timeout`` s) and how many were lost before them."""
         with self.hub._cv:
             if not self.events and not self.closed and not self.hub.closed:
@@ -48,12 +57,14 @@ class EventHub:
         self._subs: list[Subscriber] = []
         self.closed = False
 
-    def subscribe(self, streams: Optional[frozenset[str]] = None) -> Optional[Subscriber]:
+    def subscribe(
+        self, streams: Optional[frozenset[str]] = None, types: frozenset[str] = TYPES
+    ) -> Optional[Subscriber]:
         """A new subscriber, or None when ``max_clients`` are connected already."""
         with self._cv:
             if len(self._subs) >= self.max_clients or self.closed:
                 return None
-            sub = Subscriber(self, streams, self.backlog)
+            sub = Subscriber(self, streams, self.backlog, types)
             self._subs.append(sub)
             return sub
 
@@ -71,14 +82,21 @@ class EventHub:
     def publish(self, result: Result) -> None:
         if not self._subs:  # nobody listening: no serialisation either
             return
-        data = result.to_json()
-        eid = f"{result.stream}:{result.seq}"
+        self._add(result.stream, f"{result.stream}:{result.seq}", "result", result.to_json())
+
+    def publish_event(self, stream: str, event: TrackEvent) -> None:
+        if not self._subs:
+            return
+        data = json.dumps(event.to_dict(), separators=(",", ":"), ensure_ascii=False)
+        self._add(stream, f"{stream}:event:{event.id}:{event.type}", "event", data)
+
+    def _add(self, stream: str, eid: str, kind: str, data: str) -> None:
         with self._cv:
             for sub in self._subs:
-                if sub.streams is None or result.stream in sub.streams:
+                if (sub.streams is None or stream in sub.streams) and kind in sub.types:
                     if len(sub.events) == sub.events.maxlen:
                         sub.lost += 1
-                    sub.events.append((eid, data))
+                    sub.events.append((eid, kind, data))
             self._cv.notify_all()
 
     def close(self) -> None:
@@ -97,3 +115,7 @@ class HubSink(Sink):
 
     def publish(self, result: Result) -> None:
         self.hub.publish(result)
+
+    def scene(self, report: SceneReport) -> None:
+        for event in report.events:
+            self.hub.publish_event(report.stream, event)

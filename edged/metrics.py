@@ -48,8 +48,8 @@ LATENCY_BUCKETS = (
     1.0,
     2.0,
 )
-PIPELINE_STAGES = ("capture", "queue", "preprocess", "inference", "postprocess", "publish")
-ERROR_STAGES = ("source", "preprocess", "inference", "publish", "thread")
+PIPELINE_STAGES = ("capture", "queue", "preprocess", "inference", "postprocess", "track", "publish")
+ERROR_STAGES = ("source", "preprocess", "inference", "track", "publish", "thread")
 
 
 class Metrics:

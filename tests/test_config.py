@@ -75,6 +75,29 @@ def test_file_errors(tmp_path: Path) -> None:
         load_config(tmp_path / "list.yaml")
 
 
+@pytest.mark.faults
+def test_a_key_given_twice_is_an_error_naming_it_and_its_lines(tmp_path: Path) -> None:
+    """Found: a key given twice was accepted silently, the last one winning."""
+    f = tmp_path / "dup.yaml"
+    f.write_text(
+        "streams:\n  - id: a\n    source: {type: synthetic}\n    model:\n      path: m.tflite\n"
+        "      threshold: 0.4\n      labels: l.txt\n      threshold: 0.6\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(f)
+    assert str(info.value) == f"{f}: line 8, column 7: YAML error: duplicate key 'threshold' (first on line 6)"
+    f.write_text("device: a\ndevice: b\nstreams: []\n")
+    with pytest.raises(ConfigError, match=r"line 2, column 1: YAML error: duplicate key 'device' \(first on line 1\)"):
+        load_config(f)
+    # the same key in two different mappings, and YAML merge keys, are fine
+    f.write_text(
+        "base: &b {type: synthetic, fps: 5}\nstreams:\n  - id: a\n    source: {<<: *b, fps: 2}\n"
+        "    model: {path: m.tflite}\n  - id: b\n    source: *b\n    model: {path: m.tflite}\n"
+    )
+    with pytest.raises(ConfigError, match="base: unknown key"):  # parsed: the schema speaks, not the loader
+        load_config(f)
+
+
 def test_default_config_points_at_bundled_model_and_round_trips(tmp_path: Path) -> None:
     cfg = default_config()
     model = Path(cfg.streams[0].model.path)

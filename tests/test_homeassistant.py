@@ -151,3 +151,121 @@ def check_restart(ha: HomeAssistant) -> None:
     ha.wait_state(ENTITIES["binary_sensor"][0], "off")
     ha.wait_state(ENTITIES["switch"][0], "off")
     assert ha.state(ENTITIES["sensor"][0]) is None  # its config was removed: no retained config left
+
+
+# ---------------------------------------------------------------------- edged itself, seen from Home Assistant
+
+NODE = "shelf"
+STREAM = "porch"
+
+
+@pytest.mark.system
+@pytest.mark.timeout(1800)  # the first run builds the venv
+def test_edged_sets_itself_up_in_home_assistant(tmp_path: Path) -> None:
+    """One mqtt sink and nothing written in Home Assistant: the device and its entities appear
+    from discovery alone and follow what the camera sees; the switch turns detection off and
+    on; a stopped daemon makes them unavailable; Home Assistant restarting gets them again."""
+    from functools import partial
+
+    from support.daemon import ROOT, Daemon
+    from support.servers import MjpegServer
+    from support.stage import place, staged_frame
+
+    broker = Broker(tmp_path, free_port())
+    broker.start()
+    control = tmp_path / "scene.json"
+    place(control, [])
+    camera = MjpegServer(free_port(), fps=10, frame=partial(staged_frame, str(control)))
+    camera.start()
+    models = ROOT / "models"
+    config = {
+        "device": NODE,
+        "listen": f"127.0.0.1:{free_port()}",
+        "streams": [
+            {
+                "id": STREAM,
+                "source": {"type": "url", "url": camera.url},
+                "model": {
+                    "path": str(models / "digits_detector_int8.tflite"),
+                    "labels": str(models / "digits_labels.txt"),
+                },
+                "objects": {"track": ["3", "7"], "leave_seconds": 1.0},
+                "zones": {"door": {"coordinates": [[0, 0.5], [0.5, 0.5], [0.5, 1], [0, 1]]}},
+                "sinks": [{"type": "mqtt", "port": broker.port, "queue_path": str(tmp_path / "q.sqlite")}],
+            }
+        ],
+    }
+    d = Daemon(tmp_path / "edged", config, env={"STATE_DIRECTORY": str(tmp_path / "state")}, cwd=ROOT)
+    try:
+        with HomeAssistant(tmp_path, broker.port) as ha:
+            d.wait_ready()
+            check_entities(ha)
+            check_scene(ha, control)
+            check_switch(ha, control)
+            del ha.status[:]
+            ha.restart()  # its birth message: edged publishes discovery again
+            ha.wait_state(f"binary_sensor.edged_{NODE}_{STREAM}_door_3_occupancy", "on")
+            assert d.stop() == 0, d.stderr
+            for entity in (
+                f"binary_sensor.edged_{NODE}_{STREAM}_door_3_occupancy",
+                f"switch.edged_{NODE}_{STREAM}_detect",
+            ):
+                ha.wait_state(entity, "unavailable")
+            assert "Traceback" not in d.stderr, d.stderr
+            assert "Home Assistant is online: discovery published again" in d.stderr
+    finally:
+        d.kill()
+        camera.kill()
+        broker.stop()
+
+
+def check_entities(ha: HomeAssistant) -> None:
+    prefix = f"edged_{NODE}_{STREAM}"
+    wanted = [
+        f"binary_sensor.{prefix}_all_occupancy", f"binary_sensor.{prefix}_3_occupancy",
+        f"binary_sensor.{prefix}_door_all_occupancy", f"binary_sensor.{prefix}_door_3_occupancy",
+        f"sensor.{prefix}_3_count", f"sensor.{prefix}_door_7_count", f"sensor.{prefix}_fps",
+        f"sensor.{prefix}_accelerator", f"sensor.{prefix}_fallbacks", f"switch.{prefix}_detect",
+        f"image.{prefix}_snapshot",
+    ]  # fmt: skip
+    for entity in wanted:
+        ha.wait_state(entity, lambda s: s is not None and s["state"] != "unavailable", 60)
+    assert ha.state(f"binary_sensor.{prefix}_door_3_occupancy")["state"] == "off"
+    assert ha.state(f"binary_sensor.{prefix}_door_3_occupancy")["attributes"]["device_class"] == "occupancy"
+    assert ha.state(f"sensor.{prefix}_accelerator")["state"] == "cpu"
+    assert ha.state(f"switch.{prefix}_detect")["state"] == "on"
+    registry = ha.entity_registry()
+    devices = {registry[e]["device_id"] for e in wanted}
+    assert len(devices) == 1, devices  # one device for the whole edged
+    dev = ha.devices()[devices.pop()]
+    assert dev["identifiers"] == [["mqtt", f"edged_{NODE}"]] and dev["manufacturer"] == "edged"
+    assert dev["name"] == f"edged {NODE}" and dev["sw_version"] and dev["model"]
+    assert dev["configuration_url"].startswith("http://")
+
+
+def check_scene(ha: HomeAssistant, control: Path) -> None:
+    from support.stage import place
+
+    prefix = f"edged_{NODE}_{STREAM}"
+    place(control, [{"label": "3", "x": 60, "y": 300, "size": 130}])  # into the door zone
+    ha.wait_state(f"binary_sensor.{prefix}_door_3_occupancy", "on")
+    ha.wait_state(f"sensor.{prefix}_door_3_count", "1")
+    ha.wait_state(f"image.{prefix}_snapshot", lambda s: s is not None and s["state"] not in ("unknown", "unavailable"))
+    place(control, [{"label": "3", "x": 420, "y": 40, "size": 130}])  # out of the zone, still in view
+    ha.wait_state(f"binary_sensor.{prefix}_door_3_occupancy", "off")
+    assert ha.state(f"binary_sensor.{prefix}_3_occupancy")["state"] == "on"
+    place(control, [])  # gone
+    ha.wait_state(f"binary_sensor.{prefix}_all_occupancy", "off")
+    ha.wait_state(f"sensor.{prefix}_3_count", "0")
+    place(control, [{"label": "3", "x": 60, "y": 300, "size": 130}])
+    ha.wait_state(f"binary_sensor.{prefix}_door_3_occupancy", "on")
+
+
+def check_switch(ha: HomeAssistant, control: Path) -> None:
+    prefix = f"edged_{NODE}_{STREAM}"
+    ha.call_service("switch", "turn_off", {"entity_id": f"switch.{prefix}_detect"})
+    ha.wait_state(f"switch.{prefix}_detect", "off")
+    ha.wait_state(f"binary_sensor.{prefix}_door_3_occupancy", "off")  # detection off: every event ends
+    ha.call_service("switch", "turn_on", {"entity_id": f"switch.{prefix}_detect"})
+    ha.wait_state(f"switch.{prefix}_detect", "on")
+    ha.wait_state(f"binary_sensor.{prefix}_door_3_occupancy", "on")  # the 3 is still in the zone

@@ -50,7 +50,7 @@ class Subscriber:
     """A paho client with a persistent session, keeping every message of edged/#."""
 
     def __init__(self, port: int, name: str = "test-sub") -> None:
-        self.messages: list[tuple[str, dict, bool]] = []
+        self.messages: list[tuple[str, Any, bool]] = []  # (topic, JSON or text or bytes, retained)
         self._lock = threading.Lock()
         self.client = paho.Client(
             callback_api_version=paho.CallbackAPIVersion.VERSION2, client_id=name, clean_session=False
@@ -69,12 +69,27 @@ class Subscriber:
         self.connected.set()
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        payload: Any = bytes(msg.payload)
+        try:
+            payload = payload.decode()
+            payload = json.loads(payload)
+        except ValueError:  # plain text (availability, ON/OFF, counts) or a JPEG
+            pass
         with self._lock:
-            self.messages.append((msg.topic, json.loads(msg.payload), bool(msg.retain)))
+            self.messages.append((msg.topic, payload, bool(msg.retain)))
 
-    def results(self, stream: str = SID) -> list[dict]:
+    def results(self, stream: str = SID, replayed: bool | None = None) -> list[dict]:
+        """The results of ``stream`` as they arrived: live (``.../result``) and replayed after an
+        outage (``.../result/replay``); ``replayed`` True or False: only those."""
+        topics = {True: {"/result/replay"}, False: {"/result"}, None: {"/result", "/result/replay"}}[replayed]
+        base = f"edged/{DEVICE}/{stream}"
         with self._lock:
-            return [p for t, p, _ in self.messages if t == f"edged/{DEVICE}/{stream}/result"]
+            return [p for t, p, _ in self.messages if t.startswith(base) and t[len(base) :] in topics]
+
+    def payloads(self, topic: str) -> list[tuple[Any, bool]]:
+        """What arrived on ``topic`` (under edged/), and whether it came retained."""
+        with self._lock:
+            return [(p, r) for t, p, r in self.messages if t == topic]
 
     def statuses(self) -> list[tuple[dict, bool]]:
         with self._lock:
@@ -238,8 +253,17 @@ def test_broker_outage_loses_nothing(tmp_path, models_dir, images_dir, env, outa
     depth = d.value("edged_publish_queue_depth", sink=f"mqtt:{SID}")
     assert during >= outage_seconds * IMAGES_SOURCE_FPS * 0.8, during  # produced meanwhile
     assert depth >= during, (depth, during)  # and queued on disk, every one
+    outage = produced(tmp_path)[before : before + during]
     broker.start()
     wait_for(lambda: d.value("edged_publish_queue_depth", sink=f"mqtt:{SID}") < 20, 40, "the queue to drain")
+    # what was queued while the broker was away came on the replay topic, never as the present
+    replayed = {(r["seq"], r["timestamp"]) for r in sub.results(replayed=True)}
+    live = {(r["seq"], r["timestamp"]) for r in sub.results(replayed=False)}
+    assert set(outage) <= replayed and not set(outage) & live, (len(set(outage) - replayed), len(set(outage) & live))
+    n = len(produced(tmp_path))
+    wait_for(lambda: len(produced(tmp_path)) >= n + 10, 20, "results after the outage")
+    later = produced(tmp_path)[n : n + 10]
+    wait_for(lambda: set(later) <= {(r["seq"], r["timestamp"]) for r in sub.results(replayed=False)}, 20, "live")
     assert d.value("edged_publish_total", sink=f"mqtt:{SID}", outcome="dropped") == 0
     assert d.stop(timeout=STOP_SECONDS) == 0, d.stderr
     log = d.stderr
@@ -331,15 +355,15 @@ def test_status_online_and_last_will(tmp_path, models_dir, images_dir, env) -> N
         assert stream["state"] in ("created", "running") and stream["fps"] >= 0, status
     finally:
         late.close()
+    availability = f"edged/{DEVICE}/availability"
+    assert sub.payloads(availability)[-1][0] == "online", sub.payloads(availability)
     d.stop(signal.SIGKILL)
-    wait_for(lambda: sub.statuses() and sub.statuses()[-1][0]["state"] == "offline", 10, "the Last Will")
+    # no goodbye: the broker publishes the Last Will, a plain offline on the availability topic
+    wait_for(lambda: sub.payloads(availability)[-1][0] == "offline", 10, "the Last Will")
     late = Subscriber(broker.port, "late-sub-2")
     try:
-        wait_for(late.statuses, 10, "the retained status")
-        status, retained = late.statuses()[-1]
-        assert retained and status["state"] == "offline", status
-        # the Last Will was composed at connection time: the streams, their state unknown
-        assert [(s["id"], s["state"], s["fps"]) for s in status["streams"]] == [(SID, "unknown", 0.0)], status
+        wait_for(lambda: late.payloads(availability), 10, "the retained availability")
+        assert late.payloads(availability) == [("offline", True)], late.payloads(availability)
     finally:
         late.close()
 
@@ -372,10 +396,11 @@ def test_status_is_device_wide_over_one_connection(tmp_path, models_dir, images_
     # one connection: the broker saw the daemon connect once
     connects = [line for line in broker.log().splitlines() if "New client connected" in line and " as edged-" in line]
     assert len(connects) == 1 and f" as edged-{DEVICE} " in connects[0], connects
+    # one availability for the device, one Last Will
     d.stop(signal.SIGKILL)
-    wait_for(lambda: sub.statuses()[-1][0]["state"] == "offline", 10, "the Last Will")
-    status = sub.statuses()[-1][0]
-    assert [(s["id"], s["state"]) for s in status["streams"]] == [(SID, "unknown"), ("door", "unknown")], status
+    availability = f"edged/{DEVICE}/availability"
+    wait_for(lambda: sub.payloads(availability)[-1][0] == "offline", 10, "the Last Will")
+    assert [p for p, _ in sub.payloads(availability)] == ["online", "offline"], sub.payloads(availability)
 
 
 def _rss_mb(pid: int) -> float:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,8 @@ from edged.sinks.base import SinkContext
 from edged.sinks.mqtt.config import MqttSinkConfig as MqttConfig
 
 mqtt = pytest.importorskip("edged.sinks.mqtt")
+from edged.sinks.mqtt.state import StreamState  # noqa: E402
+from edged.sinks.mqtt.topics import StreamTopics  # noqa: E402
 
 
 def cfg(tmp_path: Path, sid: str, **over) -> MqttConfig:
@@ -63,6 +66,11 @@ class Listener:
     def __init__(self, stream: str, qos: int = 1) -> None:
         self.stream, self.qos = stream, qos
         self.calls: list[str] = []
+        # (a classifier's: no scene; never connected, so it publishes nothing)
+        self.state = StreamState(stream, StreamTopics(f"edged/dev/{stream}"), None, threading.Event(), None)
+
+    def command(self, payload: bytes) -> None:
+        self.calls.append(f"command {payload.decode()}")
 
     def connection_up(self) -> None:
         self.calls.append("up")
@@ -120,8 +128,6 @@ def test_status_payloads_from_the_device_summary(tmp_path) -> None:
         assert online == {"state": "online", **summary}
         goodbye = json.loads(a.conn._payload("offline"))
         assert [(s["state"], s["fps"]) for s in goodbye["streams"]] == [("stopped", 0.0), ("failed", 0.0)]
-        will = json.loads(a.conn._payload("offline", will=True))
-        assert will["state"] == "offline" and {s["state"] for s in will["streams"]} == {"unknown"}
         assert summary["streams"][0]["fps"] == 14.9  # the summary itself is left alone
         # only what matters makes a status worth sending at once: fps only to or from zero
         shape = a.conn._shape(summary)

@@ -53,7 +53,8 @@ class Subscriber:
         self._lock = threading.Lock()
         self.client = paho.Client(callback_api_version=paho.CallbackAPIVersion.VERSION2, client_id="test-sub")
         ready = threading.Event()
-        self.client.on_connect = lambda c, *a: (c.subscribe(TOPIC, qos=1), ready.set())
+        # (a result queued while not connected arrives on the replay topic)
+        self.client.on_connect = lambda c, *a: (c.subscribe([(TOPIC, 1), (f"{TOPIC}/replay", 1)]), ready.set())
         self.client.on_message = self._on_message
         self.client.connect("127.0.0.1", port, keepalive=10)
         self.client.loop_start()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import sys
 import threading
 import time
@@ -242,7 +243,14 @@ class Service:
         return views.readiness(self.streams)
 
     def summary(self) -> dict[str, Any]:
-        return views.summary(self.config.device, self.streams, self.board)
+        return views.summary(self.config.device, self.streams, self.board, self.tpus, self.page_url())
+
+    def page_url(self) -> str:
+        """The live page's address as another machine would use it (Home Assistant's link to the device)."""
+        host, port = parse_listen(self.address)
+        if host in ("0.0.0.0", "::", ""):
+            host = socket.gethostname()
+        return f"http://{'[' + host + ']' if ':' in host else host}:{port}/"
 
     def status_line(self) -> str:
         return views.status_line(self.streams)

@@ -4,10 +4,13 @@ parts for the full status); each classifies a stream with :func:`edged.stream.ph
 
 from __future__ import annotations
 
+import platform
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from .. import __version__
+from ..edgetpu import read_temperature
 from ..model import EDGETPU_CUSTOM_OP
 from ..stream import Phase, Stream, phase
 
@@ -70,14 +73,19 @@ def status_line(streams: Sequence[Stream]) -> str:
     return line if len(line) <= STATUS_LINE_MAX else line[: STATUS_LINE_MAX - 3] + "..."
 
 
-def summary(device: str, streams: Sequence[Stream], board: HealthBoard) -> dict[str, Any]:
-    """The device in brief (the MQTT status): streams with model, accelerator, fps, state; the
-    components that do not work, when there are any."""
+def summary(
+    device: str, streams: Sequence[Stream], board: HealthBoard, tpus: Sequence[EdgeTpu] = (), url: str = ""
+) -> dict[str, Any]:
+    """The device in brief (the MQTT status and Home Assistant's entities): streams with model,
+    accelerator, fps, state, detection switch and fallbacks; the Edge TPUs with their
+    temperature; the components that do not work, when there are any."""
     problems = board.unhealthy()
     return {
         **({"unhealthy": problems} if problems else {}),
         "device": device,
         "version": __version__,
+        "hardware": hardware(tpus),
+        **({"url": url} if url else {}),
         "streams": [
             {
                 "id": s.id,
@@ -85,10 +93,30 @@ def summary(device: str, streams: Sequence[Stream], board: HealthBoard) -> dict[
                 "model": s.engine.info.name,
                 "accelerator": s.engine.accelerator,
                 "fps": round(s.fps(), 2),
+                "detect": s.switch.on,
+                "fallbacks": fallbacks(s),
             }
             for s in streams
         ],
+        "edgetpus": [{"name": t.selector, "temperature": read_temperature(t.temperature_path)} for t in tpus],
     }
+
+
+def fallbacks(s: Stream) -> int:
+    """How often the stream's model went from the Edge TPU to its CPU twin since start."""
+    status = s.engine.status()
+    return status.fallbacks if status is not None else 0
+
+
+def hardware(tpus: Sequence[EdgeTpu]) -> str:
+    """The board (the device tree's model, else the machine) and its Coral accelerators, in words."""
+    try:
+        board = Path("/proc/device-tree/model").read_text(encoding="utf-8", errors="replace").strip("\0\n ")
+    except OSError:
+        board = ""
+    board = board or platform.machine() or "computer"
+    kinds = sorted({"USB" if t.type == "usb" else "PCIe" for t in tpus})
+    return f"{board} with Coral {' and '.join(kinds)}" if kinds else board
 
 
 def stream_status(s: Stream) -> dict[str, Any]:
@@ -110,6 +138,7 @@ def stream_status(s: Stream) -> dict[str, Any]:
         "source_state": str(s.source_state),
         "source_error": s.source_error,
         "reconnects": s.metrics.reconnects,
+        "detect": s.switch.on,
         **({"edgetpu": tpu.to_dict()} if tpu is not None else {}),
     }
 

@@ -57,6 +57,7 @@ class FailoverEngine:
         self.since: float = time.monotonic()
         self._switch = threading.Lock()  # tpu, its generation, the switch bookkeeping
         self.last_reason: Optional[str] = start_reason
+        self.fallbacks = 0  # switches to the CPU twin since start
         if worker.up:
             self._attach_tpu()
         elif self.cpu is None:
@@ -120,6 +121,7 @@ class FailoverEngine:
             cpu_model=self.cpu.info.name if self.cpu else None,
             flaps=self.worker.flaps,
             next_probe_seconds=self.worker.next_probe_seconds(),
+            fallbacks=self.fallbacks,
         )
 
     def _tpu_now(self) -> Optional[Engine]:
@@ -171,6 +173,7 @@ class FailoverEngine:
         self._set_active()
 
     def _count_fallback(self, kind: str) -> None:
+        self.fallbacks += 1
         if self.metrics is not None:
             self.metrics.fallbacks.labels(self.stream, kind).inc()
 

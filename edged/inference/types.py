@@ -75,6 +75,7 @@ class EngineStatus:
     cpu_model: Optional[str]
     flaps: int = 0  # the device's failures soon after a restart (edgetpu.stable_seconds)
     next_probe_seconds: Optional[float] = None  # while its worker is down: when it is probed again
+    fallbacks: int = 0  # switches to the CPU twin since start
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -85,6 +86,7 @@ class EngineStatus:
             "cpu_model": self.cpu_model,
             "flaps": self.flaps,
             "next_probe_seconds": self.next_probe_seconds,
+            "fallbacks": self.fallbacks,
         }
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ..registry import SINKS, KindConfig
 from . import jsonl, log  # noqa: F401 - they register their kinds
-from .base import Sink, SinkContext
+from .base import SceneDescription, SceneReport, Sink, SinkContext, Snapshot
 from .mqtt import config as _mqtt  # noqa: F401 - registers the mqtt kind
 
 
@@ -19,4 +19,4 @@ def make_sink(cfg: KindConfig, ctx: SinkContext) -> Sink:
     return SINKS.get(cfg.type).factory(cfg, ctx)
 
 
-__all__ = ["Sink", "SinkContext", "make_sink"]
+__all__ = ["SceneDescription", "SceneReport", "Sink", "SinkContext", "Snapshot", "make_sink"]

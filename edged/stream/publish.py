@@ -15,7 +15,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import numpy as np
 
@@ -25,6 +25,11 @@ from ..result import Result
 from ..sinks import Sink
 from .results import build_result
 from .slot import ReadyFrame
+
+if TYPE_CHECKING:
+    from ..sinks import SceneReport
+    from .scene import StreamScene
+    from .switch import DetectSwitch
 
 log = logging.getLogger("edged.pipeline")
 
@@ -51,6 +56,8 @@ class Publisher:
         metrics: StreamMetrics,
         report: Callable[[str, BaseException], None],
         give_back: Callable[[np.ndarray], None],
+        scene: Optional[StreamScene] = None,
+        switch: Optional[DetectSwitch] = None,
     ) -> None:
         self.stream_id = stream_id
         self.engine = engine
@@ -65,6 +72,9 @@ class Publisher:
         self.first_result = threading.Event()
         self.times: collections.deque[float] = collections.deque(maxlen=256)
         self.heartbeat = time.monotonic()  # this loop's last turn
+        self.scene = scene  # a detector's tracking, zones and events (None: a classifier's stream)
+        self.switch = switch
+        self._scene_live = True  # False once every event ended because detection was switched off
 
     def put(self, item: InFlight, stop: threading.Event) -> bool:
         """Queue an inference; waits while DEPTH are queued. False when the stream stops first (the
@@ -86,9 +96,34 @@ class Publisher:
                 item = self.inflight.get(timeout=0.25)
             except queue.Empty:
                 if self.input_done.is_set() or stop.is_set():
+                    self.end_scene()
                     return
+                self._watch_switch()
                 continue
             self._complete(item)
+
+    def end_scene(self) -> None:
+        """Every event ends and every occupancy goes to 0 at once (the stream stops, detection is off)."""
+        if self.scene is None or not self._scene_live:
+            return
+        self._scene_live = False
+        try:
+            report = self.scene.end_all()
+        except Exception as exc:
+            self._report("track", exc)
+            return
+        self._tell_scene(report)
+
+    def _watch_switch(self) -> None:
+        if self.switch is not None and not self.switch.on:
+            self.end_scene()
+
+    def _tell_scene(self, report: SceneReport) -> None:
+        for sink in self.sinks:
+            try:
+                sink.scene(report)
+            except Exception as exc:
+                self._report("publish", exc)
 
     def discard_all(self) -> None:
         """After the threads stopped: what is still queued is waited for and dropped, unpublished
@@ -107,6 +142,24 @@ class Publisher:
         finally:
             self._give_back(item.ready.prepared.data)
 
+    def _track(self, result: Result, image: np.ndarray) -> Optional[float]:
+        """Track the result's objects and tell the sinks what changed; the seconds it took."""
+        if self.scene is None or result.task != "detection":
+            return None
+        if self.switch is not None and not self.switch.on:
+            self.end_scene()
+            return None
+        self._scene_live = True
+        t0 = time.perf_counter()
+        try:
+            report = self.scene.observe(result, image)
+        except Exception as exc:
+            self._report("track", exc)
+            return None
+        seconds = time.perf_counter() - t0
+        self._tell_scene(report)
+        return seconds
+
     def _complete(self, item: InFlight) -> None:
         frame, prepared = item.ready.frame, item.ready.prepared
         try:
@@ -117,6 +170,7 @@ class Publisher:
         finally:
             self._give_back(prepared.data)
         result = build_result(self.stream_id, frame, out, self.engine.info, item.queued)
+        tracked = self._track(result, frame.image)
         p0 = time.perf_counter()
         for sink in self.sinks:
             try:
@@ -129,6 +183,8 @@ class Publisher:
         m.stage["queue"].observe(max(0.0, item.queued))
         for stage in ("preprocess", "inference", "postprocess"):
             m.stage[stage].observe(out.timings[stage])
+        if tracked is not None:
+            m.stage["track"].observe(tracked)
         m.stage["publish"].observe(publish)
         m.frame_latency.observe(done - frame.monotonic)
         m.count_processed(out.accelerator)

@@ -8,8 +8,9 @@ status each present in their own words.
 
 from __future__ import annotations
 
+import time
 from enum import Enum
-from typing import Protocol
+from typing import Iterable, Protocol
 
 
 class _Named(str, Enum):
@@ -76,3 +77,13 @@ def phase(stream: StreamLike) -> Phase:
     if stream.has_result():
         return Phase.PRODUCING
     return Phase.STARTING
+
+
+def rate(times: Iterable[float], window: float = 5.0) -> float:
+    """Results a second over the last ``window`` seconds, from their monotonic times."""
+    now = time.monotonic()
+    recent = [t for t in list(times) if now - t <= window]
+    if len(recent) < 2:
+        return 0.0
+    span = max(now - recent[0], recent[-1] - recent[0])
+    return (len(recent) - 1) / span if span > 0 else 0.0

@@ -1,12 +1,11 @@
 """A Stream: source -> latest-frame slot -> engine -> sinks, given its parts.
 
 Three threads per stream. The capture thread reads frames, prepares each for the model and
-puts it into a one-frame slot; when the slot still holds a frame inference has not taken,
-that frame is replaced and counted as dropped, so no queue can grow and the newest frame
-always wins. The inference thread takes the newest frame and submits it to the engine
-without waiting for its result; the publish thread (:mod:`.publish`) takes the results in
-order, builds each :class:`~edged.result.Result` and hands it to every sink, while the
-next frame is being invoked.
+puts it into a one-frame slot (a frame inference has not taken is replaced and counted as
+dropped: the newest frame always wins). The inference thread submits the newest frame to the
+engine without waiting for its result; the publish thread (:mod:`.publish`) takes the results
+in order, tracks a detector's objects (:mod:`.scene`), builds each
+:class:`~edged.result.Result` and hands it to every sink while the next frame is invoked.
 """
 
 from __future__ import annotations
@@ -28,10 +27,12 @@ from ..sinks import Sink
 from ..sources import Source
 from .publish import DEPTH, InFlight, Publisher
 from .slot import LatestSlot, ReadyFrame
-from .state import SourceState, StreamState
+from .state import SourceState, StreamState, rate
+from .switch import DetectSwitch
 
 if TYPE_CHECKING:
     from ..config import StreamConfig
+    from .scene import StreamScene
 
 log = logging.getLogger("edged.pipeline")
 
@@ -50,7 +51,14 @@ class Stream:
     """One configured stream. Construct with its parts, ``start()``, ``close()``."""
 
     def __init__(
-        self, cfg: StreamConfig, engine: InferenceEngine, source: Source, sinks: list[Sink], metrics: StreamMetrics
+        self,
+        cfg: StreamConfig,
+        engine: InferenceEngine,
+        source: Source,
+        sinks: list[Sink],
+        metrics: StreamMetrics,
+        switch: Optional[DetectSwitch] = None,
+        scene: Optional[StreamScene] = None,
     ) -> None:
         self.cfg = cfg
         self.id: str = cfg.id
@@ -67,7 +75,9 @@ class Stream:
         self._threads: list[threading.Thread] = []
         self.state = StreamState.CREATED
         self.last_error: Optional[str] = None
-        self.publisher = Publisher(self.id, engine, sinks, metrics, self._report, self._buffers.put)
+        self.switch = switch if switch is not None else DetectSwitch(cfg.id, cfg.detect)
+        self.scene = scene
+        self.publisher = Publisher(self.id, engine, sinks, metrics, self._report, self._buffers.put, scene, self.switch)
         self.source_state = SourceState.CREATED
         self.source_error: Optional[str] = None
         self._source_down_since: Optional[float] = None
@@ -362,6 +372,9 @@ class Stream:
                 if self.slot.ended:
                     break
                 continue
+            if not self.switch.on:  # detection off: the camera stays open, nothing is inferred
+                self._buffers.put(ready.prepared.data)
+                continue
             queued = time.monotonic() - ready.ready
             try:
                 pending = self.engine.submit(ready.prepared, ready.frame.image)
@@ -381,9 +394,4 @@ class Stream:
 
     # -------------------------------------------------------------- status
     def fps(self, window: float = 5.0) -> float:
-        now = time.monotonic()
-        times = [t for t in list(self.publisher.times) if now - t <= window]
-        if len(times) < 2:
-            return 0.0
-        span = max(now - times[0], times[-1] - times[0])
-        return (len(times) - 1) / span if span > 0 else 0.0
+        return rate(self.publisher.times, window)

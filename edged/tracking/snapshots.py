@@ -38,8 +38,8 @@ def _name(kind: str, value: str) -> str:
 
 
 class SnapshotStore:
-    """The snapshots under ``directory``, across its streams, within ``max_files``, ``max_bytes``
-    and ``max_age_seconds`` (the oldest go first)."""
+    """The snapshots under ``directory``, across its streams (or of ``stream`` alone: each stream's
+    own limits), within ``max_files``, ``max_bytes`` and ``max_age_seconds`` (the oldest go first)."""
 
     def __init__(
         self,
@@ -49,8 +49,10 @@ class SnapshotStore:
         max_age_seconds: float,
         quality: int = 85,
         clock: Callable[[], float] = time.time,
+        stream: Optional[str] = None,
     ) -> None:
         self.directory = Path(directory)
+        self.stream = stream
         self.max_files, self.max_bytes, self.max_age_seconds = max_files, max_bytes, max_age_seconds
         self.quality = quality
         self._clock = clock
@@ -64,6 +66,8 @@ class SnapshotStore:
         found = []
         try:
             subs = [p for p in self.directory.iterdir() if p.is_dir()] if self.directory.is_dir() else []
+            if self.stream is not None:
+                subs = [p for p in subs if p.name == self.stream]
             for sub in subs:
                 for entry in os.scandir(sub):
                     if entry.name.startswith(".") and entry.name.endswith(".tmp"):

@@ -40,8 +40,12 @@ class MqttSinkConfig(StrictConfig):
         30.0, ge=1, le=3600, description="seconds between two publications of the retained device status"
     )
     thin: Optional[MqttThinConfig] = Field(None, description="publish fewer results (default: every result)")
+    discovery: bool = Field(True, description="Home Assistant MQTT discovery: the device and its entities")
+    discovery_prefix: str = Field(
+        "homeassistant", min_length=1, description="Home Assistant's discovery prefix (its MQTT integration's setting)"
+    )
 
-    @field_validator("topic_prefix", "device")
+    @field_validator("topic_prefix", "device", "discovery_prefix")
     @classmethod
     def _topic_level(cls, v: Optional[str]) -> Optional[str]:
         if v is not None and any(c in v for c in "+#\0"):

@@ -2,8 +2,10 @@
 
 A :class:`Connection` is made and handed out by an :class:`~edged.sinks.mqtt.pool.MqttPool`.
 It tells the sinks attached to it (each a :class:`ConnectionListener`) when the connection
-comes up and goes down, publishes the retained ``<prefix>/<device>/status`` (``online`` and
-the device summary) and sets the Last Will (``offline``, retained).
+comes up and goes down, publishes the retained ``<prefix>/<device>/availability`` (plain
+``online``; its Last Will ``offline``) and ``<prefix>/<device>/status`` (the device summary),
+and leaves the device's other topics and Home Assistant's discovery to its
+:class:`~.device.DeviceState`.
 """
 
 from __future__ import annotations
@@ -20,8 +22,13 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Protocol, Tuple
 from ... import __version__
 from ...errors import ConfigError
 from ...health import GuardedThread, HealthBoard
+from .device import DeviceState
+from .state import StreamState
+from .topics import DeviceTopics
 
 if TYPE_CHECKING:
+    import paho.mqtt.client as mqtt
+
     from .config import MqttSinkConfig
 
 log = logging.getLogger("edged.sinks.mqtt")  # the name the log lines have always carried
@@ -45,6 +52,9 @@ class ConnectionListener(Protocol):
 
     stream: str  # the stream's id
     qos: int  # 0 or 1: what the sink does with results while the connection is down
+    state: StreamState  # its retained state topics, and what it offers Home Assistant
+
+    def command(self, payload: bytes) -> None: ...
 
     def connection_up(self) -> None: ...
 
@@ -86,7 +96,8 @@ class Connection:
         self.where = f"{cfg.host}:{cfg.port}"
         self.device = device
         self.client_id = client_id
-        self.status_topic = f"{cfg.topic_prefix.rstrip('/')}/{device}/status"
+        self.topics = DeviceTopics(cfg.topic_prefix, device)
+        self.status_topic = self.topics.status
         self.status_interval = float(cfg.status_interval)
         self.listeners: Tuple[ConnectionListener, ...] = ()
         self.summary_fn: Optional[Summary] = None
@@ -103,17 +114,23 @@ class Connection:
         self._taken_over_said = False
         self._status_lock = threading.Lock()
         self._status_sent_at: Optional[float] = None
-        self._status_shape: Any = None
+        self._status_shape: Any = None  # (the status thread's, under its lock)
         self._ever_connected = False
         self._down_since: Optional[float] = time.monotonic()
         self._error_logged: Optional[str] = None  # the connection error said last (said again only if it changes)
+        self.client = self._client(cfg, password, stream)
+        self.device_state = DeviceState(self, cfg, self.topics)
+        self.client.on_message = self.device_state.on_message  # commands, Home Assistant's status
 
-        self.client = mqtt.Client(
+    def _client(self, cfg: MqttSinkConfig, password: Optional[str], stream: str) -> mqtt.Client:
+        mqtt = self._mqtt
+        client = mqtt.Client(
             callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
-            client_id=client_id,
+            client_id=self.client_id,
             protocol=mqtt.MQTTv311,
             clean_session=True,
         )
+        self.client = client
         if cfg.username is not None:
             self.client.username_pw_set(cfg.username, password)
         if cfg.tls:
@@ -128,6 +145,7 @@ class Connection:
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_connect_fail = self._on_connect_fail
+        return client
 
     # ------------------------------------------------------------------ listeners (the pool, under its lock)
     def attach(self, listener: ConnectionListener, status_interval: float) -> None:
@@ -172,7 +190,8 @@ class Connection:
         if self.connected.is_set():
             # a goodbye: the broker then keeps this instead of the Last Will
             try:
-                info = self.client.publish(self.status_topic, self._payload("offline"), qos=1, retain=True)
+                self.client.publish(self.status_topic, self._payload("offline"), qos=1, retain=True)
+                info = self.client.publish(self.topics.availability, "offline", qos=1, retain=True)
                 info.wait_for_publish(0.5)
             except (RuntimeError, ValueError):
                 pass
@@ -195,16 +214,14 @@ class Connection:
                 log.debug("mqtt: the device summary failed: %s", exc)
         return {"device": self.device, "version": __version__, "streams": [{"id": s} for s in self.stream_ids()]}
 
-    def _payload(self, state: str, will: bool = False, summary: Optional[Dict[str, Any]] = None) -> str:
+    def _payload(self, state: str, summary: Optional[Dict[str, Any]] = None) -> str:
         summary = self.summary() if summary is None else summary
         streams = [dict(s) for s in summary.get("streams", [])]
         if state == "offline":
             for s in streams:
                 if "fps" in s:
                     s["fps"] = 0.0
-                if will:  # composed when connecting: what the streams do when it is published is unknown
-                    s["state"] = "unknown"
-                elif s.get("state") in ("created", "running"):
+                if s.get("state") in ("created", "running"):
                     s["state"] = "stopped"
         payload = {
             "state": state,
@@ -226,7 +243,8 @@ class Connection:
         return streams, sorted(summary.get("unhealthy", {}))
 
     def _set_will(self) -> None:
-        self.client.will_set(self.status_topic, self._payload("offline", will=True), qos=1, retain=True)
+        """The broker says ``offline`` on the availability topic when the connection dies without a goodbye."""
+        self.client.will_set(self.topics.availability, "offline", qos=1, retain=True)
 
     def publish_status(self) -> None:
         summary = self.summary()
@@ -246,6 +264,7 @@ class Connection:
                 due = sent_at is None or time.monotonic() - sent_at >= self.status_interval - STATUS_POLL / 2
                 if due or self._shape(summary) != shape:
                     self.publish_status()
+                self.device_state.poll(summary, self.status_interval)
             self.board.ok(self.component)
 
     # ------------------------------------------------------------------ paho callbacks (its network thread)
@@ -259,9 +278,10 @@ class Connection:
                     hint = " (check client_id)"
                 self._say_error(f"refused the connection: {reason_code}{hint}")
                 return
-            self.publish_status()
             self._connected_at = time.monotonic()
             self.connected.set()
+            self.publish_status()
+            self.device_state.connected()
             self._error_logged = None
             listeners = self.listeners
             if not self._ever_connected:
@@ -309,8 +329,6 @@ class Connection:
                     reason_code,
                     meanwhile,
                 )
-            if not self._stop.is_set():
-                self._set_will()  # the next connection's Last Will names the streams as they are now
         except Exception as exc:  # pragma: no cover
             log.error("mqtt: on disconnect: %s: %s", type(exc).__name__, exc)
 

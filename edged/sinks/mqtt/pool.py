@@ -43,6 +43,8 @@ class MqttPool:
             cfg.client_id,
             cfg.topic_prefix.rstrip("/"),
             device,
+            cfg.discovery,
+            cfg.discovery_prefix.rstrip("/"),
         )
 
     def connections(self) -> list[Connection]:

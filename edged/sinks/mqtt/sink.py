@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import os
 import socket
@@ -15,10 +16,12 @@ from typing import TYPE_CHECKING, Any, Dict, Optional
 from ...errors import ConfigError
 from ...health import GuardedThread, HealthBoard
 from ...result import Result
-from ..base import Sink, SinkContext
+from ..base import SceneReport, Sink, SinkContext
 from ..thin import Thinner
 from .pool import MqttPool
+from .state import StreamState
 from .store import MessageStore
+from .topics import DeviceTopics, StreamTopics
 
 if TYPE_CHECKING:
     from ...metrics import Metrics
@@ -111,8 +114,8 @@ class MqttSink(Sink):
         self.cfg = cfg
         self.stream = stream
         self.device = cfg.device or socket.gethostname()
-        prefix = cfg.topic_prefix.rstrip("/")
-        self.topic = f"{prefix}/{self.device}/{stream}/result"
+        self.topics = DeviceTopics(cfg.topic_prefix, self.device).stream(stream)
+        self.topic = self.topics.result
         self.qos = cfg.qos
         self.label = f"mqtt:{stream}"
         self.where = f"{cfg.host}:{cfg.port}"
@@ -134,6 +137,9 @@ class MqttSink(Sink):
         self._last_id = 0  # the last row published (a restarted sender goes on from there)
         self._dropped_while_down = 0
         self._overflow_logged = False
+        # queued messages up to this id were queued while not connected: sent on the replay topics
+        self._replay_upto = 0
+        self.switch = ctx.switch
 
         password = cfg.password
         if password is None and cfg.password_env:
@@ -148,6 +154,7 @@ class MqttSink(Sink):
         self.conn = self.pool.acquire(cfg, self, self.device, password, self.board)
         self.status_topic = self.conn.status_topic
         self.client = self.conn.client
+        self.state = StreamState(stream, self.topics, self.client, self.conn.connected, self.switch, ctx.scene)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -157,6 +164,7 @@ class MqttSink(Sink):
                 self.store = MessageStore(self.queue_path, self.cfg.queue_max, self.counts.fault)
             except (OSError, sqlite3.Error) as exc:
                 raise ConfigError(f"stream {self.stream}: cannot open the queue {self.queue_path}: {exc}") from None
+            self._replay_upto = self.store.last_id()  # from before this start: no longer the present
             if self._depth is not None:
                 store = self.store
                 self._depth.set_function(lambda: store.depth)
@@ -175,23 +183,37 @@ class MqttSink(Sink):
         elif self._depth is not None:
             self._depth.set(0)  # nothing is ever queued at QoS 0
         self.counts.export()
+        if self.switch is not None:
+            self.switch.watch(self.state.switched)
         self.conn.start()
 
     def publish(self, result: Result) -> None:
         if self.thinner is not None and not self.thinner.admit(result, time.monotonic()):
             self.counts.add("thinned")
             return
-        payload = result.to_json()
+        self._enqueue(self.topic, result.to_json())
+
+    def scene(self, report: SceneReport) -> None:
+        """Events go out in order with the results (queued alike); the state topics carry the present."""
+        for ev in report.events:
+            self._enqueue(self.topics.events, json.dumps(ev.to_dict(), separators=(",", ":")))
+        self.state.update(report)
+
+    def command(self, payload: bytes) -> None:
+        """A message on this stream's ``detect/set`` (paho's thread)."""
+        self.state.command(payload)
+
+    def _enqueue(self, topic: str, payload: str) -> None:
         if self.qos == 0:
             if not self.conn.connected.is_set():
                 self.counts.add("dropped")
                 return
-            info = self.client.publish(self.topic, payload, qos=0)
+            info = self.client.publish(topic, payload, qos=0)
             self.counts.add("sent" if info.rc == self._mqtt.MQTT_ERR_SUCCESS else "dropped")
             return
         assert self.store is not None, "start() first"
         try:
-            dropped = self.store.append(self.topic, payload)
+            dropped = self.store.append(topic, payload)
         except Exception:
             self.counts.add("failed")
             raise
@@ -209,6 +231,8 @@ class MqttSink(Sink):
             self._cv.notify_all()
 
     def close(self) -> None:
+        if self.switch is not None:
+            self.switch.unwatch(self.state.switched)
         self._stop.set()
         with self._cv:
             self._cv.notify_all()
@@ -236,6 +260,9 @@ class MqttSink(Sink):
     # ------------------------------------------------------------------ ConnectionListener (paho's thread)
     def connection_up(self) -> None:
         self._dropped_while_down = 0
+        if self.store is not None:
+            self._replay_upto = self.store.last_id()  # queued while not connected: replayed, marked
+        self.state.republish()
         with self._cv:
             self._cv.notify_all()
 
@@ -307,6 +334,8 @@ class MqttSink(Sink):
         mqtt = self._mqtt
         sent_more = False
         for rid, topic, payload in store.peek(WINDOW - len(inflight), after_id=last_id, reserve=True):
+            if rid <= self._replay_upto:
+                topic = StreamTopics.replay(topic)
             info = self.client.publish(topic, payload, qos=1)
             if info.rc == mqtt.MQTT_ERR_NO_CONN:
                 # the connection just dropped: paho keeps the message and sends it when it is

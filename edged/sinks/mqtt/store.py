@@ -127,6 +127,11 @@ class MessageStore:
     def depth(self) -> int:
         return self._depth
 
+    def last_id(self) -> int:
+        """The id of the newest message queued (0: none)."""
+        with self._lock:
+            return int(self._db.execute("SELECT COALESCE(MAX(id), 0) FROM queue").fetchone()[0])
+
     # ------------------------------------------------------------------ writing
     def append(self, topic: str, payload: str) -> int:
         """Add one message at the end; returns how many of the oldest were deleted to make room.
