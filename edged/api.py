@@ -81,7 +81,8 @@ class SnapshotCache:
                 return cached[2]
             from .draw import annotate, jpeg
 
-            body = jpeg(annotate(image, result.to_dict()))
+            zones = stream.scene.overlay(result.frame_width, result.frame_height) if stream.scene else ()
+            body = jpeg(annotate(image, result.to_dict(), zones))
             self._snapshots[stream.id] = (result.seq, result.timestamp, body)
         if self._on_encode is not None:
             self._on_encode(stream.id)

@@ -252,6 +252,7 @@ class _Stream:
         self.seq = 0
         self.frames, self.interval = frames, interval
         self.image = np.zeros((240, 320, 3), np.uint8)
+        self.scene = None  # a classifier's: no zones to draw
 
     @property
     def latest_frame(self) -> tuple[SimpleNamespace, np.ndarray]:

@@ -40,7 +40,10 @@ if CHROMIUM is None:
 
 
 def streams_config(testdata: Path, listen: str) -> dict:
-    return two_streams(testdata, listen, device="pagetest", demo_fps=15, det_fps=4)
+    cfg = two_streams(testdata, listen, device="pagetest", demo_fps=15, det_fps=4)
+    # the detector's stream has a zone over the image's upper half (where the kites fly)
+    cfg["streams"][1]["zones"] = {"sky": {"coordinates": [[0.02, 0.02], [0.98, 0.02], [0.98, 0.5], [0.02, 0.5]]}}
+    return cfg
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +83,17 @@ def test_live_page_shows_streams_results_snapshot_and_chart(tmp_path, testdata, 
             ".some(s => s.textContent === 'kite')",
             timeout=15000,
         )
+        # the detector's objects are tracked: the page lists their events, with their track ids
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('#stream-det .events li.event span')]"
+            ".some(s => /^kite #[0-9]+/.test(s.textContent))",
+            timeout=15000,
+        )
+        # and the snapshot draws the zone: its outline, red while a kite is in it (BGR 60, 60, 255)
+        code, _, body = d.get("/api/v1/streams/det/snapshot.jpg")
+        snap = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR)
+        red = np.all(np.abs(snap.astype(int) - (60, 60, 255)) < 50, axis=2)
+        assert code == 200 and red[: snap.shape[0] // 2 + 10].sum() > 500, red.sum()
         # results keep arriving (SSE, not one fetch)
         first = int(page.get_attribute("#stream-demo", "data-seq"))
         page.wait_for_function(

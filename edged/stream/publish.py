@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("edged.pipeline")
 
 DEPTH = 2  # inferences waiting to be published; with the one being published: three in flight
+SCENE_IDLE_SECONDS = 10.0  # no result this long (the camera lost): a detector's events end, its counts go to 0
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,8 @@ class Publisher:
         self.heartbeat = time.monotonic()  # this loop's last turn
         self.scene = scene  # a detector's tracking, zones and events (None: a classifier's stream)
         self.switch = switch
-        self._scene_live = True  # False once every event ended because detection was switched off
+        self._scene_live = True  # False once every event ended (detection off, no result for a while)
+        self._started = time.monotonic()
 
     def put(self, item: InFlight, stop: threading.Event) -> bool:
         """Queue an inference; waits while DEPTH are queued. False when the stream stops first (the
@@ -115,8 +117,14 @@ class Publisher:
         self._tell_scene(report)
 
     def _watch_switch(self) -> None:
+        """(between results) detection switched off, or no result for SCENE_IDLE_SECONDS: the
+        scene ends, so that no count stays on for a scene nobody sees any more."""
         if self.switch is not None and not self.switch.on:
             self.end_scene()
+        elif self._scene_live and self.scene is not None:
+            last = self.times[-1] if self.times else self._started
+            if time.monotonic() - last >= SCENE_IDLE_SECONDS:
+                self.end_scene()
 
     def _tell_scene(self, report: SceneReport) -> None:
         for sink in self.sinks:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
+from ..draw import ZoneOverlay
 from ..result import Result
 from ..sinks.base import SceneReport, Snapshot
 
@@ -32,6 +33,7 @@ class StreamScene:
         from ..tracking import SceneTracker
 
         self.stream = cfg.id
+        self.zones = dict(cfg.zones)
         self.tracker = SceneTracker(cfg.id, cfg.objects, cfg.zones, cfg.masks, cfg.events)
         self.store = snapshots if cfg.events.enabled and cfg.events.snapshots else None
         self._best: dict[str, np.ndarray] = {}  # event id -> its best frame so far
@@ -45,6 +47,16 @@ class StreamScene:
         for eid in update.best:
             self._best[eid] = image
         return self._report(update, result.timestamp)
+
+    def overlay(self, width: int, height: int) -> list[ZoneOverlay]:
+        """The zones in frame pixels with their occupancy now, for the snapshot of the live page."""
+        counts = self.latest.occupancy if self.latest is not None else {}
+        out = []
+        for name, z in self.zones.items():
+            sx, sy = (width, height) if z.fractions() else (1, 1)
+            points = [(x * sx, y * sy) for x, y in z.points()]
+            out.append(ZoneOverlay(name, points, int(counts.get((name, None), 0))))
+        return out
 
     def end_all(self, timestamp: Optional[float] = None) -> SceneReport:
         return self._report(self.tracker.end_all(time.time() if timestamp is None else timestamp), timestamp)
