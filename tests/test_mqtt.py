@@ -242,8 +242,11 @@ def seconds(s: float) -> str:
     return f"{s:g}s"
 
 
+@pytest.mark.faults
 @pytest.mark.parametrize("outage_seconds", [OUTAGE_SECONDS], ids=seconds)
 def test_broker_outage_loses_nothing(tmp_path, models_dir, images_dir, env, outage_seconds: float) -> None:
+    """Nothing is lost, and (found: what was queued during an outage was replayed on the live
+    topic as if current) what waited comes on ``result/replay``, never on ``result``."""
     broker, sub, d = start_images_daemon(tmp_path, models_dir, images_dir, env)
     wait_for(lambda: len(sub.results()) >= 10, 60, "results over MQTT")
     broker.stop()

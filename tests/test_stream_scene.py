@@ -43,7 +43,10 @@ def frame(value: int) -> np.ndarray:
     return np.full((480, 640, 3), value, np.uint8)
 
 
+@pytest.mark.faults
 def test_results_come_back_tracked_and_snapshots_are_written(tmp_path: Path) -> None:
+    """Found: ``objects[].id`` was the class id, so two objects of one class in a frame were the same
+    ``"id"``; now each has its ``class_id`` and, once tracked, a ``track_id`` of its own."""
     store = SnapshotStore(tmp_path, 10, 10_000_000, 3600.0, stream="porch")
     scene = StreamScene(stream_cfg(), store)
     t0 = 1_000_000.0
