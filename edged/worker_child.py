@@ -15,6 +15,7 @@ that has a recording takes its recorded time per invoke and replays its recorded
 
 from __future__ import annotations
 
+import os
 import queue
 import signal
 import sys
@@ -74,15 +75,26 @@ def child_main(conn: Any, runtime_name: str) -> None:
 
 
 def _read_requests(conn: Any, inbox: queue.SimpleQueue[Any]) -> None:
+    """The reading thread; it never ends silently: the parent gone, or a request that cannot be
+    read (said on stderr, which the daemon's log gets), and the child ends."""
     while True:
         try:
             inbox.put(conn.recv())
         except (EOFError, OSError):
             inbox.put(None)  # the parent is gone: the child ends
             return
+        except Exception as exc:
+            print(
+                f"edged worker: a request cannot be read ({type(exc).__name__}: {_one_line(exc)}); the worker ends",
+                file=sys.stderr,
+            )
+            inbox.put(None)  # the parent sees the worker exit and fails what is in flight
+            return
 
 
 def _send_replies(conn: Any, replies: queue.SimpleQueue[Any]) -> None:
+    """The sending thread; a reply that cannot be sent ends the child at once (said on stderr):
+    the parent sees it exit and fails what is in flight, rather than waiting for a deadline."""
     while True:
         reply = replies.get()
         if reply is None:
@@ -91,6 +103,13 @@ def _send_replies(conn: Any, replies: queue.SimpleQueue[Any]) -> None:
             conn.send(reply)
         except (BrokenPipeError, OSError):
             return  # the parent is gone: the reading thread ends the child
+        except Exception as exc:
+            print(
+                f"edged worker: a reply cannot be sent ({type(exc).__name__}: {_one_line(exc)}); the worker ends",
+                file=sys.stderr,
+            )
+            sys.stderr.flush()
+            os._exit(1)
 
 
 def _serve(msg: Any, replies: queue.SimpleQueue[Any], runtime: Any, runtime_name: str,
