@@ -6,11 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Set, Tuple
 
-from ..result import Box, Object
+from ..result import Object
 from .config import ANY_LABEL, EventsConfig, LabelFilter, MaskConfig, ObjectsConfig, ZoneConfig
 from .events import EventState, TrackEvent
 from .occupancy import Key, Occupancy
-from .tracker import Step, Track, Tracker
+from .tracker import BoxT, Step, Track, Tracker
 from .zones import Geometry
 
 
@@ -40,18 +40,20 @@ class SceneUpdate:
 class _Still:
     """Where a track's box stopped, since when, and whether that makes it stationary."""
 
-    box: Box
+    box: BoxT
     since: float
     stationary: bool = False
 
 
-def _iou(a: Box, b: Box) -> float:
-    ix = min(a.xmax, b.xmax) - max(a.xmin, b.xmin)
-    iy = min(a.ymax, b.ymax) - max(a.ymin, b.ymin)
+def _iou(a: BoxT, b: BoxT) -> float:
+    ax0, ay0, ax1, ay1 = a
+    bx0, by0, bx1, by1 = b
+    ix = min(ax1, bx1) - max(ax0, bx0)
+    iy = min(ay1, by1) - max(ay0, by0)
     if ix <= 0 or iy <= 0:
         return 0.0
     inter = ix * iy
-    return inter / ((a.xmax - a.xmin) * (a.ymax - a.ymin) + (b.xmax - b.xmin) * (b.ymax - b.ymin) - inter)
+    return inter / ((ax1 - ax0) * (ay1 - ay0) + (bx1 - bx0) * (by1 - by0) - inter)
 
 
 def _to_pixels(area: float, frame_area: float) -> float:
@@ -105,8 +107,8 @@ class SceneTracker:
             sx, sy = width / old[0], height / old[1]
             self.tracker.rescale(sx, sy)
             for s in self._still.values():
-                b = s.box
-                s.box = Box(b.xmin * sx, b.ymin * sy, b.xmax * sx, b.ymax * sy)
+                x0, y0, x1, y1 = s.box
+                s.box = (x0 * sx, y0 * sy, x1 * sx, y1 * sy)
 
     def _limits(self, label: str) -> Tuple[float, float, float]:
         limits = self._filters.get(label)
@@ -117,40 +119,38 @@ class SceneTracker:
             limits = self._filters[label] = (f.min_score, _to_pixels(f.min_area, w * h), hi)
         return limits
 
-    def _keep(self, objects: Sequence[Object], update: SceneUpdate) -> List[Object]:
-        kept = []
+    def _keep(self, objects: Sequence[Object], update: SceneUpdate) -> Tuple[List[Object], List[BoxT]]:
+        """The detections kept, and their boxes as (xmin, ymin, xmax, ymax)."""
+        kept, boxes = [], []
+        track, filters, masked = self._track, self._filters, self.geometry.masked_at
         for o in objects:
-            if self._track is not None and o.label not in self._track:
+            label = o.label
+            if track is not None and label not in track:
                 continue
-            min_score, min_area, max_area = self._limits(o.label)
+            min_score, min_area, max_area = filters.get(label) or self._limits(label)
             b = o.box
-            area = (b.xmax - b.xmin) * (b.ymax - b.ymin)
-            if o.score < min_score or area < min_area or area > max_area or self.geometry.masked(o.box):
+            box = (b.xmin, b.ymin, b.xmax, b.ymax)
+            area = (box[2] - box[0]) * (box[3] - box[1])
+            if o.score < min_score or area < min_area or area > max_area or masked(box):
                 continue
             kept.append(o)
-            if self._track is None and o.label not in self._labels:
-                self._labels.append(o.label)
-                self.occupancy.add_label(o.label)
-                update.labels_added.append(o.label)
-        return kept
+            boxes.append(box)
+            if track is None and label not in self._labels:
+                self._labels.append(label)
+                self.occupancy.add_label(label)
+                update.labels_added.append(label)
+        return kept, boxes
 
     def update(self, objects: Sequence[Object], width: int, height: int, timestamp: float) -> SceneUpdate:
         """One frame: its detections (frame pixels), its size and its wall-clock timestamp."""
         self._resize(width, height)
         update = SceneUpdate()
-        kept = self._keep(objects, update)
-        boxes = [(o.box.xmin, o.box.ymin, o.box.xmax, o.box.ymax) for o in kept]
+        kept, boxes = self._keep(objects, update)
         step = self.tracker.update(boxes, [o.label for o in kept], [o.score for o in kept])
         detection = {t.serial: i for i, t in enumerate(step.assigned) if t is not None}
-        for t in self.tracker.tracks:
-            d = detection.get(t.serial)
-            inside = self.geometry.zones_of(kept[d].box, t.label) if d is not None else None
-            self.occupancy.observe(t.serial, t.label, inside, t.confirmed, timestamp)
-            if d is not None and t.confirmed:
-                self._stationary(t.serial, kept[d].box, timestamp)
+        zones = self._observe(boxes, detection, timestamp)
         for t in step.ended:
             self.occupancy.observe(t.serial, t.label, None, True, timestamp)
-        zones = {t.serial: self.occupancy.zones_of(t.serial) for t in self.tracker.tracks if t.confirmed}
         if self.events_cfg.enabled:
             self._frame_events(step, kept, detection, zones, timestamp, update)
         for t in step.ended:
@@ -163,6 +163,23 @@ class SceneTracker:
         update.objects = [self._tracked(o, t, zones) for o, t in zip(kept, step.assigned)]
         return update
 
+    def _observe(self, boxes: List[BoxT], detection: Dict[int, int], now: float) -> Dict[int, Tuple[str, ...]]:
+        """Each track's zones now (debounced into the occupancy) and whether it stands still;
+        returns the zones each confirmed track is counted in, by serial."""
+        observe, zones_at, zones = self.occupancy.observe, self.geometry.zones_at, {}
+        for t in self.tracker.tracks:
+            d = detection.get(t.serial)
+            confirmed = t.track_id is not None
+            if d is None:
+                counted = observe(t.serial, t.label, None, confirmed, now)
+            else:
+                counted = observe(t.serial, t.label, zones_at(boxes[d], t.label), confirmed, now)
+                if confirmed:
+                    self._stationary(t.serial, boxes[d], now)
+            if confirmed:
+                zones[t.serial] = counted
+        return zones
+
     def _tracked(self, o: Object, t: Optional[Track], zones: Dict[int, Tuple[str, ...]]) -> Object:
         if t is None or t.track_id is None:
             return o
@@ -170,7 +187,7 @@ class SceneTracker:
         stationary = still is not None and still.stationary
         return Object(o.class_id, o.label, o.score, o.box, t.track_id, zones.get(t.serial, ()), stationary)
 
-    def _stationary(self, serial: int, box: Box, now: float) -> None:
+    def _stationary(self, serial: int, box: BoxT, now: float) -> None:
         s = self._still.get(serial)
         if s is None:
             self._still[serial] = _Still(box, now)
