@@ -48,8 +48,8 @@ class _Still:
 def _iou(a: BoxT, b: BoxT) -> float:
     ax0, ay0, ax1, ay1 = a
     bx0, by0, bx1, by1 = b
-    ix = min(ax1, bx1) - max(ax0, bx0)
-    iy = min(ay1, by1) - max(ay0, by0)
+    ix = (bx1 if bx1 < ax1 else ax1) - (bx0 if bx0 > ax0 else ax0)  # min(ax1, bx1) - max(ax0, bx0)
+    iy = (by1 if by1 < ay1 else ay1) - (by0 if by0 > ay0 else ay0)
     if ix <= 0 or iy <= 0:
         return 0.0
     inter = ix * iy
@@ -147,13 +147,19 @@ class SceneTracker:
         update = SceneUpdate()
         kept, boxes = self._keep(objects, update)
         step = self.tracker.update(boxes, [o.label for o in kept], [o.score for o in kept])
-        detection = {t.serial: i for i, t in enumerate(step.assigned) if t is not None}
-        zones = self._observe(boxes, detection, timestamp)
+        events = self.events_cfg.enabled
+        if events:
+            for t in step.confirmed:
+                self._events[t.serial] = EventState(
+                    self.stream, t.label, t.track_id or 0, timestamp, self.events_cfg.update_interval_seconds
+                )
+        zones = self._frame(step, kept, boxes, timestamp, update)
         for t in step.ended:
             self.occupancy.observe(t.serial, t.label, None, True, timestamp)
-        if self.events_cfg.enabled:
-            self._frame_events(step, kept, detection, zones, timestamp, update)
         for t in step.ended:
+            state = self._events.pop(t.serial, None) if events else None
+            if state is not None:
+                update.events.append(state.end(state.last_seen))
             self.occupancy.end(t.serial)
             self._still.pop(t.serial, None)
         for t in step.dropped:
@@ -163,21 +169,32 @@ class SceneTracker:
         update.objects = [self._tracked(o, t, zones) for o, t in zip(kept, step.assigned)]
         return update
 
-    def _observe(self, boxes: List[BoxT], detection: Dict[int, int], now: float) -> Dict[int, Tuple[str, ...]]:
-        """Each track's zones now (debounced into the occupancy) and whether it stands still;
-        returns the zones each confirmed track is counted in, by serial."""
+    def _frame(
+        self, step: Step, kept: List[Object], boxes: List[BoxT], now: float, update: SceneUpdate
+    ) -> Dict[int, Tuple[str, ...]]:
+        """Each track in this frame: its zones (debounced into the occupancy), whether it stands
+        still, its event (if any); returns the zones each confirmed track is counted in, by serial."""
+        detection = {t.serial: i for i, t in enumerate(step.assigned) if t is not None}
         observe, zones_at, zones = self.occupancy.observe, self.geometry.zones_at, {}
+        events = self._events if self.events_cfg.enabled else {}
         for t in self.tracker.tracks:
-            d = detection.get(t.serial)
+            serial = t.serial
+            d = detection.get(serial)
             confirmed = t.track_id is not None
-            if d is None:
-                counted = observe(t.serial, t.label, None, confirmed, now)
-            else:
-                counted = observe(t.serial, t.label, zones_at(boxes[d], t.label), confirmed, now)
-                if confirmed:
-                    self._stationary(t.serial, boxes[d], now)
-            if confirmed:
-                zones[t.serial] = counted
+            counted = observe(serial, t.label, None if d is None else zones_at(boxes[d], t.label), confirmed, now)
+            if not confirmed:
+                continue
+            zones[serial] = counted
+            still = self._still.get(serial) if d is None else self._stationary(serial, boxes[d], now)
+            state = events.get(serial)
+            if state is None:
+                continue
+            seen = None if d is None else (kept[d].score, kept[d].box)
+            event, best = state.frame(now, seen, counted, still is not None and still.stationary, t.hits)
+            if event is not None:
+                update.events.append(event)
+            if best:
+                update.best.append(state.id)
         return zones
 
     def _tracked(self, o: Object, t: Optional[Track], zones: Dict[int, Tuple[str, ...]]) -> Object:
@@ -187,46 +204,16 @@ class SceneTracker:
         stationary = still is not None and still.stationary
         return Object(o.class_id, o.label, o.score, o.box, t.track_id, zones.get(t.serial, ()), stationary)
 
-    def _stationary(self, serial: int, box: BoxT, now: float) -> None:
+    def _stationary(self, serial: int, box: BoxT, now: float) -> _Still:
+        """Where the track's box stopped, updated with its box in this frame."""
         s = self._still.get(serial)
         if s is None:
-            self._still[serial] = _Still(box, now)
+            s = self._still[serial] = _Still(box, now)
         elif _iou(s.box, box) < self.cfg.stationary_iou:
             s.box, s.since, s.stationary = box, now, False
         elif not s.stationary and self.cfg.stationary_seconds > 0:
             s.stationary = now - s.since >= self.cfg.stationary_seconds
-
-    def _frame_events(
-        self,
-        step: Step,
-        kept: List[Object],
-        detection: Dict[int, int],
-        zones: Dict[int, Tuple[str, ...]],
-        now: float,
-        update: SceneUpdate,
-    ) -> None:
-        for t in step.confirmed:
-            self._events[t.serial] = EventState(
-                self.stream, t.label, t.track_id or 0, now, self.events_cfg.update_interval_seconds
-            )
-        for t in self.tracker.tracks:
-            state = self._events.get(t.serial)
-            if state is None:
-                continue
-            d = detection.get(t.serial)
-            seen = (kept[d].score, kept[d].box) if d is not None else None
-            still = self._still.get(t.serial)
-            event, best = state.frame(
-                now, seen, zones.get(t.serial, ()), still is not None and still.stationary, t.hits
-            )
-            if event is not None:
-                update.events.append(event)
-            if best:
-                update.best.append(state.id)
-        for t in step.ended:
-            state = self._events.pop(t.serial, None)
-            if state is not None:
-                update.events.append(state.end(state.last_seen))
+        return s
 
     def end_all(self, timestamp: float) -> SceneUpdate:
         """Tracking stops (detection switched off, the stream stopping): every event ends at

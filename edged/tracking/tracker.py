@@ -89,7 +89,7 @@ def candidates(a: Sequence[BoxT], ca: Sequence[int], b: Sequence[BoxT], cb: Sequ
     by_code: Dict[int, List[Tuple[int, float, float, float, float, float]]] = {}
     for c, (bx0, by0, bx1, by1) in enumerate(b):
         by_code.setdefault(cb[c], []).append((c, bx0, by0, bx1, by1, (bx1 - bx0) * (by1 - by0)))
-    if sum(len(by_code.get(code, ())) for code in ca) > NUMPY_PAIRS:
+    if len(a) * len(b) > NUMPY_PAIRS and sum(len(by_code.get(code, ())) for code in ca) > NUMPY_PAIRS:
         iou = iou_matrix(np.array(a, dtype=np.float64), np.array(b, dtype=np.float64))
         iou[np.array(ca)[:, None] != np.array(cb)[None, :]] = 0.0
         rows, cols = np.nonzero(iou >= threshold)
@@ -155,20 +155,21 @@ class Tracker:
         assigned: List[Optional[Track]] = [None] * len(labels)
         pairs = self._match(self.tracks, boxes, codes, high)
         matched = {id(t) for t, _ in pairs}
-        rest = [t for t in self.tracks if id(t) not in matched and t.confirmed]
-        pairs += self._match(rest, boxes, codes, low)
+        if low:
+            rest = [t for t in self.tracks if id(t) not in matched and t.track_id is not None]
+            pairs += self._match(rest, boxes, codes, low)
+            matched = {id(t) for t, _ in pairs}
         confirmed: List[Track] = []
         for track, d in pairs:
             track.matched(boxes[d], float(scores[d]))
             assigned[d] = track
-            if not track.confirmed and track.hits >= self.min_hits:
+            if track.track_id is None and track.hits >= self.min_hits:
                 self._confirm(track, confirmed)
-        matched = {id(t) for t, _ in pairs}
         kept, ended, dropped = [], [], []
         for t in self.tracks:
             if id(t) in matched:
                 kept.append(t)
-            elif not t.confirmed:  # a tentative track missed once is dropped
+            elif t.track_id is None:  # a tentative track missed once is dropped
                 dropped.append(t)
             else:
                 t.missed += 1
