@@ -73,6 +73,8 @@ class Occupancy:
                 m.out_since = None
                 if not m.inside and confirmed and self._enter(m, zone, label, now):
                     stepped = True
+            elif not m.inside:  # out and not counted: nothing to debounce
+                m.streak = 0
             elif self._out(m, zone, label, now):
                 stepped = True
         if stepped:

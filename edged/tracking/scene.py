@@ -10,7 +10,7 @@ from ..result import Object
 from .config import ANY_LABEL, EventsConfig, LabelFilter, MaskConfig, ObjectsConfig, ZoneConfig
 from .events import EventState, TrackEvent
 from .occupancy import Key, Occupancy
-from .tracker import BoxT, Step, Track, Tracker
+from .tracker import BoxT, Step, Tracker
 from .zones import Geometry
 
 
@@ -45,15 +45,14 @@ class _Still:
     stationary: bool = False
 
 
-def _iou(a: BoxT, b: BoxT) -> float:
-    ax0, ay0, ax1, ay1 = a
-    bx0, by0, bx1, by1 = b
-    ix = (bx1 if bx1 < ax1 else ax1) - (bx0 if bx0 > ax0 else ax0)  # min(ax1, bx1) - max(ax0, bx0)
-    iy = (by1 if by1 < ay1 else ay1) - (by0 if by0 > ay0 else ay0)
-    if ix <= 0 or iy <= 0:
-        return 0.0
-    inter = ix * iy
-    return inter / ((ax1 - ax0) * (ay1 - ay0) + (bx1 - bx0) * (by1 - by0) - inter)
+def _tracked(o: Object, track_id: int, zones: Tuple[str, ...], stationary: bool) -> Object:
+    """``o`` with its track's id, zones and stationary flag: ``Object(o.class_id, o.label, o.score,
+    o.box, track_id, zones, stationary)`` with its fields set at once, without the frozen dataclass's
+    ``__init__`` (one ``object.__setattr__`` call a field: half the cost of a frame's tracking on
+    ten objects)."""
+    out = object.__new__(Object)
+    out.__dict__.update(o.__dict__, track_id=track_id, zones=zones, stationary=stationary)
+    return out
 
 
 def _to_pixels(area: float, frame_area: float) -> float:
@@ -153,7 +152,8 @@ class SceneTracker:
                 self._events[t.serial] = EventState(
                     self.stream, t.label, t.track_id or 0, timestamp, self.events_cfg.update_interval_seconds
                 )
-        zones = self._frame(step, kept, boxes, timestamp, update)
+        update.objects = list(kept)
+        self._frame(step, boxes, timestamp, update)
         for t in step.ended:
             self.occupancy.observe(t.serial, t.label, None, True, timestamp)
         for t in step.ended:
@@ -166,16 +166,13 @@ class SceneTracker:
             self.occupancy.forget(t.serial)
         update.changed = self.occupancy.finish(timestamp)
         update.occupancy = dict(self.occupancy.counts)
-        update.objects = [self._tracked(o, t, zones) for o, t in zip(kept, step.assigned)]
         return update
 
-    def _frame(
-        self, step: Step, kept: List[Object], boxes: List[BoxT], now: float, update: SceneUpdate
-    ) -> Dict[int, Tuple[str, ...]]:
+    def _frame(self, step: Step, boxes: List[BoxT], now: float, update: SceneUpdate) -> None:
         """Each track in this frame: its zones (debounced into the occupancy), whether it stands
-        still, its event (if any); returns the zones each confirmed track is counted in, by serial."""
+        still, its event (if any); the detection of a confirmed track gets its id, zones and flag."""
         detection = {t.serial: i for i, t in enumerate(step.assigned) if t is not None}
-        observe, zones_at, zones = self.occupancy.observe, self.geometry.zones_at, {}
+        observe, zones_at, objects = self.occupancy.observe, self.geometry.zones_at, update.objects
         events = self._events if self.events_cfg.enabled else {}
         for t in self.tracker.tracks:
             serial = t.serial
@@ -184,32 +181,35 @@ class SceneTracker:
             counted = observe(serial, t.label, None if d is None else zones_at(boxes[d], t.label), confirmed, now)
             if not confirmed:
                 continue
-            zones[serial] = counted
-            still = self._still.get(serial) if d is None else self._stationary(serial, boxes[d], now)
+            if d is None:
+                seen, still = None, self._still.get(serial)
+            else:
+                o, still = objects[d], self._stationary(serial, boxes[d], now)
+                seen = (o.score, o.box)
+                objects[d] = _tracked(o, t.track_id, counted, still.stationary)
             state = events.get(serial)
             if state is None:
                 continue
-            seen = None if d is None else (kept[d].score, kept[d].box)
             event, best = state.frame(now, seen, counted, still is not None and still.stationary, t.hits)
             if event is not None:
                 update.events.append(event)
             if best:
                 update.best.append(state.id)
-        return zones
-
-    def _tracked(self, o: Object, t: Optional[Track], zones: Dict[int, Tuple[str, ...]]) -> Object:
-        if t is None or t.track_id is None:
-            return o
-        still = self._still.get(t.serial)
-        stationary = still is not None and still.stationary
-        return Object(o.class_id, o.label, o.score, o.box, t.track_id, zones.get(t.serial, ()), stationary)
 
     def _stationary(self, serial: int, box: BoxT, now: float) -> _Still:
-        """Where the track's box stopped, updated with its box in this frame."""
+        """Where the track's box stopped, updated with its box in this frame (stopped again unless
+        its IoU with where it stopped is at least ``stationary_iou``)."""
         s = self._still.get(serial)
         if s is None:
             s = self._still[serial] = _Still(box, now)
-        elif _iou(s.box, box) < self.cfg.stationary_iou:
+            return s
+        ax0, ay0, ax1, ay1 = s.box
+        bx0, by0, bx1, by1 = box
+        ix = (bx1 if bx1 < ax1 else ax1) - (bx0 if bx0 > ax0 else ax0)  # min(ax1, bx1) - max(ax0, bx0)
+        iy = (by1 if by1 < ay1 else ay1) - (by0 if by0 > ay0 else ay0)
+        inter = ix * iy
+        iou = 0.0 if ix <= 0 or iy <= 0 else inter / ((ax1 - ax0) * (ay1 - ay0) + (bx1 - bx0) * (by1 - by0) - inter)
+        if iou < self.cfg.stationary_iou:
             s.box, s.since, s.stationary = box, now, False
         elif not s.stationary and self.cfg.stationary_seconds > 0:
             s.stationary = now - s.since >= self.cfg.stationary_seconds

@@ -89,7 +89,11 @@ def candidates(a: Sequence[BoxT], ca: Sequence[int], b: Sequence[BoxT], cb: Sequ
     by_code: Dict[int, List[Tuple[int, float, float, float, float, float]]] = {}
     for c, (bx0, by0, bx1, by1) in enumerate(b):
         by_code.setdefault(cb[c], []).append((c, bx0, by0, bx1, by1, (bx1 - bx0) * (by1 - by0)))
-    if len(a) * len(b) > NUMPY_PAIRS and sum(len(by_code.get(code, ())) for code in ca) > NUMPY_PAIRS:
+    same = 0  # the pairs of the same class (only counted when there may be too many)
+    if len(a) * len(b) > NUMPY_PAIRS:
+        for code in ca:
+            same += len(by_code.get(code, ()))
+    if same > NUMPY_PAIRS:
         iou = iou_matrix(np.array(a, dtype=np.float64), np.array(b, dtype=np.float64))
         iou[np.array(ca)[:, None] != np.array(cb)[None, :]] = 0.0
         rows, cols = np.nonzero(iou >= threshold)
@@ -140,10 +144,9 @@ class Tracker:
     def _match(self, tracks: List[Track], boxes: Sequence[BoxT], codes: List[int], dets: List[int]) -> List[Tuple]:
         if not tracks or not dets:
             return []
-        pairs = candidates(
-            [t.predicted() for t in tracks], [t.code for t in tracks], [boxes[d] for d in dets],
-            [codes[d] for d in dets], self.match_iou,
-        )  # fmt: skip
+        if len(dets) < len(boxes):  # (as many: all of them, in order)
+            boxes, codes = [boxes[d] for d in dets], [codes[d] for d in dets]
+        pairs = candidates([t.predicted() for t in tracks], [t.code for t in tracks], boxes, codes, self.match_iou)
         return [(tracks[r], dets[c]) for r, c in greedy_match(pairs)]
 
     def update(self, boxes: Sequence[BoxT], labels: Sequence[str], scores: Sequence[float]) -> Step:
