@@ -48,8 +48,8 @@ class _Still:
 def _tracked(o: Object, track_id: int, zones: Tuple[str, ...], stationary: bool) -> Object:
     """``o`` with its track's id, zones and stationary flag: ``Object(o.class_id, o.label, o.score,
     o.box, track_id, zones, stationary)`` with its fields set at once, without the frozen dataclass's
-    ``__init__`` (one ``object.__setattr__`` call a field: half the cost of a frame's tracking on
-    ten objects)."""
+    ``__init__`` (one ``object.__setattr__`` a field: 1.8 against 0.8 us, a tenth of a frame's
+    tracking on ten objects). Relies on ``Object`` having a ``__dict__`` and no ``__post_init__``."""
     out = object.__new__(Object)
     out.__dict__.update(o.__dict__, track_id=track_id, zones=zones, stationary=stationary)
     return out
