@@ -31,6 +31,7 @@ class _Member:
 class _Object:
     label: str
     members: Dict[Optional[str], _Member] = field(default_factory=dict)
+    zones: Tuple[str, ...] = ()  # the zones it is counted in (in the order of the configuration)
 
 
 class Occupancy:
@@ -51,9 +52,11 @@ class Occupancy:
             if labels is None or label in labels:
                 self.counts.setdefault((zone, label), 0)
 
-    def observe(self, key: int, label: str, inside: Optional[Collection[str]], confirmed: bool, now: float) -> None:
+    def observe(
+        self, key: int, label: str, inside: Optional[Collection[str]], confirmed: bool, now: float
+    ) -> Tuple[str, ...]:
         """Object ``key`` in this frame: detected in the zones ``inside`` (None: not detected).
-        Only a ``confirmed`` object enters."""
+        Only a ``confirmed`` object enters. Returns the zones it is counted in now (:meth:`zones_of`)."""
         obj = self._objects.get(key)
         if obj is None:
             self.add_label(label)
@@ -61,31 +64,46 @@ class Occupancy:
             for zone, labels in self._labels.items():
                 if labels is None or label in labels:
                     obj.members[zone] = _Member()
+        stepped = False
         for zone, m in obj.members.items():
-            is_in = inside is not None and (zone is None or zone in inside)
-            self._step(m, zone, label, is_in, confirmed, now)
+            if inside is not None and (zone is None or zone in inside):
+                if m.streak == 0:
+                    m.since = now
+                m.streak += 1
+                m.out_since = None
+                if not m.inside and confirmed and self._enter(m, zone, label, now):
+                    stepped = True
+            elif not m.inside:  # out and not counted: nothing to debounce
+                m.streak = 0
+            elif self._out(m, zone, label, now):
+                stepped = True
+        if stepped:
+            obj.zones = tuple(z for z, m in obj.members.items() if z is not None and m.inside)
+        return obj.zones
 
-    def _step(self, m: _Member, zone: Optional[str], label: str, is_in: bool, confirmed: bool, now: float) -> None:
+    def _enter(self, m: _Member, zone: Optional[str], label: str, now: float) -> bool:
+        """``m``, inside and not counted, is counted once inside long enough; True when it enters."""
         d = self._debounce[zone]
-        if is_in:
-            if m.streak == 0:
-                m.since = now
-            m.streak += 1
-            m.out_since = None
-            if not m.inside and confirmed and m.streak >= d.enter_frames and now - m.since >= d.enter_seconds - EPSILON:
-                m.inside = True
-                if not self._take_over(zone, label):
-                    self._add((zone, label), 1)
-                    self._add((zone, None), 1)
-        else:
-            m.streak = 0
-            if m.inside:
-                if m.out_since is None:
-                    m.out_since = now
-                if now - m.out_since >= d.leave_seconds - EPSILON:
-                    m.inside = False
-                    self._add((zone, label), -1)
-                    self._add((zone, None), -1)
+        if m.streak >= d.enter_frames and now - m.since >= d.enter_seconds - EPSILON:
+            m.inside = True
+            if not self._take_over(zone, label):
+                self._add((zone, label), 1)
+                self._add((zone, None), 1)
+            return True
+        return False
+
+    def _out(self, m: _Member, zone: Optional[str], label: str, now: float) -> bool:
+        """``m`` is out (or undetected) in this frame; True when it leaves (out long enough)."""
+        m.streak = 0
+        if m.inside:
+            if m.out_since is None:
+                m.out_since = now
+            if now - m.out_since >= self._debounce[zone].leave_seconds - EPSILON:
+                m.inside = False
+                self._add((zone, label), -1)
+                self._add((zone, None), -1)
+                return True
+        return False
 
     def _take_over(self, zone: Optional[str], label: str) -> bool:
         """An object entering takes the place of an ended track of its label still counted there
@@ -115,16 +133,14 @@ class Occupancy:
     def zones_of(self, key: int) -> Tuple[str, ...]:
         """The zones object ``key`` is counted in (in the order of the configuration)."""
         obj = self._objects.get(key)
-        if obj is None:
-            return ()
-        return tuple(z for z, m in obj.members.items() if z is not None and m.inside)
+        return () if obj is None else obj.zones
 
     def finish(self, now: float) -> Set[Key]:
         """End the frame: ended tracks go on leaving; returns the keys whose count changed."""
         for obj in self._ended:
             for zone, m in obj.members.items():
                 if m.inside:
-                    self._step(m, zone, obj.label, False, True, now)
+                    self._out(m, zone, obj.label, now)
         self._ended = [o for o in self._ended if any(m.inside for m in o.members.values())]
         changed = {k for k, before in self._touched.items() if self.counts[k] != before}
         self._touched = {}

@@ -7,11 +7,12 @@ tracker, given when a track is confirmed (``min_hits`` frames in a row)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-NUMPY_PAIRS = 64  # track x detection pairs above which the IoU is computed with numpy
+NUMPY_PAIRS = 100  # track x detection pairs of the same label above which the IoU is computed with numpy
 VELOCITY_GAIN = 0.5  # how much of a new velocity measurement is taken (the rest: the previous estimate)
 
 
@@ -83,9 +84,16 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def candidates(a: Sequence[BoxT], ca: Sequence[int], b: Sequence[BoxT], cb: Sequence[int], threshold: float) -> List:
     """(IoU, row, column) of the pairs of the same class (``ca``, ``cb``) with IoU >= ``threshold``,
-    in row-major order. Plain Python below ``NUMPY_PAIRS`` pairs (numpy's per-call cost dominates
-    there), numpy above."""
+    in row-major order. Plain Python up to ``NUMPY_PAIRS`` pairs of the same class (numpy's
+    per-call cost dominates there), numpy above."""
+    by_code: Dict[int, List[Tuple[int, float, float, float, float, float]]] = {}
+    for c, (bx0, by0, bx1, by1) in enumerate(b):
+        by_code.setdefault(cb[c], []).append((c, bx0, by0, bx1, by1, (bx1 - bx0) * (by1 - by0)))
+    same = 0  # the pairs of the same class (only counted when there may be too many)
     if len(a) * len(b) > NUMPY_PAIRS:
+        for code in ca:
+            same += len(by_code.get(code, ()))
+    if same > NUMPY_PAIRS:
         iou = iou_matrix(np.array(a, dtype=np.float64), np.array(b, dtype=np.float64))
         iou[np.array(ca)[:, None] != np.array(cb)[None, :]] = 0.0
         rows, cols = np.nonzero(iou >= threshold)
@@ -93,15 +101,15 @@ def candidates(a: Sequence[BoxT], ca: Sequence[int], b: Sequence[BoxT], cb: Sequ
     out = []
     for r, (ax0, ay0, ax1, ay1) in enumerate(a):
         area_a = (ax1 - ax0) * (ay1 - ay0)
-        for c, (bx0, by0, bx1, by1) in enumerate(b):
-            if cb[c] != ca[r]:
-                continue
-            ix = min(ax1, bx1) - max(ax0, bx0)
-            iy = min(ay1, by1) - max(ay0, by0)
+        for c, bx0, by0, bx1, by1, area_b in by_code.get(ca[r], ()):
+            if bx0 >= ax1 or bx1 <= ax0 or by0 >= ay1 or by1 <= ay0:
+                continue  # apart (the exact test below says so too; this one is cheaper)
+            ix = (bx1 if bx1 < ax1 else ax1) - (bx0 if bx0 > ax0 else ax0)  # min(ax1, bx1) - max(ax0, bx0)
+            iy = (by1 if by1 < ay1 else ay1) - (by0 if by0 > ay0 else ay0)
             if ix <= 0 or iy <= 0:
                 continue
             inter = ix * iy
-            union = area_a + (bx1 - bx0) * (by1 - by0) - inter
+            union = area_a + area_b - inter
             if union > 0 and inter / union >= threshold:
                 out.append((inter / union, r, c))
     return out
@@ -110,7 +118,7 @@ def candidates(a: Sequence[BoxT], ca: Sequence[int], b: Sequence[BoxT], cb: Sequ
 def greedy_match(pairs: List[Tuple[float, int, int]]) -> List[Tuple[int, int]]:
     """(row, column) of ``pairs`` (IoU, row, column), best IoU first, each row and column once."""
     used_r, used_c, out = set(), set(), []
-    for _, r, c in sorted(pairs, key=lambda p: -p[0]):
+    for _, r, c in sorted(pairs, key=itemgetter(0), reverse=True):  # stable: ties stay in row-major order
         if r not in used_r and c not in used_c:
             used_r.add(r)
             used_c.add(c)
@@ -136,35 +144,35 @@ class Tracker:
     def _match(self, tracks: List[Track], boxes: Sequence[BoxT], codes: List[int], dets: List[int]) -> List[Tuple]:
         if not tracks or not dets:
             return []
-        pairs = candidates(
-            [t.predicted() for t in tracks], [t.code for t in tracks], [boxes[d] for d in dets],
-            [codes[d] for d in dets], self.match_iou,
-        )  # fmt: skip
+        if len(dets) < len(boxes):  # (as many: all of them, in order)
+            boxes, codes = [boxes[d] for d in dets], [codes[d] for d in dets]
+        pairs = candidates([t.predicted() for t in tracks], [t.code for t in tracks], boxes, codes, self.match_iou)
         return [(tracks[r], dets[c]) for r, c in greedy_match(pairs)]
 
     def update(self, boxes: Sequence[BoxT], labels: Sequence[str], scores: Sequence[float]) -> Step:
         """Match one frame's detections (their boxes (xmin, ymin, xmax, ymax) in pixels, labels, scores)."""
-        boxes = [tuple(map(float, b)) for b in boxes]
+        boxes = [(float(x0), float(y0), float(x1), float(y1)) for x0, y0, x1, y1 in boxes]
         codes = [self._codes.setdefault(label, len(self._codes)) for label in labels]
         high = [i for i, s in enumerate(scores) if s >= self.new_track_score]
         low = [i for i, s in enumerate(scores) if s < self.new_track_score]
         assigned: List[Optional[Track]] = [None] * len(labels)
         pairs = self._match(self.tracks, boxes, codes, high)
         matched = {id(t) for t, _ in pairs}
-        rest = [t for t in self.tracks if id(t) not in matched and t.confirmed]
-        pairs += self._match(rest, boxes, codes, low)
+        if low:
+            rest = [t for t in self.tracks if id(t) not in matched and t.track_id is not None]
+            pairs += self._match(rest, boxes, codes, low)
+            matched = {id(t) for t, _ in pairs}
         confirmed: List[Track] = []
         for track, d in pairs:
             track.matched(boxes[d], float(scores[d]))
             assigned[d] = track
-            if not track.confirmed and track.hits >= self.min_hits:
+            if track.track_id is None and track.hits >= self.min_hits:
                 self._confirm(track, confirmed)
-        matched = {id(t) for t, _ in pairs}
         kept, ended, dropped = [], [], []
         for t in self.tracks:
             if id(t) in matched:
                 kept.append(t)
-            elif not t.confirmed:  # a tentative track missed once is dropped
+            elif t.track_id is None:  # a tentative track missed once is dropped
                 dropped.append(t)
             else:
                 t.missed += 1
