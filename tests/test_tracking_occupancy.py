@@ -146,3 +146,19 @@ def test_stationary_after_stationary_seconds_and_not_once_it_moves() -> None:
     assert flags[25:] == [False] * 3
     evs = _events(ups)
     assert [(e.type, e.stationary) for e in evs] == [("new", False), ("update", True), ("update", False)]
+
+
+def test_a_label_that_does_not_count_its_stationary_objects() -> None:
+    """A parked car: tracked, flagged, its event goes on, but it stops counting (after leave_seconds)."""
+    cfg = {"min_hits": 1, "stationary_seconds": 2.0, "leave_seconds": 0.5, "enter_frames": 1}
+    cfg["filters"] = {"person": {"count_stationary": False}}
+    frames = [[person_at(200 + _jitter(i))] for i in range(40)] + [[person_at(200 + 10 * i)] for i in range(1, 4)]
+    ups = run(scene(cfg), frames)
+    got = counts(ups, (None, "person"))
+    flags = [u.objects[0].stationary for u in ups]
+    assert flags[20] and not flags[19]  # stationary from frame 20 (2 s at 10 frames a second)
+    assert got[:20] == [1] * 20 and got[26:40] == [0] * 14  # counted until then, gone 0.5 s after
+    assert got[-1] == 1  # it moves: it counts again
+    assert [u.objects[0].track_id for u in ups] == [1] * len(ups)  # the same track throughout
+    counted = run(scene({**cfg, "filters": {}}), frames)  # the default counts stationary objects
+    assert counts(counted, (None, "person")) == [1] * len(frames)

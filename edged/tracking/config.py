@@ -55,6 +55,11 @@ class LabelFilter(StrictConfig):
     max_area: Optional[float] = Field(
         None, gt=0, description="largest box kept: a fraction of the frame (<= 1) or pixels (> 1); unset: no limit"
     )
+    count_stationary: bool = Field(
+        True,
+        description="false: a stationary object of this label (a parked car) stops counting in the occupancy "
+        "(tracked still, its events go on)",
+    )
 
     @model_validator(mode="after")
     def _areas(self) -> LabelFilter:
