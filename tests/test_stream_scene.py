@@ -49,6 +49,9 @@ def test_results_come_back_tracked_and_snapshots_are_written(tmp_path: Path) -> 
     ``"id"``; now each has its ``class_id`` and, once tracked, a ``track_id`` of its own."""
     store = SnapshotStore(tmp_path, 10, 10_000_000, 3600.0, stream="porch")
     scene = StreamScene(stream_cfg(), store)
+    delivered: list = []
+    assert scene.writer is not None
+    scene.writer.deliver = delivered.append  # (the publisher's: to every sink, from the writer's thread)
     t0 = 1_000_000.0
     reports = []
     for i in range(6):
@@ -59,14 +62,19 @@ def test_results_come_back_tracked_and_snapshots_are_written(tmp_path: Path) -> 
     assert [o.track_id for o in r.objects] == [1, 2] and r.objects[0].zones == ("door",)
     new = [e for rep in reports for e in rep.events if e.type == "new"]
     assert [e.track_id for e in new] == [1, 2]
-    first = next(rep for rep in reports if rep.snapshot is not None)
-    assert first.snapshot.jpeg[:2] == b"\xff\xd8" and Path(first.snapshot.path).is_file()
     assert reports[-1].occupancy[("door", "3")] == 1 and reports[-1].occupancy[(None, "3")] == 2
-    # the end writes the best frame again when a better one came (score rose every frame)
+    wait_for(lambda: len(delivered) == 2, 5, "the two new events' snapshots")  # written off this thread
+    snap = delivered[0].snapshot
+    assert snap.jpeg[:2] == b"\xff\xd8" and Path(snap.path).is_file()
+    assert delivered[0].events == () and delivered[0].occupancy == {}  # a snapshot alone: no stale state
+    # the end writes the best frame again when a better one came: track 1's score rose every frame,
+    # track 2's stayed (its snapshot from the start shows its best already)
     end = scene.end_all(t0 + 1)
     assert {e.type for e in end.events} == {"end"} and end.occupancy[(None, None)] == 0
-    assert end.snapshot is not None and Path(end.snapshot.path).read_bytes() == end.snapshot.jpeg
-    assert len(list((tmp_path / "porch").glob("*.jpg"))) == 2
+    scene.close()  # writes what waits
+    assert len(delivered) == 3 and delivered[-1].snapshot.event_id == new[0].id
+    assert Path(delivered[-1].snapshot.path).read_bytes() == delivered[-1].snapshot.jpeg
+    assert len(list((tmp_path / "porch").glob("*.jpg"))) == 2 and scene.writer.written == 3
 
 
 def test_a_snapshot_that_cannot_be_written_is_said_once_and_events_go_on(tmp_path: Path, caplog) -> None:
@@ -77,9 +85,45 @@ def test_a_snapshot_that_cannot_be_written_is_said_once_and_events_go_on(tmp_pat
     for i in range(4):
         events += scene.observe(result(i, 100.0 + i, [(60, 300, 190, 430, 0.9)]), frame(i)).events
     events += scene.end_all(110.0).events
+    scene.close()
     assert [e.type for e in events if e.type != "update"] == ["new", "end"]
     said = [r for r in caplog.records if "cannot save the snapshot" in r.getMessage()]
     assert len(said) == 1 and "\n" not in said[0].getMessage(), [r.getMessage() for r in said]
+
+
+def test_snapshots_never_hold_up_the_publish_thread(tmp_path: Path, monkeypatch) -> None:
+    """A writer that falls behind skips the newest (counted, said once), and a writer's failure is
+    reported, not a silent end of its thread."""
+    import threading
+
+    from edged.stream import snapshots
+
+    gate = threading.Event()
+    store = SnapshotStore(tmp_path, 100, 10_000_000, 3600.0, stream="porch")
+    save = store.save
+    monkeypatch.setattr(store, "save", lambda *a: (gate.wait(5), save(*a))[1])
+    writer = snapshots.SnapshotWriter("porch", store)
+    ev = StreamScene(stream_cfg()).tracker  # (any event will do: make some)
+    evs = [e for i in range(3) for e in ev.update([Object(3, "3", 0.9, Box(10 + 200 * i, 300, 150 + 200 * i, 440))
+                                                   for i in range(3)], 640, 480, 100.0 + i).events]  # fmt: skip
+    t0 = time.monotonic()
+    writer.submit(evs[0], frame(0))
+    wait_for(writer._queue.empty, 5, "the writer to take the first")  # it now waits on the gate
+    for e in (evs * 3)[1:]:  # 8 more submissions while the first write waits
+        writer.submit(e, frame(0))
+    assert time.monotonic() - t0 < 0.5  # never waits
+    assert writer.skipped == 9 - 1 - snapshots.PENDING  # one being written, PENDING waiting
+    gate.set()
+    writer.close()
+    assert writer.written == 1 + snapshots.PENDING
+    errors: list = []
+    writer = snapshots.SnapshotWriter("porch", store)
+    writer.report = lambda stage, exc: errors.append((stage, str(exc)))
+    monkeypatch.setattr(store, "save", lambda *a: 1 / 0)
+    writer.submit(evs[0], frame(0))
+    writer.submit(evs[0], frame(0))
+    writer.close()
+    assert errors == [("track", "division by zero")] * 2  # each said, the thread went on
 
 
 def publisher(scene: StreamScene, switch: DetectSwitch, sink: Collect) -> Publisher:

@@ -74,6 +74,8 @@ class Publisher:
         self.times: collections.deque[float] = collections.deque(maxlen=256)
         self.heartbeat = time.monotonic()  # this loop's last turn
         self.scene = scene  # a detector's tracking, zones and events (None: a classifier's stream)
+        if scene is not None and scene.writer is not None:  # its snapshots reach the sinks when written
+            scene.writer.deliver, scene.writer.report = self._tell_scene, report
         self.switch = switch
         self._scene_live = True  # False once every event ended (detection off, no result for a while)
         self._started = time.monotonic()

@@ -4,8 +4,9 @@ The publish thread calls :meth:`StreamScene.observe` with each result before the
 it: the result's objects come back tracked (``track_id``, ``zones``, ``stationary``) and
 filtered (filters, masks), and a :class:`~edged.sinks.base.SceneReport` goes to every sink's
 ``scene()``. The best frame of each live event is kept (a reference, not a copy) until the
-event's snapshot is written: when the event starts, and when it ends if a better frame came
-since. :meth:`end_all` ends every event at once (detection switched off, the stream stopping).
+event's snapshot is written (by :class:`~.snapshots.SnapshotWriter`, off the publish thread):
+when the event starts, and when it ends if a better frame came since. :meth:`end_all` ends
+every event at once (detection switched off, the stream stopping).
 """
 
 from __future__ import annotations
@@ -18,27 +19,27 @@ import numpy as np
 
 from ..draw import ZoneOverlay
 from ..result import Result
-from ..sinks.base import SceneReport, Snapshot
+from ..sinks.base import SceneReport
 
 if TYPE_CHECKING:
     from ..config import StreamConfig
     from ..tracking import SceneUpdate, SnapshotStore, TrackEvent
 
 log = logging.getLogger("edged.pipeline")
-SNAPSHOT_ERROR_EVERY = 300.0  # seconds between two log lines of a snapshot that cannot be written
 
 
 class StreamScene:
     def __init__(self, cfg: StreamConfig, snapshots: Optional[SnapshotStore] = None) -> None:
         from ..tracking import SceneTracker
+        from .snapshots import SnapshotWriter
 
         self.stream = cfg.id
         self.zones = dict(cfg.zones)
         self.tracker = SceneTracker(cfg.id, cfg.objects, cfg.zones, cfg.masks, cfg.events)
-        self.store = snapshots if cfg.events.enabled and cfg.events.snapshots else None
+        store = snapshots if cfg.events.enabled and cfg.events.snapshots else None
+        self.writer = SnapshotWriter(cfg.id, store) if store is not None else None
         self._best: dict[str, np.ndarray] = {}  # event id -> its best frame so far
         self._saved: dict[str, float] = {}  # event id -> the best score its snapshot shows
-        self._error_at = -1e9
         self.latest: Optional[SceneReport] = None
 
     def observe(self, result: Result, image: np.ndarray) -> SceneReport:
@@ -62,10 +63,9 @@ class StreamScene:
         return self._report(self.tracker.end_all(time.time() if timestamp is None else timestamp), timestamp)
 
     def _report(self, update: SceneUpdate, timestamp: Optional[float]) -> SceneReport:
-        snapshot = None
         for ev in update.events:
             if ev.type in ("new", "end"):
-                snapshot = self._snapshot(ev) or snapshot
+                self._snapshot(ev)
             if ev.type == "end":
                 self._best.pop(ev.id, None)
                 self._saved.pop(ev.id, None)
@@ -75,25 +75,20 @@ class StreamScene:
             events=tuple(update.events),
             occupancy=dict(update.occupancy),
             changed=frozenset(update.changed),
-            snapshot=snapshot,
         )
         self.latest = report
         return report
 
-    def _snapshot(self, ev: TrackEvent) -> Optional[Snapshot]:
-        """The event's best frame (``ev`` says its box and score) as a JPEG file, unless the one
-        written already shows it."""
+    def _snapshot(self, ev: TrackEvent) -> None:
+        """The event's best frame (``ev`` says its box and score) to the writer, unless the
+        snapshot written already shows it; the sinks get it when it is written."""
         image = self._best.get(ev.id)
-        if self.store is None or image is None or ev.best_box is None or self._saved.get(ev.id) == ev.best_score:
-            return None
-        try:
-            path = self.store.save(self.stream, ev.id, image, ev.best_box, ev.label, ev.best_score)
-            jpeg = path.read_bytes()
-        except OSError as exc:
-            now = time.monotonic()
-            if now - self._error_at >= SNAPSHOT_ERROR_EVERY:
-                self._error_at = now
-                log.error("stream %s: cannot save the snapshot of event %s: %s", self.stream, ev.id, exc)
-            return None
+        if self.writer is None or image is None or self._saved.get(ev.id) == ev.best_score:
+            return
         self._saved[ev.id] = ev.best_score
-        return Snapshot(ev.id, ev.label, str(path), jpeg)
+        self.writer.submit(ev, image)
+
+    def close(self) -> None:
+        """Write the snapshots that wait, then stop the writer."""
+        if self.writer is not None:
+            self.writer.close()

@@ -131,6 +131,8 @@ class Stream:
         for t in self._threads:
             t.join(max(0.0, deadline - time.monotonic()))
         self.publisher.discard_all()
+        if self.scene is not None:
+            self.scene.close()  # the snapshots that wait are written
         self.source.close()  # again, now that no read is under way: releases a device the reader held
         for sink in self.sinks:
             try:
