@@ -6,7 +6,7 @@ on average on a beach with a dozen objects). :class:`SnapshotWriter` takes the f
 reference) and the event, and a thread of its own writes the file and hands the
 :class:`~edged.sinks.base.Snapshot` to the sinks (a :class:`~edged.sinks.base.SceneReport`
 with the snapshot alone). At most ``PENDING`` wait; beyond, the newest is not written (counted,
-said once a streak). A snapshot that cannot be written is one log line every 5 minutes; any
+said at most once every 5 minutes). A snapshot that cannot be written is one log line every 5 minutes; any
 other failure of the thread is reported as a ``track`` error and the thread goes on: it never
 stops silently.
 """
@@ -45,7 +45,7 @@ class SnapshotWriter:
         self._thread: Optional[threading.Thread] = None
         self._lock = threading.Lock()
         self._error_at = -1e9
-        self._full_said = False
+        self._full_said_at = -1e9
         self.written = 0
         self.skipped = 0
 
@@ -54,13 +54,14 @@ class SnapshotWriter:
         self._start()
         try:
             self._queue.put_nowait((ev, image))
-            self._full_said = False
         except queue.Full:
             self.skipped += 1
-            if not self._full_said:
-                self._full_said = True
-                log.warning("stream %s: snapshots come faster than they are written: %d waiting, "
-                            "this one (event %s) skipped", self.stream, PENDING, ev.id)  # fmt: skip
+            now = time.monotonic()
+            if now - self._full_said_at >= ERROR_EVERY:
+                self._full_said_at = now
+                log.warning("stream %s: snapshots come faster than they are written: %d waiting, event %s's "
+                            "skipped (%d skipped in all; said at most every 5 minutes)",
+                            self.stream, PENDING, ev.id, self.skipped)  # fmt: skip
 
     def close(self, timeout: float = 2.0) -> None:
         """Write what waits (for ``timeout`` at most), then end the thread."""
