@@ -23,8 +23,7 @@ from support import wait
 from support.client import free_port
 from support.daemon import ROOT, Daemon
 from support.mosquitto import Broker
-from support.servers import MjpegServer
-from support.stage import place, staged_frame
+from support.stage import IN_ZONE, OUT_OF_ZONE, place, staged_camera, staged_stream
 
 paho = pytest.importorskip("paho.mqtt.client")
 pytestmark = pytest.mark.system
@@ -33,9 +32,6 @@ DEVICE = "shelf"
 SID = "porch"
 BASE = f"edged/{DEVICE}/{SID}"
 wait_for = partial(wait.wait_for, interval=0.1)
-
-IN_ZONE = {"label": "3", "x": 60, "y": 300, "size": 130}  # bottom centre (125, 430): inside "door"
-OUT_OF_ZONE = {"label": "3", "x": 420, "y": 40, "size": 130}  # bottom centre (485, 170): outside
 
 
 class Listener:
@@ -96,16 +92,7 @@ class Listener:
 
 
 def config(camera_url: str, broker_port: int, tmp: Path, zones: bool = True) -> dict:
-    models = ROOT / "models"
-    stream: dict[str, Any] = {
-        "id": SID,
-        "source": {"type": "url", "url": camera_url},
-        "model": {"path": str(models / "digits_detector_int8.tflite"), "labels": str(models / "digits_labels.txt")},
-        "objects": {"track": ["3", "7"], "enter_frames": 2, "leave_seconds": 1.0, "min_hits": 2},
-        "sinks": [{"type": "mqtt", "port": broker_port, "queue_path": str(tmp / "q.sqlite"), "status_interval": 2}],
-    }
-    if zones:
-        stream["zones"] = {"door": {"coordinates": [[0, 0.5], [0.5, 0.5], [0.5, 1], [0, 1]]}}
+    stream = staged_stream(SID, camera_url, broker_port, tmp / "q.sqlite", zones, enter_frames=2, leave_seconds=1.0)
     return {"device": DEVICE, "listen": f"127.0.0.1:{free_port()}", "streams": [stream]}
 
 
@@ -113,10 +100,7 @@ def config(camera_url: str, broker_port: int, tmp: Path, zones: bool = True) -> 
 def rig(tmp_path: Path):
     broker = Broker(tmp_path, free_port())
     broker.start()
-    control = tmp_path / "scene.json"
-    place(control, [])
-    camera = MjpegServer(free_port(), fps=10, frame=partial(staged_frame, str(control)))
-    camera.start()
+    camera, control = staged_camera(tmp_path)
     listener = Listener(broker.port)
     cfg = config(camera.url, broker.port, tmp_path)
     d = Daemon(tmp_path, cfg, env={"STATE_DIRECTORY": str(tmp_path / "state")}, cwd=ROOT)

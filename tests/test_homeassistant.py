@@ -165,36 +165,14 @@ def test_edged_sets_itself_up_in_home_assistant(tmp_path: Path) -> None:
     """One mqtt sink and nothing written in Home Assistant: the device and its entities appear
     from discovery alone and follow what the camera sees; the switch turns detection off and
     on; a stopped daemon makes them unavailable; Home Assistant restarting gets them again."""
-    from functools import partial
-
     from support.daemon import ROOT, Daemon
-    from support.servers import MjpegServer
-    from support.stage import place, staged_frame
+    from support.stage import staged_camera, staged_stream
 
     broker = Broker(tmp_path, free_port())
     broker.start()
-    control = tmp_path / "scene.json"
-    place(control, [])
-    camera = MjpegServer(free_port(), fps=10, frame=partial(staged_frame, str(control)))
-    camera.start()
-    models = ROOT / "models"
-    config = {
-        "device": NODE,
-        "listen": f"127.0.0.1:{free_port()}",
-        "streams": [
-            {
-                "id": STREAM,
-                "source": {"type": "url", "url": camera.url},
-                "model": {
-                    "path": str(models / "digits_detector_int8.tflite"),
-                    "labels": str(models / "digits_labels.txt"),
-                },
-                "objects": {"track": ["3", "7"], "leave_seconds": 1.0},
-                "zones": {"door": {"coordinates": [[0, 0.5], [0.5, 0.5], [0.5, 1], [0, 1]]}},
-                "sinks": [{"type": "mqtt", "port": broker.port, "queue_path": str(tmp_path / "q.sqlite")}],
-            }
-        ],
-    }
+    camera, control = staged_camera(tmp_path)
+    stream = staged_stream(STREAM, camera.url, broker.port, tmp_path / "q.sqlite", leave_seconds=1.0)
+    config = {"device": NODE, "listen": f"127.0.0.1:{free_port()}", "streams": [stream]}
     d = Daemon(tmp_path / "edged", config, env={"STATE_DIRECTORY": str(tmp_path / "state")}, cwd=ROOT)
     try:
         with HomeAssistant(tmp_path, broker.port) as ha:
@@ -244,20 +222,20 @@ def check_entities(ha: HomeAssistant) -> None:
 
 
 def check_scene(ha: HomeAssistant, control: Path) -> None:
-    from support.stage import place
+    from support.stage import IN_ZONE, OUT_OF_ZONE, place
 
     prefix = f"edged_{NODE}_{STREAM}"
-    place(control, [{"label": "3", "x": 60, "y": 300, "size": 130}])  # into the door zone
+    place(control, [IN_ZONE])  # into the door zone
     ha.wait_state(f"binary_sensor.{prefix}_door_3_occupancy", "on")
     ha.wait_state(f"sensor.{prefix}_door_3_count", "1")
     ha.wait_state(f"image.{prefix}_snapshot", lambda s: s is not None and s["state"] not in ("unknown", "unavailable"))
-    place(control, [{"label": "3", "x": 420, "y": 40, "size": 130}])  # out of the zone, still in view
+    place(control, [OUT_OF_ZONE])  # out of the zone, still in view
     ha.wait_state(f"binary_sensor.{prefix}_door_3_occupancy", "off")
     assert ha.state(f"binary_sensor.{prefix}_3_occupancy")["state"] == "on"
     place(control, [])  # gone
     ha.wait_state(f"binary_sensor.{prefix}_all_occupancy", "off")
     ha.wait_state(f"sensor.{prefix}_3_count", "0")
-    place(control, [{"label": "3", "x": 60, "y": 300, "size": 130}])
+    place(control, [IN_ZONE])
     ha.wait_state(f"binary_sensor.{prefix}_door_3_occupancy", "on")
 
 

@@ -82,6 +82,15 @@ class SnapshotWriter:
                 self._thread.start()
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException:  # (nothing in the loop raises: a last guard) said, and the next submit starts it again
+            log.exception("stream %s: the snapshot writer thread failed; it starts again with the next snapshot",
+                          self.stream)  # fmt: skip
+            with self._lock:
+                self._thread = None
+
+    def _loop(self) -> None:
         while True:
             item = self._queue.get()
             if item is None:

@@ -55,3 +55,40 @@ def staged_frame(control: str, i: int) -> np.ndarray:
         roi = out[y : y + size, x : x + size]
         np.maximum(roi, _glyph(str(d["label"]), size), out=roi)
     return out
+
+
+# a zone over the frame's lower left quarter: IN_ZONE's digit stands in it, OUT_OF_ZONE's not
+DOOR = {"door": {"coordinates": [[0, 0.5], [0.5, 0.5], [0.5, 1], [0, 1]]}}
+IN_ZONE = {"label": "3", "x": 60, "y": 300, "size": 130}  # bottom centre (125, 430)
+OUT_OF_ZONE = {"label": "3", "x": 420, "y": 40, "size": 130}  # bottom centre (485, 170)
+
+
+def staged_camera(tmp: Path, fps: float = 10):
+    """An MJPEG camera (started) drawing what ``tmp/scene.json`` says (empty at first), and that file."""
+    from functools import partial
+
+    from support.servers import MjpegServer
+
+    control = tmp / "scene.json"
+    place(control, [])
+    camera = MjpegServer(None, fps=fps, frame=partial(staged_frame, str(control)))
+    camera.start()
+    return camera, control
+
+
+def staged_stream(sid: str, camera_url: str, broker_port: int, queue: Path, zones: bool = True, **objects) -> dict:
+    """A stream of the bundled digits detector on the staged camera, tracking 3s and 7s (``objects``:
+    more of its ``objects:`` keys), with the door zone and one mqtt sink."""
+    from support.daemon import ROOT
+
+    models = ROOT / "models"
+    stream = {
+        "id": sid,
+        "source": {"type": "url", "url": camera_url},
+        "model": {"path": str(models / "digits_detector_int8.tflite"), "labels": str(models / "digits_labels.txt")},
+        "objects": {"track": ["3", "7"], **objects},
+        "sinks": [{"type": "mqtt", "port": broker_port, "queue_path": str(queue), "status_interval": 2}],
+    }
+    if zones:
+        stream["zones"] = DOOR
+    return stream
