@@ -365,7 +365,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EdgedError as exc:
         if args.debug:
             raise
-        print(f"edged: error: {exc}", file=sys.stderr)
+        from .logs import stderr_is_journal
+
+        # (under systemd: at error priority in the journal, like the log lines)
+        print(f"{'<3>' if stderr_is_journal() else ''}edged: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         return 130

@@ -14,12 +14,18 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    ProcessCollector,
+    disable_created_metrics,
     generate_latest,
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics import MetricWrapperBase
 
 from . import __version__
+
+# no <name>_created sample beside each counter, histogram and summary: a start time per series
+# that no dashboard or alert of edged reads (12 % of the series), and process_start_time_seconds says it once
+disable_created_metrics()
 
 if TYPE_CHECKING:
     from .edgetpu import EdgeTpu
@@ -55,6 +61,8 @@ ERROR_STAGES = ("source", "preprocess", "inference", "track", "publish", "thread
 class Metrics:
     def __init__(self) -> None:
         self.registry = r = CollectorRegistry(auto_describe=True)
+        # the process's own CPU, memory, open files and start time (process_*; on Linux, from /proc)
+        ProcessCollector(registry=r)
         self.build_info = Gauge("edged_build_info", "edged version (value is always 1)", ["version"], registry=r)
         self.build_info.labels(__version__).set(1)
         self._define_stream_metrics(r)
