@@ -3,7 +3,8 @@
 # run it or its tests. Needs only python3 (python3-venv is installed when missing).
 #
 #   bash deploy/bootstrap.sh run  [edged run options...]   # the embedded demo by default
-#   bash deploy/bootstrap.sh test [pytest options...]
+#   bash deploy/bootstrap.sh test [pytest options...]   # installs the Debian programs the tests
+#                                                       # need first (deploy/test-tools.sh)
 #
 # Environment: EDGED_VENV (default .venv), EDGED_EXTRAS (extra pip extras, e.g. "tflite"
 # for the classic Coral runtime with numpy<2), PYTHON (default python3).
@@ -39,4 +40,5 @@ spec=".${extras:+[$extras]}"
 if [ "$action" = run ]; then
   exec "$venv/bin/edged" run "$@"
 fi
+bash deploy/test-tools.sh
 exec "$venv/bin/python" -m pytest "$@"

@@ -356,3 +356,40 @@ def test_ansible_lint(tmp_path: Path) -> None:
         pytest.skip("ansible-lint is not installed (pip install ansible-lint); CI runs the syntax check only")
     proc = run([lint, "--offline", "--nocolor"], env=ansible_env(tmp_path), cwd=ANSIBLE, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def _stub_bin(tmp: Path, uid: str, with_apt: bool) -> Path:
+    """A PATH of its own: bash and env, an ``id`` saying ``uid``, a recording ``apt-get``; no test tool."""
+    bin_ = tmp / "bin"
+    bin_.mkdir(parents=True)
+    for tool in ("bash", "env"):
+        os.symlink(shutil.which(tool), bin_ / tool)
+    (bin_ / "id").write_text(f"#!/bin/bash\necho {uid}\n")
+    if with_apt:
+        (bin_ / "apt-get").write_text(f'#!/bin/bash\necho "$*" >> {tmp}/apt.log\n')
+    for f in bin_.iterdir():
+        if not f.is_symlink():
+            f.chmod(0o755)
+    return bin_
+
+
+def test_the_test_command_installs_the_debian_tools_or_names_them(tmp_path: Path) -> None:
+    """bootstrap.sh test runs deploy/test-tools.sh: as root it installs what is missing, once (one
+    apt-get install); as a user without sudo it names the packages and lets the tests run."""
+    script = DEPLOY / "test-tools.sh"
+    root_bin = _stub_bin(tmp_path / "root", "0", with_apt=True)
+    env = {"PATH": str(root_bin), "HOME": str(tmp_path)}
+    done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    apt = (tmp_path / "root" / "apt.log").read_text().splitlines()
+    assert apt[0] == "update -qq" and apt[1].startswith("install -y -qq --no-install-recommends"), apt
+    for package in ("gcc", "libc6-dev", "chromium", "shellcheck", "prometheus"):
+        assert f" {package}" in apt[1], apt
+    user_bin = _stub_bin(tmp_path / "user", "1000", with_apt=False)
+    done = subprocess.run(
+        ["bash", str(script)], env={"PATH": str(user_bin)}, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0
+    assert "the system tests need Debian packages that are not installed: gcc libc6-dev" in done.stderr
+    assert "install them with: sudo apt-get install gcc libc6-dev" in done.stderr and "skip meanwhile" in done.stderr
+    assert "\nbash deploy/test-tools.sh\n" in (DEPLOY / "bootstrap.sh").read_text()  # the test command runs it
