@@ -206,8 +206,8 @@ class Metrics:
     def _define_edgetpu_metrics(self, r: CollectorRegistry) -> None:
         self.accelerator_up = Gauge(
             "edged_accelerator_up",
-            "1 while the Edge TPU worker of a device is up and answering",
-            ["device"],
+            "1 while the Edge TPU worker of a TPU (its selector: usb:0, pci:1, default) is up and answering",
+            ["tpu"],
             registry=r,
         )
         self.accelerator_active = Gauge(
@@ -226,19 +226,19 @@ class Metrics:
         self.worker_restarts = Counter(
             "edged_worker_restarts_total",
             "Edge TPU worker processes started again after a failure",
-            ["device"],
+            ["tpu"],
             registry=r,
         )
         self.edgetpu_flaps = Counter(
             "edged_edgetpu_flaps_total",
             "Edge TPU worker failures within edgetpu.stable_seconds of a restart (each one doubles the probe wait)",
-            ["device"],
+            ["tpu"],
             registry=r,
         )
         self.first_inference = Gauge(
             "edged_first_inference_seconds",
             "Time of the first inference after loading a model on the Edge TPU (includes the model upload)",
-            ["stream", "device"],
+            ["stream", "tpu"],
             registry=r,
         )
 
@@ -364,7 +364,7 @@ class _TemperatureCollector:
         self.metrics = metrics
 
     def describe(self) -> list[GaugeMetricFamily]:
-        return [GaugeMetricFamily("edged_edgetpu_temperature_celsius", "Edge TPU die temperature", labels=["device"])]
+        return [GaugeMetricFamily("edged_edgetpu_temperature_celsius", "Edge TPU die temperature", labels=["tpu"])]
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         from .edgetpu import read_temperature
@@ -372,7 +372,7 @@ class _TemperatureCollector:
         fam = GaugeMetricFamily(
             "edged_edgetpu_temperature_celsius",
             "Edge TPU die temperature from /sys/class/apex/apex_N/temp (PCIe/M.2 only)",
-            labels=["device"],
+            labels=["tpu"],
         )
         for tpu in self.metrics._tpus:
             value = read_temperature(tpu.temperature_path)

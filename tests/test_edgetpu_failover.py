@@ -136,8 +136,8 @@ def test_worker_fault_moves_to_cpu_and_back(fault: str, fake_libs, plain_models,
         )
         assert worker.pid != first_pid
         m = scrape(free_port)
-        assert m[("edged_worker_restarts_total", (("device", "default"),))] >= 1
-        assert m[("edged_accelerator_up", (("device", "default"),))] == 1
+        assert m[("edged_worker_restarts_total", (("tpu", "default"),))] >= 1
+        assert m[("edged_accelerator_up", (("tpu", "default"),))] == 1
         assert m[("edged_accelerator_active", (("accelerator", "edgetpu"), ("stream", "cam")))] == 1
         assert m[("edged_inferences_total", (("accelerator", "cpu"), ("stream", "cam")))] >= 1
         # nothing but the frames in flight is lost: sequence numbers before, during and after
@@ -235,7 +235,7 @@ def test_started_without_tpu_moves_to_it_when_the_fault_clears(
         link.symlink_to(fake_libs["load"])  # the TPU is plugged in
         moved = wait_for(lambda: [r for r in sinks["cam"].results if r.accelerator == "edgetpu"], 10, "the TPU")
         assert moved[0].model == TPU_MODEL
-        assert scrape(free_port)[("edged_accelerator_up", (("device", "default"),))] == 1
+        assert scrape(free_port)[("edged_accelerator_up", (("tpu", "default"),))] == 1
     finally:
         svc.close()
 
@@ -324,9 +324,9 @@ def test_streams_spread_over_the_tpus_found_and_temperature(
     try:
         assert sorted(w.label for w in svc.workers) == ["pci:0", "pci:1"]
         m = scrape(free_port)
-        assert m[("edged_edgetpu_temperature_celsius", (("device", "pci:0"),))] == pytest.approx(52.75)
-        assert ("edged_edgetpu_temperature_celsius", (("device", "pci:1"),)) not in m
-        assert m[("edged_first_inference_seconds", (("device", "pci:0"), ("stream", "a")))] > 0
+        assert m[("edged_edgetpu_temperature_celsius", (("tpu", "pci:0"),))] == pytest.approx(52.75)
+        assert ("edged_edgetpu_temperature_celsius", (("tpu", "pci:1"),)) not in m
+        assert m[("edged_first_inference_seconds", (("stream", "a"), ("tpu", "pci:0")))] > 0
     finally:
         svc.close()
 

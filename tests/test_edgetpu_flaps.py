@@ -108,7 +108,7 @@ def comes_back_and_stays(svc: Service, sink: Collect, fault_file: Path, port: in
     st = stream_status(svc.streams[0])["edgetpu"]
     assert st["flaps"] >= 2 and st["flaps"] == worker.flaps, st
     assert st["next_probe_seconds"] is None or st["next_probe_seconds"] <= 8.0, st
-    assert scrape(port)[("edged_edgetpu_flaps_total", (("device", "default"),))] == worker.flaps
+    assert scrape(port)[("edged_edgetpu_flaps_total", (("tpu", "default"),))] == worker.flaps
     fault_file.write_text("")  # the TPU is healthy again: the next probe (within probe_max_seconds) finds it
 
     def healthy_generation() -> bool:
