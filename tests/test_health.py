@@ -4,6 +4,7 @@ unhealthy until it works again, and the thread starts again with backoff."""
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 
 import pytest
@@ -114,3 +115,27 @@ def test_the_supervisor_killed_by_an_exception_is_said_and_turns_again() -> None
         assert board.failures("supervisor") == 1
     finally:
         stop.set()
+
+
+def _os_name(thread: threading.Thread) -> str:
+    return open(f"/proc/self/task/{thread.native_id}/comm").read().strip()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="thread names are read from Linux's /proc")
+def test_threads_carry_their_names_to_the_os() -> None:
+    """top -H, ps -L and /proc/PID/task/*/comm tell the threads apart; a long stream id is cut, its role kept."""
+    seen: dict[str, str] = {}
+    done = threading.Event()
+
+    def record() -> None:
+        seen[threading.current_thread().name] = _os_name(threading.current_thread())
+        done.wait(5)
+
+    board, stop = HealthBoard(None), threading.Event()
+    short = GuardedThread("supervisor", record, board, stop, restart=False)
+    long = GuardedThread("front-door-camera-infer", record, board, stop, restart=False)
+    for t in (short, long):
+        t.start()
+    wait_for(lambda: len(seen) == 2, 5, "both threads")
+    done.set()
+    assert seen == {"supervisor": "supervisor", "front-door-camera-infer": "front-doo-infer"}

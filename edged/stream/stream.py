@@ -1,10 +1,9 @@
 """A Stream: source -> latest-frame slot -> engine -> sinks, given its parts.
 
-Three threads per stream. The capture thread reads frames, prepares each for the model and
-puts it into a one-frame slot (a frame inference has not taken is replaced and counted as
-dropped: the newest frame always wins). The inference thread submits the newest frame to the
-engine without waiting for its result; the publish thread (:mod:`.publish`) takes the results
-in order, tracks a detector's objects (:mod:`.scene`), builds each
+Three threads per stream. The capture thread reads frames, prepares each for the model and puts it into a
+one-frame slot (a frame inference has not taken is replaced and counted as dropped: the newest frame always wins).
+The inference thread submits the newest frame to the engine without waiting for its result; the publish thread
+(:mod:`.publish`) takes the results in order, tracks a detector's objects (:mod:`.scene`), builds each
 :class:`~edged.result.Result` and hands it to every sink while the next frame is invoked.
 """
 
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, Callable, Optional
 import numpy as np
 
 from ..errors import SourceError
+from ..health import name_this_thread
 from ..inference import InferenceEngine
 from ..metrics import StreamMetrics
 from ..result import Result
@@ -188,6 +188,7 @@ class Stream:
         """Run a thread's loop; a crash is never silent: counted (stage ``thread``), logged with its
         traceback, the stream ``failed`` (``/healthz``, the watchdog and the MQTT status say so) until
         the loop, started again after 0.5, 1, 2 … 30 s, runs again."""
+        name_this_thread()
         delay = THREAD_RESTART_MIN_SECONDS
         while True:
             try:
