@@ -1,10 +1,12 @@
 """Logging set-up: human lines by default, one JSON object a line with --log-format json.
 
-Both go to stderr, which journald keeps. When stderr is the journal (``JOURNAL_STREAM`` names
-stderr's device and inode, as systemd sets it) every line starts with its syslog priority,
-``<3>`` error, ``<4>`` warning, ``<6>`` info, ``<7>`` debug (each line of a traceback too), so
-``journalctl -p warning`` shows edged's warnings and errors; the human format then leaves out
-the timestamp, which the journal adds itself.
+Both go to stderr. When stderr is the journal (``JOURNAL_STREAM`` names stderr's device and
+inode, as systemd sets it) and journald's native socket is there, records go to that socket as
+journal fields instead (:mod:`.journal`: MESSAGE, PRIORITY, ``EDGED_STREAM`` ... from
+``extra=``), the stderr line being the fallback. A line on the journal's stderr starts with its
+syslog priority, ``<3>`` error, ``<4>`` warning, ``<6>`` info, ``<7>`` debug (each line of a
+traceback too), so ``journalctl -p warning`` shows edged's warnings and errors; the human format
+then leaves out the timestamp, which the journal adds itself.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import sys
 import time
 from typing import Any, Optional, TextIO
 
-_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+# a record's own attributes; every other one came with ``extra=`` (a stream, a stage, an accelerator)
+STANDARD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName"}
 
 
 class JsonFormatter(logging.Formatter):
@@ -28,7 +31,7 @@ class JsonFormatter(logging.Formatter):
             "msg": record.getMessage(),
         }
         for key, value in vars(record).items():
-            if key not in _STANDARD and not key.startswith("_"):
+            if key not in STANDARD_ATTRS and not key.startswith("_"):
                 out[key] = value
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
@@ -39,6 +42,20 @@ class JsonFormatter(logging.Formatter):
 PRIORITY = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4, logging.INFO: 6, logging.DEBUG: 7}
 
 
+def priority(levelno: int) -> int:
+    """The syslog priority of a logging level (a level between two takes the lower one's)."""
+    return PRIORITY[max((lv for lv in PRIORITY if lv <= levelno), default=logging.DEBUG)]
+
+
+class Fields(logging.LoggerAdapter):
+    """A logger whose records carry ``fields`` (``stream=...``) as extras, merged with a call's own
+    ``extra=``: JSON keys with --log-format json, ``EDGED_STREAM`` ... fields in the journal."""
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        kwargs["extra"] = {**(self.extra or {}), **kwargs.get("extra", {})}
+        return msg, kwargs
+
+
 class JournalPrefix(logging.Formatter):
     """Another formatter's text with the record's syslog priority before each of its lines."""
 
@@ -47,8 +64,7 @@ class JournalPrefix(logging.Formatter):
         self.inner = inner
 
     def format(self, record: logging.LogRecord) -> str:
-        level = max((lv for lv in PRIORITY if lv <= record.levelno), default=logging.DEBUG)
-        prefix = f"<{PRIORITY[level]}>"
+        prefix = f"<{priority(record.levelno)}>"
         return prefix + self.inner.format(record).replace("\n", "\n" + prefix)
 
 
@@ -66,8 +82,10 @@ def stderr_is_journal(stream: Optional[TextIO] = None) -> bool:
 
 
 def setup_logging(level: str = "info", fmt: str = "human", stream: Optional[TextIO] = None) -> None:
+    """Log to ``stream`` (stderr); when it is the journal and journald's native socket is there,
+    through that socket instead, each record's fields as journal fields (:mod:`.journal`)."""
     stream = stream or sys.stderr
-    handler = logging.StreamHandler(stream)
+    handler: logging.Handler = logging.StreamHandler(stream)
     journal = stderr_is_journal(stream)
     formatter: logging.Formatter
     if fmt == "json":
@@ -77,6 +95,12 @@ def setup_logging(level: str = "info", fmt: str = "human", stream: Optional[Text
     else:
         formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     handler.setFormatter(JournalPrefix(formatter) if journal else formatter)
+    if journal:
+        from .journal import JournalHandler, socket_path
+
+        path = socket_path()
+        if path is not None:  # the stderr line stays, as the fallback of a record journald cannot take
+            handler = JournalHandler(path, handler)
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)

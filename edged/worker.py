@@ -73,6 +73,7 @@ class DeviceWorker:
         board: HealthBoard | None = None,
     ) -> None:
         self.label = label  # the device label in metrics and logs: "usb:0", "pci:1", "default"
+        self._fields = {"tpu": label, "accelerator": "edgetpu"}  # its log lines' extras (EDGED_TPU)
         self.selector = selector
         self.library = library
         self.options = {str(k): str(v) for k, v in (options or {}).items()}
@@ -133,7 +134,12 @@ class DeviceWorker:
         from .runtime import get_runtime
 
         if folder() is not None and not self._spawns:
-            log.warning("Edge TPU %s: emulated (%s is set): results are replayed recordings", self.label, ENV)
+            log.warning(
+                "Edge TPU %s: emulated (%s is set): results are replayed recordings",
+                self.label,
+                ENV,
+                extra=self._fields,
+            )
         runtime_name = get_runtime(self.runtime).name
         proc = self._ctx.Process(
             target=child_main, args=(child, runtime_name), name=f"edged-edgetpu-{self.label}", daemon=True
@@ -292,6 +298,7 @@ class DeviceWorker:
             log.warning(
                 "Edge TPU %s: %s%s", self.label, exc.reason,
                 f" ({stayed:.1f} s after coming back: flap {self.flaps})" if stayed < self.stable_seconds else "",
+                extra=self._fields,
             )  # fmt: skip
         self._probe_at = now + self.next_probe_in
         self._wake.set()
@@ -331,7 +338,7 @@ class DeviceWorker:
                     continue
                 self._wake.clear()
             self.board.ok(f"edgetpu-probe:{self.label}")
-            log.info("Edge TPU %s: worker is back (generation %d)", self.label, self.generation)
+            log.info("Edge TPU %s: worker is back (generation %d)", self.label, self.generation, extra=self._fields)
 
     def _kill_locked(self) -> None:
         link, self._link = self._link, None

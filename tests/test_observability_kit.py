@@ -255,12 +255,13 @@ def test_dashboard_and_rules_use_only_metrics_the_daemon_exports() -> None:
 # ---------------------------------------------------------------------------- dashboard
 
 
-def test_dashboard_is_a_grafana_model_with_device_and_stream_variables() -> None:
+def test_dashboard_is_a_grafana_model_with_instance_and_stream_variables() -> None:
+    """The board is chosen by ``instance``, a label every scrape has (the kit's jobs or one's own)."""
     dash = json.loads(DASHBOARD.read_text())
     assert dash["uid"] and dash["title"] and dash["schemaVersion"] >= 36
     variables = {v["name"]: v for v in dash["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
-    for name in ("device", "stream"):
+    for name in ("instance", "stream"):
         v = variables[name]
         assert (
             v["type"] == "query"
@@ -284,7 +285,10 @@ def test_dashboard_is_a_grafana_model_with_device_and_stream_variables() -> None
         assert p["targets"] and len(refs) == len(set(refs)), p["title"]
         for t in p["targets"]:
             assert t["datasource"] == p["datasource"], p["title"]
-            assert 'device=~"$device"' in t["expr"], f"panel {p['title']}: {t['expr']} ignores the device variable"
+            assert 'instance=~"$instance"' in t["expr"], f"panel {p['title']}: {t['expr']} ignores the board"
+            assert "job=" not in t["expr"] and "device=" not in t["expr"], f"{t['expr']}: not in one's own job"
+    # All is the alternation of edged's instances (no allValue): up{instance=~".*"} would be every target
+    assert "allValue" not in variables["instance"]
 
 
 # what the dashboard must show: (panel type, a metric its queries use, something else in the query)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 import pytest
@@ -153,3 +154,102 @@ def test_prometheus_scrapes_edged_and_answers_latency_and_frame_rate(tmp_path) -
             prom.stop()
             assert "level=error" not in prom.log.read_text(), prom.log.read_text()
     assert "Traceback" not in d.stderr, d.stderr
+
+
+# panels with no series on a CPU-only board without MQTT, and why
+NO_DATA_WITHOUT_TPU_OR_MQTT = {
+    "Fallbacks and worker restarts": "no Edge TPU: no fallback, no worker",
+    "Publish outcomes": "no mqtt sink",
+    "Publish queue depth": "no mqtt sink",
+    "Edge TPU workers": "no Edge TPU worker",
+    "Accelerator per stream": 'a CPU model: no accelerator="edgetpu" series',
+}
+
+
+def grafana_values(prom: Prometheus, variable: dict[str, Any], known: dict[str, str]) -> str:
+    """A multi-value variable with All selected, as Grafana puts it in a Prometheus query: its
+    allValue, else the alternation of the values its label_values() query finds, regex-escaped."""
+    if "allValue" in variable:
+        return variable["allValue"]
+    selector, label = re.fullmatch(r"label_values\((.*),\s*(\w+)\)", variable["query"]["query"]).groups()
+    for name, value in known.items():
+        selector = selector.replace(f"${name}", value)
+    values = prom.api(f"/api/v1/label/{label}/values", **{"match[]": selector})
+    assert values, f"variable {variable['name']}: no values for {selector}"
+    return "(" + "|".join(promql_regex_escape(v) for v in values) + ")"
+
+
+def promql_regex_escape(value: str) -> str:
+    """Grafana's escape of a value in a regex matcher: a doubled backslash (one for the PromQL
+    string, one for the regex) before each special character."""
+    return re.sub(r"([\\^$*+?.()|{}\[\]])", r"\\\\\1", value)
+
+
+def test_the_dashboard_works_for_a_board_under_ones_own_job(tmp_path) -> None:
+    """One Pi scraped by `job_name: pi` with no labels (not the kit's jobs, no `device`), beside
+    Prometheus scraping itself: the Board variable finds it, the panels show it and only it."""
+    binary = require_tool("prometheus")
+    apex = tmp_path / "sys" / "class" / "apex" / "apex_0"
+    apex.mkdir(parents=True)
+    (apex / "temp").write_text("45000\n")
+    (tmp_path / "dev").mkdir()
+    port = free_port()
+    config = {
+        "device": DEVICE,
+        "listen": f"127.0.0.1:{port}",
+        "streams": [
+            {
+                "id": "demo",
+                "source": {"type": "synthetic", "fps": FPS},
+                "model": {"path": str(ROOT / "models/digits_int8.tflite")},
+                "sinks": [],
+            }
+        ],
+    }
+    env = {"EDGED_SYSFS_ROOT": str(tmp_path / "sys"), "EDGED_DEV_ROOT": str(tmp_path / "dev")}
+    d = Daemon(tmp_path / "edged", config, env=env)
+    prom = None
+    try:
+        d.wait_ready()
+        prom_port = free_port()
+        cfg = {
+            "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+            "scrape_configs": [
+                {"job_name": "pi", "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]},
+                {"job_name": "prometheus", "static_configs": [{"targets": [f"127.0.0.1:{prom_port}"]}]},
+            ],
+        }
+        prom = Prometheus(binary, tmp_path / "prometheus", cfg, port=prom_port)
+        wait_for(prom.ready, 20, "Prometheus to be ready", interval=0.1)
+        wait_for(lambda: prom.query('count_over_time(up{job="pi"}[15s]) >= 5'), 30, "5 scrapes", interval=0.25)
+        wait_for(lambda: prom.query('up{job="prometheus"} == 1'), 15, "Prometheus scraping itself", interval=0.2)
+
+        dash = json.loads(DASHBOARD.read_text())
+        variables = {v["name"]: v for v in dash["templating"]["list"] if v["type"] == "query"}
+        known: dict[str, str] = {}
+        for name in ("instance", "stream"):  # in order: stream's query uses $instance
+            known[name] = grafana_values(prom, variables[name], known)
+        assert known["instance"] == f"(127\\\\.0\\\\.0\\\\.1:{port})", known  # edged's, not Prometheus's
+        empty = []
+        for title, expr in panel_exprs(dash):
+            q = re.sub(r"\$__(rate_interval|interval|range)\b", "1m", expr)
+            for name, value in known.items():
+                q = q.replace(f"${name}", value)
+            assert "$" not in q, q
+            result = prom.query(q)
+            if not result:
+                empty.append(title)
+            elif title == "edged up":  # the board only, not Prometheus's own target
+                assert [r["metric"]["job"] for r in result] == ["pi"] and result[0]["value"][1] == "1", result
+        assert sorted(set(empty)) == sorted(NO_DATA_WITHOUT_TPU_OR_MQTT), empty
+    finally:
+        d.stop()
+        if prom is not None:
+            prom.stop()
+            assert "level=error" not in prom.log.read_text(), prom.log.read_text()
+    assert "Traceback" not in d.stderr, d.stderr
+
+
+def panel_exprs(dash: dict[str, Any]) -> list[tuple[str, str]]:
+    """(panel title, query) of every panel's target."""
+    return [(p["title"], t["expr"]) for p in dash["panels"] for t in p.get("targets", [])]

@@ -68,7 +68,7 @@ def describe_scene(cfg: StreamConfig, task: str) -> Optional[SceneDescription]:
         else:
             log.info(
                 "stream %s: %d labels: occupancy per label only for those objects.track lists (e.g. track: [person])",
-                cfg.id, len(names),
+                cfg.id, len(names), extra={"stream": cfg.id},
             )  # fmt: skip
     zones = {name: tuple(z.labels or ()) for name, z in cfg.zones.items()}
     return SceneDescription(tuple(labels), zones)

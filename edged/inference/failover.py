@@ -69,6 +69,7 @@ class FailoverEngine:
             log.warning(
                 "stream %s: Edge TPU unavailable (%s); running on the CPU twin %s",
                 stream, start_reason or "worker down", self.cpu.info.name,
+                extra={"stream": stream, "tpu": worker.label, "accelerator": "cpu"},
             )  # fmt: skip
             self._count_fallback("unavailable")
         self._set_active()
@@ -133,6 +134,7 @@ class FailoverEngine:
                 log.info(
                     "stream %s: back on the Edge TPU %s after %.0f s on the CPU",
                     self.stream, w.label, time.monotonic() - self.since,
+                    extra={"stream": self.stream, "tpu": w.label, "accelerator": "edgetpu"},
                 )  # fmt: skip
                 self.since = time.monotonic()
                 self._set_active()
@@ -164,11 +166,12 @@ class FailoverEngine:
             log.warning(
                 "stream %s: Edge TPU %s failed (%s); moved to the CPU twin %s; probing the TPU again in %g s",
                 self.stream, self.worker.label, exc.reason, self.cpu.info.name, self.worker.next_probe_in,
+                extra={"stream": self.stream, "tpu": self.worker.label, "accelerator": "cpu"},
             )  # fmt: skip
         else:
             log.error(
                 "stream %s: Edge TPU %s failed (%s) and there is no CPU twin; waiting for the TPU",
-                self.stream, self.worker.label, exc.reason,
+                self.stream, self.worker.label, exc.reason, extra={"stream": self.stream, "tpu": self.worker.label},
             )  # fmt: skip
         self._set_active()
 

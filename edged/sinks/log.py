@@ -110,7 +110,12 @@ class LogSink(Sink):
             lat.get("total", 0.0),
             lat.get("inference", 0.0),
             "".join(n.text for n in notes),
-            extra={"result": result.to_dict(), "skipped": self._skipped},
+            extra={
+                "result": result.to_dict(),
+                "skipped": self._skipped,
+                "stream": result.stream,
+                "accelerator": result.accelerator,
+            },
         )
         self._skipped = 0
 

@@ -115,7 +115,9 @@ class ImagesSource(Source):
                 if not self.cfg.loop:
                     self._skipped.add(path)
                 if path not in self._bad and (len(self.files) > 1 or not self.cfg.loop):
-                    log.warning("stream %s: skipping %s", self.name, exc)
+                    log.warning(
+                        "stream %s: skipping %s", self.name, exc, extra={"stream": self.name, "stage": "source"}
+                    )
                 self._bad.add(path)
                 continue
             self._bad.discard(path)

@@ -38,6 +38,7 @@ Report = Callable[[str, BaseException], None]
 class SnapshotWriter:
     def __init__(self, stream: str, store: SnapshotStore) -> None:
         self.stream = stream
+        self._fields = {"stream": stream}  # its log lines' extras
         self.store = store
         self.deliver: Optional[Deliver] = None  # the publisher's: to every sink's scene()
         self.report: Optional[Report] = None  # the stream's error counter
@@ -61,7 +62,7 @@ class SnapshotWriter:
                 self._full_said_at = now
                 log.warning("stream %s: snapshots come faster than they are written: %d waiting, event %s's "
                             "skipped (%d skipped in all; said at most every 5 minutes)",
-                            self.stream, PENDING, ev.id, self.skipped)  # fmt: skip
+                            self.stream, PENDING, ev.id, self.skipped, extra=self._fields)  # fmt: skip
 
     def close(self, timeout: float = 2.0) -> None:
         """Write what waits (for ``timeout`` at most), then end the thread."""
@@ -86,7 +87,7 @@ class SnapshotWriter:
             self._loop()
         except BaseException:  # (nothing in the loop raises: a last guard) said, and the next submit starts it again
             log.exception("stream %s: the snapshot writer thread failed; it starts again with the next snapshot",
-                          self.stream)  # fmt: skip
+                          self.stream, extra=self._fields)  # fmt: skip
             with self._lock:
                 self._thread = None
 
@@ -101,7 +102,9 @@ class SnapshotWriter:
                 if self.report is not None:
                     self.report("track", exc)
                 else:
-                    log.error("stream %s: snapshot writer: %s: %s", self.stream, type(exc).__name__, exc)
+                    log.error(
+                        "stream %s: snapshot writer: %s: %s", self.stream, type(exc).__name__, exc, extra=self._fields
+                    )
 
     def _write(self, ev: TrackEvent, image: np.ndarray) -> None:
         try:
@@ -111,7 +114,9 @@ class SnapshotWriter:
             now = time.monotonic()
             if now - self._error_at >= ERROR_EVERY:
                 self._error_at = now
-                log.error("stream %s: cannot save the snapshot of event %s: %s", self.stream, ev.id, exc)
+                log.error(
+                    "stream %s: cannot save the snapshot of event %s: %s", self.stream, ev.id, exc, extra=self._fields
+                )
             return
         self.written += 1
         if self.deliver is not None:

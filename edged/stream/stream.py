@@ -3,8 +3,8 @@
 Three threads per stream. The capture thread reads frames, prepares each for the model and puts it into a
 one-frame slot (a frame inference has not taken is replaced and counted as dropped: the newest frame always wins).
 The inference thread submits the newest frame to the engine without waiting for its result; the publish thread
-(:mod:`.publish`) takes the results in order, tracks a detector's objects (:mod:`.scene`), builds each
-:class:`~edged.result.Result` and hands it to every sink while the next frame is invoked.
+(:mod:`.publish`) takes the results in order, tracks a detector's objects (:mod:`.scene`), builds each Result and
+hands it to every sink while the next frame is invoked. Its log lines carry its id (``extra`` ``stream``).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import numpy as np
 from ..errors import SourceError
 from ..health import name_this_thread
 from ..inference import InferenceEngine
+from ..logs import Fields
 from ..metrics import StreamMetrics
 from ..result import Result
 from ..sinks import Sink
@@ -33,8 +34,6 @@ from .switch import DetectSwitch
 if TYPE_CHECKING:
     from ..config import StreamConfig
     from .scene import StreamScene
-
-log = logging.getLogger("edged.pipeline")
 
 # prepared inputs: one being filled, one waiting in the slot, the ones in flight (each kept until
 # its result is taken: a frame whose Edge TPU fails is run again from it on the CPU twin)
@@ -62,6 +61,7 @@ class Stream:
     ) -> None:
         self.cfg = cfg
         self.id: str = cfg.id
+        self.log = Fields(logging.getLogger("edged.pipeline"), {"stream": cfg.id})
         self.engine = engine
         self.source = source
         self.metrics = metrics
@@ -110,11 +110,11 @@ class Stream:
             t.start()
             self._threads.append(t)
         info, spec = self.engine.info, self.engine.info.input
-        log.info(
+        self.log.info(
             "stream %s: %s -> %s (%s, %s %s, scale %.6g, zero point %d, %s %s) on %s",
             self.id, self.source.describe(), info.name, info.task, spec.dtype, list(spec.shape),
             spec.quantization.scale, spec.quantization.zero_point, info.runtime, self.engine.runtime_version,
-            self.engine.accelerator,
+            self.engine.accelerator, extra={"accelerator": self.engine.accelerator},
         )  # fmt: skip
 
     def request_stop(self) -> None:
@@ -138,7 +138,7 @@ class Stream:
             try:
                 sink.close()
             except Exception as exc:  # a sink failing to flush must not stop the others
-                log.warning("stream %s: closing sink %s failed: %s", self.id, sink.name, exc)
+                self.log.warning("stream %s: closing sink %s failed: %s", self.id, sink.name, exc)
         if self.state is StreamState.RUNNING:
             self.state = StreamState.STOPPED
         self.metrics.up.set(0)
@@ -199,14 +199,14 @@ class Stream:
                 self.last_error = f"{role} thread crashed: {type(exc).__name__}: {exc}"
                 self.metrics.up.set(0)
                 self.metrics.count_error("thread")
-                log.exception("stream %s: %s; starting it again in %.1f s", self.id, self.last_error, delay)
+                self.log.exception("stream %s: %s; starting it again in %.1f s", self.id, self.last_error, delay)
             if self._stop.wait(delay):
                 self.slot.end()
                 return
             delay = min(delay * 2, THREAD_RESTART_MAX_SECONDS)
             self.state = StreamState.RUNNING
             self._beat = self.publisher.heartbeat = time.monotonic()
-            log.info("stream %s: %s thread started again", self.id, role)
+            self.log.info("stream %s: %s thread started again", self.id, role)
 
     def _report(self, stage: str, exc: BaseException) -> None:
         """Count every error; log a stage's error at most once every 30 s."""
@@ -215,7 +215,7 @@ class Stream:
         now = time.monotonic()
         if now - self._error_logged.get(stage, -1e9) >= ERROR_LOG_EVERY:
             self._error_logged[stage] = now
-            log.error("stream %s: %s error: %s", self.id, stage, exc)
+            self.log.error("stream %s: %s error: %s", self.id, stage, exc, extra={"stage": stage})
 
     def _source_is_up(self) -> None:
         with self._source_lock:
@@ -237,7 +237,7 @@ class Stream:
             self.source_state = SourceState.CONNECTING
             self.source_error = f"{self.source.describe()} has not opened within {FIRST_OPEN_GRACE:g} s"
         self._source_down_since = time.monotonic() - FIRST_OPEN_GRACE
-        log.warning("stream %s: %s; still trying, the other streams go on", self.id, self.source_error)
+        self.log.warning("stream %s: %s; still trying, the other streams go on", self.id, self.source_error)
 
     def _first_open(self) -> bool:
         """A live source's first open, in the capture thread; then reconnects. False when stopped."""
@@ -246,12 +246,12 @@ class Stream:
         except SourceError as exc:
             # a camera that is not there yet must not stop the other streams: keep trying
             self._source_is_down(str(exc))
-            log.error("stream %s: %s; retrying in the background", self.id, exc)
+            self.log.error("stream %s: %s; retrying in the background", self.id, exc)
             return self._reconnect()
         if self._grace is not None:
             self._grace.cancel()
         if self.source_state is SourceState.CONNECTING:  # after the grace: say it is there after all
-            log.info("stream %s: source %s is open", self.id, self.source.describe())
+            self.log.info("stream %s: source %s is open", self.id, self.source.describe())
         self._source_is_up()
         return not self._stop.is_set()
 
@@ -272,7 +272,7 @@ class Stream:
             down = time.monotonic() - (self._source_down_since or time.monotonic())
             self.metrics.count_reconnect()
             self._source_is_up()
-            log.info("stream %s: source %s is back after %.1f s", self.id, self.source.describe(), down)
+            self.log.info("stream %s: source %s is back after %.1f s", self.id, self.source.describe(), down)
             return True
         return False
 
@@ -285,7 +285,7 @@ class Stream:
         # a live source lost its device or connection: release it, come back with backoff
         self.source.release()
         self._source_is_down(str(exc))
-        log.warning("stream %s: source lost (%s); reconnecting", self.id, exc)
+        self.log.warning("stream %s: source lost (%s); reconnecting", self.id, exc)
         return self._reconnect()
 
     def _file_failed(self, exc: Exception) -> bool:
@@ -295,7 +295,7 @@ class Stream:
         self.last_error = f"source: {exc}"
         if self.source_state is not SourceState.CONNECTING:
             self._source_is_down(str(exc))
-            log.warning("stream %s: source cannot be read (%s); retrying until it can", self.id, exc)
+            self.log.warning("stream %s: source cannot be read (%s); retrying until it can", self.id, exc)
         else:
             self.source_error = str(exc)
         wait, self._file_retry = self._file_retry, min(self._file_retry * 2, FILE_RETRY_MAX)
@@ -306,18 +306,18 @@ class Stream:
         down = time.monotonic() - (self._source_down_since or time.monotonic())
         self._file_retry = FILE_RETRY_MIN
         self._source_is_up()
-        log.info("stream %s: source %s readable again after %.1f s", self.id, self.source.describe(), down)
+        self.log.info("stream %s: source %s readable again after %.1f s", self.id, self.source.describe(), down)
 
     def _ended(self) -> None:
         """The source has no more frames: the end of a finite one, or a failure for good."""
         why = self.source.end_error() if self.source.finite else "a source that does not end by configuration ended"
         if why is None:
-            log.info("stream %s: source ended after %d frames", self.id, self.source.frames_read)
+            self.log.info("stream %s: source ended after %d frames", self.id, self.source.frames_read)
             return
         self.state = StreamState.FAILED  # edged run exits 1; /healthz says 503
         self.last_error = f"source: {why}"
         self.metrics.up.set(0)
-        log.error("stream %s: source ended after %d frames: %s", self.id, self.source.frames_read, why)
+        self.log.error("stream %s: source ended after %d frames: %s", self.id, self.source.frames_read, why)
 
     def _capture_loop(self) -> None:
         # (also after a crash of this thread: a live source that is not up is opened again)

@@ -32,12 +32,23 @@ class DetectSwitch:
             changed, self._on = self._on != on, on
             watchers = list(self._watchers)
         if changed:
-            log.info("stream %s: detection switched %s (%s)", self.stream, "on" if on else "off", by)
+            log.info(
+                "stream %s: detection switched %s (%s)",
+                self.stream,
+                "on" if on else "off",
+                by,
+                extra={"stream": self.stream},
+            )
         for fn in watchers:
             try:
                 fn(on)
             except Exception as exc:  # a watcher must not stop the switch
-                log.warning("stream %s: telling of the detection switch failed: %s", self.stream, exc)
+                log.warning(
+                    "stream %s: telling of the detection switch failed: %s",
+                    self.stream,
+                    exc,
+                    extra={"stream": self.stream},
+                )
         return changed
 
     def watch(self, fn: Callable[[bool], None]) -> None:

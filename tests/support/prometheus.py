@@ -18,9 +18,9 @@ from support.client import free_port
 class Prometheus:
     """``prometheus`` with ``config`` (a dict: prometheus.yml) and its data in ``tmp``; stopped by ``stop()``."""
 
-    def __init__(self, binary: str, tmp: Path, config: dict[str, Any]) -> None:
+    def __init__(self, binary: str, tmp: Path, config: dict[str, Any], port: int | None = None) -> None:
         tmp.mkdir()
-        self.port = free_port()
+        self.port = port or free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         cfg = tmp / "prometheus.yml"
         cfg.write_text(yaml.safe_dump(config))

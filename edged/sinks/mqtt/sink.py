@@ -175,6 +175,7 @@ class MqttSink(Sink):
                     len(self.store),
                     self.queue_path,
                     ": sent first" if len(self.store) else "",
+                    extra={"stream": self.stream},
                 )
             self._thread = GuardedThread(
                 self.component, self._sender, self.board, self._stop, name=f"{self.stream}-mqtt"
@@ -226,6 +227,7 @@ class MqttSink(Sink):
                     "mqtt %s: queue full (%d results): dropping the oldest until the broker takes them",
                     self.stream,
                     self.store.maxlen,
+                    extra={"stream": self.stream},
                 )
         with self._cv:
             self._cv.notify_all()
@@ -255,6 +257,7 @@ class MqttSink(Sink):
             c.dropped,
             c.failed,
             queued,
+            extra={"stream": self.stream},
         )
 
     # ------------------------------------------------------------------ ConnectionListener (paho's thread)
