@@ -22,7 +22,7 @@ venv=${EDGED_VENV:-.venv}
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 if ! command -v "$py" >/dev/null; then
-  echo "bootstrap: $py not found; install Python 3.9 or newer" >&2; exit 1
+  echo "bootstrap: $py not found; install Python 3.11 or newer" >&2; exit 1
 fi
 if [ ! -x "$venv/bin/python" ] && ! "$py" -c 'import ensurepip, venv' 2>/dev/null; then
   echo "bootstrap: installing python3-venv (Debian keeps venv support in its own package)" >&2

@@ -132,9 +132,9 @@ if [ "$skip_venv" = 0 ] && [ -z "$root" ] && [ "$py_given" = 0 ] && ! venv_suppo
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
 fi
-command -v "$py" >/dev/null 2>&1 || die "$py not found: install python3 (3.9 or newer) or name one with --python"
-"$py" -c 'import sys; sys.exit(sys.version_info < (3, 9))' 2>/dev/null ||
-  die "$py is $("$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || echo unusable): edged needs 3.9 or newer"
+command -v "$py" >/dev/null 2>&1 || die "$py not found: install python3 (3.11 or newer) or name one with --python"
+"$py" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null ||
+  die "$py is $("$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null || echo unusable): edged needs 3.11 or newer"
 
 if [ -z "$device" ]; then device=$(uname -n); fi
 [[ "$device" =~ ^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$ ]] ||
