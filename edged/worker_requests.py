@@ -198,3 +198,21 @@ def read_replies(worker: DeviceWorker, link: _Link) -> None:
             link.conn.close()
         except OSError:
             pass
+
+
+def end_resource_tracker() -> None:
+    """End multiprocessing's resource tracker, the child process the workers' shared memory starts.
+
+    Left running at the daemon's exit, it outlives the main process for a moment and systemd kills it
+    (``KillMode=mixed``: SIGKILL to what is left of the unit once the main process has exited), a
+    SIGKILL line in the journal at every stop. Each segment is unlinked by then, so it has nothing to
+    clean up; one that is not is named by it on stderr (``leaked shared_memory objects``) and unlinked.
+    """
+    from multiprocessing import resource_tracker
+
+    tracker = resource_tracker._resource_tracker
+    try:
+        if tracker._fd is not None:  # started in this process
+            tracker._stop()
+    except Exception as exc:  # a private API: its change must not stop the daemon's exit
+        log.debug("resource tracker: %s", exc)

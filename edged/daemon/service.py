@@ -30,6 +30,7 @@ from ..sdnotify import Notifier
 from ..sinks.mqtt import MqttPool
 from ..stream import Stream
 from ..worker import DeviceWorker
+from ..worker_requests import end_resource_tracker
 from . import views
 from .reload import apply_reload, plan_reload
 from .supervisor import Supervisor
@@ -176,6 +177,7 @@ class Service:
         with self._lock:
             self.stop_streams(self.streams)
             self.close_workers()
+        end_resource_tracker()  # no child process left for systemd to kill
         self.mqtt.close()
         self._close_http()
         log.info("stopped")
