@@ -3,7 +3,7 @@
 # does before the tests: a C compiler (the stand-in Edge TPU delegate), Mosquitto (the MQTT tests),
 # Chromium (the live page), shellcheck (the deploy scripts), Prometheus' promtool (the alert rules),
 # GStreamer's RTSP server for Debian's python3 (the RTSP camera), and debootstrap with QEMU (the
-# Debian guests of the `vm` tests: amd64 and arm64 systems booted in software emulation). As root (or with sudo that
+# Debian guests of the `vm` tests, booted in software emulation). As root (or with sudo that
 # asks no password) it installs them; otherwise it names them and the tests that need them skip.
 set -euo pipefail
 
@@ -15,10 +15,8 @@ command -v shellcheck >/dev/null 2>&1 || need+=(shellcheck)
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || need+=(debootstrap)
 command -v qemu-system-x86_64 >/dev/null 2>&1 || need+=(qemu-system-x86)
-command -v qemu-system-aarch64 >/dev/null 2>&1 || need+=(qemu-system-arm)
 command -v qemu-img >/dev/null 2>&1 || need+=(qemu-utils)
 command -v ssh >/dev/null 2>&1 || need+=(openssh-client)
-[ -x /bin/busybox ] || [ -x /usr/bin/busybox ] || need+=(busybox-static)
 # the RTSP server: each part named, so that a python3-gi without the RTSP typelib is completed too
 if ! /usr/bin/python3 -c 'import gi' >/dev/null 2>&1; then
   need+=(python3-gi)

@@ -86,6 +86,31 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.fixture(scope="session")
+def guest_pool(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """The Debian guests of the selected ``vm`` tests (each test module's ``guest`` fixture is
+    parametrised by a :class:`support.vm.Spec`), readied side by side from the first use: built when
+    missing, booted, edged installed by deploy/install.sh (support.guest); powered off at the end."""
+    from support import guest
+
+    specs: list = []
+    for item in request.session.items:
+        spec = getattr(item, "callspec", None) and item.callspec.params.get("guest")
+        if item.get_closest_marker("vm") and spec is not None and spec not in specs:
+            specs.append(spec)
+    attach = guest.attached(os.environ.get("EDGED_VM_ATTACH", ""))  # developing the tests: guests kept running
+
+    def ready(spec):
+        work = tmp_path_factory.mktemp(spec.name)
+        if spec.name in attach:
+            return guest.attach(spec, attach[spec.name], work)
+        return guest.install(spec, work, ROOT)
+
+    pool = guest.Pool(ready, specs)
+    yield pool
+    pool.close()
+
+
 @pytest.fixture
 def daemons():
     """Start daemons (``daemons(tmp, config, args, ...)``: a :class:`support.daemon.Daemon`);
