@@ -10,6 +10,7 @@ runs the others. ``--long`` makes outages and loads last as long as in a soak te
 
 from __future__ import annotations
 
+import logging
 import multiprocessing.process
 import os
 import socket
@@ -166,3 +167,18 @@ def no_tpus_here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "empty_dev").mkdir()
     monkeypatch.setenv("EDGED_SYSFS_ROOT", str(tmp_path / "empty_sys"))
     monkeypatch.setenv("EDGED_DEV_ROOT", str(tmp_path / "empty_dev"))
+
+
+@pytest.fixture
+def restore_logging():
+    """The root logger's handlers and level put back after a test that sets up logging (new handlers closed)."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for h in list(root.handlers):
+        root.removeHandler(h)
+        if h not in handlers:
+            h.close()
+    for h in handlers:
+        root.addHandler(h)
+    root.setLevel(level)

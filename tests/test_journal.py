@@ -23,20 +23,6 @@ from edged.logs import Fields, setup_logging
 
 
 @pytest.fixture
-def restore_logging():
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for h in list(root.handlers):
-        root.removeHandler(h)
-        if h not in handlers:
-            h.close()
-    for h in handlers:
-        root.addHandler(h)
-    root.setLevel(level)
-
-
-@pytest.fixture
 def journal(tmp_path: Path, monkeypatch, restore_logging):
     """(the fake journal, the stderr file JOURNAL_STREAM names); the socket named by EDGED_JOURNAL_SOCKET."""
     fake = FakeJournal(tmp_path / "socket")

@@ -14,18 +14,6 @@ import pytest
 from edged.logs import setup_logging, stderr_is_journal
 
 
-@pytest.fixture
-def restore_logging():
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    for h in list(root.handlers):
-        root.removeHandler(h)
-    for h in handlers:
-        root.addHandler(h)
-    root.setLevel(level)
-
-
 def journal_of(f, monkeypatch) -> None:
     st = os.fstat(f.fileno())
     monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
