@@ -135,6 +135,29 @@ def test_a_missing_library_is_a_problem_when_a_tpu_is_wanted(roots, tmp_path) ->
     assert f"delegate library not found: {missing}" in test
 
 
+@pytest.mark.parametrize("coral", [False, True])
+def test_pycoral_counts_only_when_it_is_corals(roots, tmp_path, coral) -> None:
+    """A "pycoral" distribution without pycoral.utils.edgetpu is PyPI's unrelated package; with it, Coral's
+    (found, not imported: Coral's loads libedgetpu -- this one would fail the doctor if it were imported)."""
+    site = tmp_path / "site"
+    (site / "pycoral-0.1.dist-info").mkdir(parents=True)
+    (site / "pycoral-0.1.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: pycoral\nVersion: 0.1\n")
+    (site / "pycoral" / "utils").mkdir(parents=True)
+    (site / "pycoral" / "__init__.py").write_text("")
+    if coral:
+        (site / "pycoral" / "utils" / "__init__.py").write_text("")
+        (site / "pycoral" / "utils" / "edgetpu.py").write_text("raise SystemExit('imported')\n")
+    proc = doctor("--json", env={"PYTHONPATH": f"{ROOT}{os.pathsep}{site}"})
+    [runtime] = [f for f in json.loads(proc.stdout)["findings"] if f["check"] == "runtime"]
+    if coral:
+        assert runtime["details"]["installed"]["pycoral (Coral's)"] == "0.1"
+        assert "pycoral (Coral's) 0.1" in runtime["message"] and "not Coral's" not in runtime["message"]
+    else:
+        assert "the 'pycoral' 0.1 installed is not Coral's (it has no pycoral.utils.edgetpu" in runtime["message"]
+        assert "PyPI's pycoral is an unrelated package" in runtime["message"]
+        assert not any(name.startswith("pycoral") for name in runtime["details"]["installed"])
+
+
 # ---------------------------------------------------------------------------- the hardware after a load
 
 

@@ -102,7 +102,7 @@ def collect(options: Options) -> list[Finding]:
 
     sys_r, dev_r, _ = discovery_roots(options.sysfs_root, options.dev_root)
     user, user_finding = resolve_user(options)
-    tpus = list_edge_tpus(sys_r, dev_r)
+    tpus = list_edge_tpus(sys_r, dev_r, use_pycoral=False)  # pycoral would load libedgetpu in this process
     out = [user_finding, *hardware_findings(user, sysfs_root=sys_r, dev_root=dev_r, tpus=tpus)]
     cfg = None
     if options.config:

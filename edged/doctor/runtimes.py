@@ -260,6 +260,8 @@ def _failed(selector: str, exc: EdgedError, timed_out: bool, deadline: float, de
     if timed_out or kind == "hang":
         text = f"no answer within {deadline:g} s from the worker loading the delegate and running the test inference"
         remedy = "a wedged USB transfer or a hung TPU: unplug and replug it (PCIe: reboot), then run the doctor again"
+    elif kind == "runtime":
+        text, remedy = f"no delegate test: {reason}", "see the runtime check"
     elif kind == "crash" and "SIGABRT" in reason:
         text = f"the worker aborted (SIGABRT: libedgetpu's LOG(FATAL)) during the delegate load or test: {reason}"
         remedy = (
@@ -344,7 +346,8 @@ def delegate_findings(
         path = model.get(selector) if isinstance(model, Mapping) else model
         out.append(delegate_test(selector, library, runtime, deadline, path))
         if isinstance(tpu, EdgeTpu) and tpu.type == "usb":
-            again = next((t for t in list_edge_tpus(sysfs_root, dev_root) if t.selector == selector), None)
+            now = list_edge_tpus(sysfs_root, dev_root, use_pycoral=False)
+            again = next((t for t in now if t.selector == selector), None)
             if again is None:
                 out.append(
                     Finding(
