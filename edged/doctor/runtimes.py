@@ -258,7 +258,11 @@ def _failed(selector: str, exc: EdgedError, timed_out: bool, deadline: float, de
     kind = exc.kind if isinstance(exc, WorkerFailure) else "runtime"
     details.update(reason=reason, kind="hang" if timed_out else kind)
     if timed_out or kind == "hang":
-        text = f"no answer within {deadline:g} s from the worker loading the delegate and running the test inference"
+        text = (
+            f"no answer within {deadline:g} s from the worker loading the delegate and running the test inference"
+            if timed_out
+            else f"no answer from the worker loading the delegate and running the test inference: {reason}"
+        )
         remedy = "a wedged USB transfer or a hung TPU: unplug and replug it (PCIe: reboot), then run the doctor again"
     elif kind == "runtime":
         text, remedy = f"no delegate test: {reason}", "see the runtime check"
