@@ -59,6 +59,10 @@ def _parser() -> argparse.ArgumentParser:
     dev = sub.add_parser("devices", help="list the Edge TPUs present and the delegate library")
     dev.add_argument("--json", action="store_true", help="machine-readable output")
 
+    from .doctor import add_arguments as doctor_arguments
+
+    doctor_arguments(sub.add_parser("doctor", help="check the Edge TPUs, libedgetpu, the runtimes and a configuration"))
+
     from .tools import add_commands  # the model toolchain: convert, eval, bench
 
     add_commands(sub)
@@ -341,6 +345,12 @@ def cmd_devices(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import run
+
+    return run(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -356,6 +366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "inspect": cmd_inspect,
         "config": cmd_config,
         "devices": cmd_devices,
+        "doctor": cmd_doctor,
     }
     from .tools import HANDLERS
 

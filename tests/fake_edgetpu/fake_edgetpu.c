@@ -21,6 +21,9 @@
  * transfer) MS milliseconds after the delegate was created, i.e. right after a probe has
  * loaded the model and run its test inference: a TPU that flaps. A missing or empty file: a
  * healthy TPU (the file is read again by the next worker).
+ *
+ * Both variants export edgetpu_version() (libedgetpu's edgetpu_c.h) with a build label in the
+ * real library's format, so `edged doctor` can read a version from the stand-in.
  */
 #include <pthread.h>
 #include <signal.h>
@@ -89,6 +92,10 @@ static void arm_fault(void) {
   if (pthread_create(&t, NULL, fault_later, NULL) == 0) pthread_detach(t);
 }
 #endif
+
+const char *edgetpu_version(void) {
+  return "BuildLabel(COMPILER=fake-edgetpu,DATE=redacted,TIME=redacted,CL_NUMBER=0), RuntimeVersion(14)";
+}
 
 void *tflite_plugin_create_delegate(char **keys, char **values, size_t n, void (*report_error)(const char *)) {
 #ifdef FAKE_REFUSE
