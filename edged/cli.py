@@ -315,13 +315,17 @@ def cmd_devices(args: argparse.Namespace) -> int:
             found = True
         except OSError:
             pass
+    from .doctor.hardware import tpu_findings
+
     temperatures = {t.selector: edgetpu.read_temperature(t) for t in tpus}
+    checks = {t.selector: [f for f in tpu_findings(t) if not f.ok] for t in tpus}  # a slow link, a hot TPU
     if args.json:
         devices = []
         for t in tpus:
             d = t.to_dict()
             if temperatures[t.selector] is not None:
                 d["temperature_celsius"] = temperatures[t.selector]
+            d["warnings"] = [f.to_dict() for f in checks[t.selector]]
             devices.append(d)
         print(json.dumps({"devices": devices, "library": {"name": library, "found": found}}, indent=2))
         return 0
@@ -333,6 +337,8 @@ def cmd_devices(args: argparse.Namespace) -> int:
         if temperatures[t.selector] is not None:
             parts.append(f"{temperatures[t.selector]:.1f} °C")
         print("  ".join(parts))
+        for f in checks[t.selector]:
+            print(f"    {f.status}: {f.message} (`edged doctor` says what to do)")
     if not tpus:
         sys_root, dev_root, _ = edgetpu.discovery_roots()
         ids = " / ".join(f"{v}:{p}" for v, p in edgetpu.USB_IDS)

@@ -404,9 +404,29 @@ def test_cli_devices_json(tree: tuple[Path, Path]) -> None:
     assert set(out) == {"devices", "library"}
     expected = [t.to_dict() for t in _expected(*tree)]
     expected[0]["temperature_celsius"] = 52.75  # only where a sensor is readable
+    for d in expected:
+        d["warnings"] = []  # 52.75 °C is cool; these USB trees have no link speed
     assert out["devices"] == expected
     assert out["library"]["name"] == edgetpu.default_library()
     assert isinstance(out["library"]["found"], bool)
+
+
+@pytest.mark.system  # edged in a subprocess
+def test_cli_devices_warns_of_a_hot_tpu_and_a_usb2_link(tree: tuple[Path, Path]) -> None:
+    sys_root, dev_root = tree
+    (sys_root / "class" / "apex" / "apex_0" / "temp").write_text("91200\n")  # past the default 85 and 90 °C
+    _write(sys_root / "bus" / "usb" / "devices" / "2-1" / "speed", "480\n")
+    proc = _devices(sys_root, dev_root)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert "91.2 °C" in lines[0]
+    assert lines[1].startswith("    warning: 91.2 °C: throttled to 125 MHz of 500 (throttles at 85, 90, 95 °C)")
+    assert lines[4].startswith("    warning: on a USB 2 link (480 Mb/s)")
+    warnings = {
+        d["selector"]: [w["check"] for w in d["warnings"]]
+        for d in json.loads(_devices(*tree, "--json").stdout)["devices"]
+    }
+    assert warnings == {"pci:0": ["temperature"], "pci:1": [], "usb:0": ["usb-link"], "usb:1": []}
 
 
 @pytest.mark.system  # edged in a subprocess

@@ -117,9 +117,11 @@ def collect(options: Options) -> list[Finding]:
     out.append(runtimes.library_finding(lib, needed, runtime))
     models = placement.tpu_models(cfg, tpus) if cfg is not None else None
     rt = runtimes.worker_runtime(runtime)
-    out += runtimes.delegate_findings(
+    tested = runtimes.delegate_findings(
         _tpus(options, tpus), library or lib.name, rt[0] if rt else runtime, options.deadline, models, sys_r, dev_r
     )
+    again = {f.tpu for f in tested if f.check == "usb-state"}  # the state after the load replaces the one before
+    out = [f for f in out if not (f.check == "usb-state" and f.tpu in again)] + tested
     if cfg is not None:
         out += placement.placement_findings(cfg, tpus)
     return out

@@ -243,6 +243,9 @@ def node_finding(tpu: EdgeTpu, dev_root: Path, user: User) -> Finding:
         remedy = (
             "the apex driver made no node: check `ls -l /dev/apex*`, the driver's udev rule "
             "(deploy/udev/60-edged-coral.rules) and `dmesg | grep apex`"
+            if tpu.type == "pci"
+            else "the kernel lists the device but /dev has no node for it: is /dev/bus/usb mounted (a container "
+            "needs it passed through) and udev running? Replug it and check `ls -l /dev/bus/usb/*`"
         )
         return Finding("device-node", PROBLEM, f"{node} does not exist", remedy, tpu=tpu.selector)
     if not stat.S_ISCHR(st.st_mode):
