@@ -259,6 +259,22 @@ def test_an_edgetpu_stream_runs_its_worker_under_the_full_hardening(guest: Guest
     assert re.search(r"\bedged\b", shm), shm
 
 
+def test_doctor_checks_for_the_units_user_and_loads_the_delegate(guest: Guest, stand_in: str) -> None:
+    # as root, as the docs say to run it; the user whose access it checks is the unit's User=
+    cmd = f"/opt/edged/venv/bin/edged doctor --json --library {TPU_LIB} --device usb:0 --deadline 30"
+    res = guest.run(cmd, timeout=240, check=False)
+    assert res.rc == 0, res.out + res.err
+    found = {(f["check"], f["tpu"]): f for f in json.loads(res.out)["findings"]}
+    assert found[("user", None)]["message"] == (
+        "device access checked for edged (User= of /etc/systemd/system/edged.service)"
+    ), found
+    assert found[("edgetpu-found", None)]["status"] == "warning"  # the guest has no TPU
+    library = found[("libedgetpu", None)]
+    assert library["status"] == "ok" and "RuntimeVersion(14)" in library["message"], library
+    delegate = found[("delegate", "usb:0")]
+    assert delegate["status"] == "ok" and "the model is CPU-only" in delegate["message"], delegate
+
+
 def test_stop_ends_within_the_timeout_and_leaves_no_process_or_shared_memory(guest: Guest) -> None:
     main = show(guest, "MainPID")["MainPID"]
     since = guest_now(guest)
