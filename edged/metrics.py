@@ -72,7 +72,11 @@ class Metrics:
         self._define_component_metrics(r)
         self._define_http_metrics(r)
         self._tpus: list[EdgeTpu] = []
+        self._all_tpus: list[EdgeTpu] = []
         r.register(_TemperatureCollector(self))
+        from .doctor.live import CheckCollector  # the doctor's link and temperature checks
+
+        r.register(CheckCollector(lambda: self._all_tpus))
         # the series labelled by stream (its first label), which remove_stream drops
         self._per_stream: tuple[MetricWrapperBase, ...] = (
             self.stage_duration, self.frame_latency, self.frames, self.inferences, self.errors, self.model_info,
@@ -243,8 +247,10 @@ class Metrics:
         )
 
     def watch_temperatures(self, tpus: list[EdgeTpu]) -> None:
-        """Export ``edged_edgetpu_temperature_celsius`` for the TPUs that have a sysfs temperature."""
+        """Export ``edged_edgetpu_temperature_celsius`` for the TPUs that have a sysfs temperature, and the
+        doctor's checks (:mod:`edged.doctor.live`) for all of them."""
         self._tpus = [t for t in tpus if t.temperature_path]
+        self._all_tpus = list(tpus)
 
     def stream(self, stream: str) -> StreamMetrics:
         """The series of one stream, and the counts they hold (one owner for both)."""

@@ -179,7 +179,9 @@ MUTATIONS = {
     "EdgedFrameRateLow": ("and on (job, instance, stream) edged_source_up == 1", ""),
     "EdgedFrameLatencyHigh": ("[5m])) > 0.5", "[5m])) > 1"),
     "EdgedPublishQueueGrowing": (" and edged_publish_queue_depth > 0", ""),
-    "EdgedTPUHot": ("edged_edgetpu_temperature_celsius > 80", "edged_edgetpu_temperature_celsius > 90"),
+    "EdgedTPUHot": (">= on (job, instance, tpu) group_left edged_edgetpu_throttle_celsius", "> 80"),
+    "EdgedTPUNearShutdown": ("(edged_edgetpu_shutdown_celsius - 5)", "edged_edgetpu_shutdown_celsius"),
+    "EdgedTPUSlowLink": ("edged_edgetpu_link_speed_mbps < 5000", "edged_edgetpu_link_speed_mbps < 480"),
 }
 
 

@@ -134,7 +134,7 @@ def test_prometheus_scrapes_edged_and_answers_latency_and_frame_rate(tmp_path) -
         # the alert rules on the daemon's real series: the hot TPU pending, the healthy stream quiet
         hot = wait_for(lambda: active(prom, "EdgedTPUHot"), 10, "EdgedTPUHot to be pending", interval=0.2)
         assert hot[0]["state"] == "pending" and hot[0]["labels"]["tpu"] == "pci:0", hot
-        assert hot[0]["annotations"]["summary"] == f"Edge TPU pci:0 on {DEVICE} is at 85.5 °C", hot
+        assert hot[0]["annotations"]["summary"] == f"Edge TPU pci:0 on {DEVICE} is throttled at 85.5 °C", hot
         names = {a["labels"]["alertname"] for a in prom.alerts()}
         # (EdgedFrameRateLow waits for 5 minutes of frames: rate() over [5m] on less data reads low)
         assert names == {"EdgedTPUHot"}, prom.alerts()

@@ -19,6 +19,7 @@ from .. import __version__
 from ..access import access_rules
 from ..api import ApiServer
 from ..config import Config, StreamConfig, load_config, parse_listen
+from ..doctor.live import TpuWatch
 from ..edgetpu import EdgeTpu, list_edge_tpus
 from ..errors import ConfigError, EdgedError
 from ..events import EventHub, HubSink
@@ -69,6 +70,7 @@ class Service:
         self.mqtt = MqttPool()  # one connection per broker, shared by the streams' mqtt sinks
         self.mqtt.bind_summary(self.summary)  # the retained status tells of the whole device
         self.tpus: list[EdgeTpu] = []
+        self.tpu_watch = TpuWatch([])
         self.started = time.time()
         self._http_thread: Optional[GuardedThread] = None
 
@@ -86,6 +88,8 @@ class Service:
         # before anything starts
         self.tpus = list_edge_tpus()
         self.metrics.watch_temperatures(self.tpus)
+        self.tpu_watch = TpuWatch(self.tpus)
+        self.tpu_watch.poll()  # a slow link or a hot TPU: said at start
         engines, self.workers = build_engines(self.config, self.metrics, self.tpus, self.board)
         try:
             self.streams = [self.build_stream(cfg, engines[cfg.id]) for cfg in self.config.streams]
@@ -99,8 +103,9 @@ class Service:
         self._http_thread = GuardedThread("http", self.http.serve_forever, self.board, self.stop_event)
         self._http_thread.start()
         supervisor = Supervisor(
-            self.notifier, lambda: self.streams, self.board, self._lock, self.stop_event, self.ready
-        )
+            self.notifier, lambda: self.streams, self.board, self._lock, self.stop_event, self.ready,
+            self.tpu_watch.tick,
+        )  # fmt: skip
         supervisor.start()
         log.info(
             "edged %s on %s: live page at http://%s/, metrics at /metrics%s",

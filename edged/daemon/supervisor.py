@@ -42,6 +42,7 @@ class Supervisor:
         lock: threading.RLock,
         stop: threading.Event,
         ready: threading.Event,
+        tick: Callable[[float], None] | None = None,
     ) -> None:
         self.notifier = notifier
         self._streams = streams  # the current streams (a reload replaces them)
@@ -52,6 +53,7 @@ class Supervisor:
         self._next_ping = 0.0
         self._said: set[str] = set()  # the stuck or failed streams already logged
         self._board = board
+        self._tick = tick  # the Edge TPUs' link and temperature checks (edged.doctor.live.TpuWatch.tick)
         self._thread = GuardedThread("supervisor", self._run, board, stop)
 
     def start(self) -> None:
@@ -65,6 +67,9 @@ class Supervisor:
             with self._lock:
                 streams = list(self._streams())
                 self._tell_status(streams, now)
+            if self._tick is not None:
+                self._tick(now)
+            with self._lock:
                 if wd is None or now < self._next_ping:
                     continue
                 stuck, failed = unhealthy(streams, wd / 2, now)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from .. import __version__
+from ..doctor import live
 from ..edgetpu import read_temperature
 from ..model import EDGETPU_CUSTOM_OP
 from ..stream import Phase, Stream, phase
@@ -99,6 +100,7 @@ def summary(
             for s in streams
         ],
         "edgetpus": [{"name": t.selector, "temperature": read_temperature(t.temperature_path)} for t in tpus],
+        "warnings": live.warnings(tpus),
     }
 
 
@@ -208,5 +210,6 @@ def status(
         "streams": [stream_status(s) for s in streams],
         "models": _models(streams),
         "accelerators": _accelerators(streams, tpus, workers),
+        "warnings": live.warnings(tpus),
         "event_clients": event_clients,
     }

@@ -28,6 +28,8 @@ ALERTS = [
     "EdgedFrameLatencyHigh",
     "EdgedPublishQueueGrowing",
     "EdgedTPUHot",
+    "EdgedTPUNearShutdown",
+    "EdgedTPUSlowLink",
 ]
 
 

@@ -231,6 +231,8 @@ class Connection:
         }
         if state == "online" and summary.get("unhealthy"):  # the components that do not work, named
             payload["unhealthy"] = summary["unhealthy"]
+        if state == "online" and summary.get("warnings"):  # an Edge TPU on USB 2 or running hot
+            payload["warnings"] = summary["warnings"]
         return json.dumps(payload, separators=(",", ":"))
 
     @staticmethod
@@ -240,7 +242,8 @@ class Connection:
             (s.get("id"), s.get("state"), s.get("model"), s.get("accelerator"), bool(s.get("fps")))
             for s in summary.get("streams", [])
         ]
-        return streams, sorted(summary.get("unhealthy", {}))
+        warnings = sorted((w.get("check"), w.get("tpu"), w.get("status")) for w in summary.get("warnings", []))
+        return streams, sorted(summary.get("unhealthy", {})), warnings
 
     def _set_will(self) -> None:
         """The broker says ``offline`` on the availability topic when the connection dies without a goodbye."""
