@@ -48,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     ins.add_argument("model")
     ins.add_argument("--json", action="store_true", help="machine-readable output")
     ins.add_argument("--runtime", default="auto", choices=("auto", *RUNTIMES))
+    seg = "as edgetpu_compiler -a: Edge TPU segments around the CPU operators instead of one"
+    ins.add_argument("-a", "--multiple-subgraphs", action="store_true", help=seg)
 
     cfg = sub.add_parser("config", help="check or print configurations")
     csub = cfg.add_subparsers(dest="config_command", metavar="ACTION")
@@ -195,7 +197,7 @@ def _one_or_list(v: list[float] | None) -> float | list[float] | None:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    info, runtime_version, graph, report = _inspect(args.model, args.runtime)
+    info, runtime_version, graph, report = _inspect(args.model, args.runtime, args.multiple_subgraphs)
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -203,12 +205,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _inspect(model: str, runtime: str) -> tuple[dict[str, Any], str, Any, Any]:
+def _inspect(model: str, runtime: str, multiple: bool = False) -> tuple[dict[str, Any], str, Any, Any]:
     """What ``edged inspect`` reports, as its JSON; the runtime's version, the graph and the Edge TPU report."""
     from . import compat
     from .model import load_model
 
-    data, graph, report = compat.inspect_file(model)  # not a model / corrupt: the one-line error
+    data, graph, report = compat.inspect_file(model, multiple)  # not a model / corrupt: the one-line error
     sg = graph.subgraphs[0]
     info: dict[str, Any]
     runtime_version = ""

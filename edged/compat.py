@@ -34,10 +34,12 @@ from typing import Any
 from . import tflite_schema
 from .compat_report import (
     AFTER_CUT,
+    CERTAIN,
     COMPILED,
     DATA_TYPE,
     DYNAMIC,
     INPUT_QUANTIZE,
+    LIKELY,
     LIMITATION,
     MAPPED,
     MODEL_REFUSED,
@@ -45,22 +47,25 @@ from .compat_report import (
     NOT_SUPPORTED,
     ON_CPU,
     RANK,
+    UNKNOWN,
     CompatReport,
     OpCheck,
     format_report,
 )
-from .compat_rules import EIGHT_BIT, SIZE_FROM_PARAM, check_op, is_input_quantize, op_name
+from .compat_rules import EIGHT_BIT, SIZE_FROM_PARAM, check_op, is_prologue_op, op_name
 from .edgetpu_ops import EDGETPU_OPS
 from .errors import ModelError
 from .model import EDGETPU_CUSTOM_OP, read_tflite_bytes
 
 __all__ = [
     "AFTER_CUT",
+    "CERTAIN",
     "COMPILED",
     "DATA_TYPE",
     "DYNAMIC",
     "EDGETPU_CUSTOM_OP",
     "INPUT_QUANTIZE",
+    "LIKELY",
     "LIMITATION",
     "MAPPED",
     "MODEL_REFUSED",
@@ -68,6 +73,7 @@ __all__ = [
     "NOT_SUPPORTED",
     "ON_CPU",
     "RANK",
+    "UNKNOWN",
     "CompatReport",
     "OpCheck",
     "analyse",
@@ -97,11 +103,12 @@ def read_model_file(path: str | Path) -> tuple[bytes, tflite_schema.Graph]:
     return data, graph
 
 
-def inspect_file(path: str | Path) -> tuple[bytes, tflite_schema.Graph, CompatReport]:
-    """Read and check a model; a corrupt file is a one-line ModelError whichever part of it is broken."""
+def inspect_file(path: str | Path, multiple_subgraphs: bool = False) -> tuple[bytes, tflite_schema.Graph, CompatReport]:
+    """Read and check a model; a corrupt file is a one-line ModelError whichever part of it is broken.
+    ``multiple_subgraphs``: as ``edgetpu_compiler -a`` (several Edge TPU segments around CPU operators)."""
     data, graph = read_model_file(path)
     try:
-        report = analyse(graph)
+        report = analyse(graph, multiple_subgraphs)
     except (ValueError, struct.error, IndexError) as exc:
         raise ModelError(f"{path} is corrupt or truncated ({exc}); copy the model again") from None
     return data, graph, report
@@ -137,15 +144,15 @@ def file_facts(data: bytes) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------- the cut
 
 
-def analyse(graph: tflite_schema.Graph) -> CompatReport:
+def analyse(graph: tflite_schema.Graph, multiple_subgraphs: bool = False) -> CompatReport:
     sg = graph.subgraphs[0]
     checks = [check_op(graph, sg, op) for op in sg.operators]
     compiled = any(c.status == COMPILED for c in checks)
-    report = CompatReport(compiled=compiled, operators=checks)
+    report = CompatReport(compiled=compiled, operators=checks, multiple_subgraphs=multiple_subgraphs)
     if compiled:
         return _compiled(report, checks)
     _whole_model(sg, checks, report)
-    _place(sg, checks, report)
+    _place(sg, checks, report, multiple_subgraphs)
     _notes(graph, checks, report)
     return report
 
@@ -191,26 +198,67 @@ def _whole_model(sg: tflite_schema.Subgraph, checks: list[OpCheck], report: Comp
         )
 
 
-def _place(sg: tflite_schema.Subgraph, checks: list[OpCheck], report: CompatReport) -> None:
-    """The prologue (float input quantize), then the single cut."""
-    start = 0
-    while start < len(checks) and is_input_quantize(sg, sg.operators[start], checks[start].name):
-        c = checks[start]
-        c.status = INPUT_QUANTIZE
-        c.reason = "quantizes a float32 model input: edgetpu_compiler leaves it to the CPU"
-        start += 1
+def _place(sg: tflite_schema.Subgraph, checks: list[OpCheck], report: CompatReport, multiple: bool) -> None:
+    """The compiler's segmentation, as its compiled models show it: the CPU prologue, then one Edge TPU
+    segment made of every operator that maps and reads only graph inputs, the prologue's outputs,
+    constants and the outputs of operators in the segment; the rest runs on the CPU. ``multiple``
+    (``-a``): every operator that maps does, in as many segments as the CPU operators split them into."""
+    producer = {t: k for k, op in enumerate(sg.operators) for t in op.outputs}
+    prologue = _prologue(sg, checks)
     if report.model_errors:
-        for c in checks[start:]:
-            if c.own_status == MAPPED:
+        for c in checks:
+            if c.own_status == MAPPED and c.index not in prologue:
                 c.status = MODEL_REFUSED
                 c.reason = "the compiler refuses the whole model: " + "; ".join(report.model_errors)
-    else:
-        cut = next((c.index for c in checks[start:] if c.own_status != MAPPED), None)
-        if cut is not None:
-            for c in checks[cut + 1 :]:
-                if c.own_status == MAPPED:
-                    c.status = AFTER_CUT
-                    c.reason = f"after the cut at #{cut} {checks[cut].name}: the compiler maps one segment only"
+        return
+    for k, op in enumerate(sg.operators):
+        c = checks[k]
+        if k in prologue or c.own_status != MAPPED or multiple:
+            continue
+        on_cpu = [producer[t] for t in op.inputs if t in producer and not checks[producer[t]].mapped]
+        on_cpu = [p for p in on_cpu if p not in prologue]
+        if on_cpu:
+            first = checks[min(on_cpu)]
+            c.status = AFTER_CUT
+            c.reason = (
+                f"reads the output of #{first.index} {first.name}, which runs on the CPU: the compiler maps one "
+                "Edge TPU segment (edgetpu_compiler -a would start another)"
+            )
+    found = _segments(sg, checks, producer)
+    report.tpu_segments = found if multiple else min(found, 1)  # one custom op holds them all without -a
+
+
+def _segments(sg: tflite_schema.Subgraph, checks: list[OpCheck], producer: dict[int, int]) -> int:
+    """How many Edge TPU segments the mapped operators make: groups joined by the tensors they pass."""
+    group = {k: k for k, c in enumerate(checks) if c.mapped}
+
+    def root(k: int) -> int:
+        while group[k] != k:
+            group[k] = group[group[k]]
+            k = group[k]
+        return k
+
+    for k in group:
+        for t in sg.operators[k].inputs:
+            if t in producer and producer[t] in group:
+                group[root(k)] = root(producer[t])
+    return len({root(k) for k in group})
+
+
+def _prologue(sg: tflite_schema.Subgraph, checks: list[OpCheck]) -> set[int]:
+    """The operators before the Edge TPU that convert the model's input (a float QUANTIZE, a CAST of a
+    uint8 input to float, ...): edgetpu_compiler leaves them to the CPU and starts its segment after them."""
+    ready = set(sg.inputs)
+    found: set[int] = set()
+    for k, op in enumerate(sg.operators):
+        c = checks[k]
+        if not is_prologue_op(sg, op, c.name, c.own_status == MAPPED, ready):
+            continue
+        found.add(k)
+        ready.update(op.outputs)
+        c.status = INPUT_QUANTIZE
+        c.reason = f"{c.name} of the model input, before the Edge TPU: edgetpu_compiler leaves it to the CPU"
+    return found
 
 
 def _notes(graph: tflite_schema.Graph, checks: list[OpCheck], report: CompatReport) -> None:
@@ -224,6 +272,10 @@ def _notes(graph: tflite_schema.Graph, checks: list[OpCheck], report: CompatRepo
             if c.name.startswith("RESIZE_"):
                 report.notes.append(
                     f"{c.name}: depending on input/output size, the compiler may keep it on the CPU (precision)"
+                )
+            if not EDGETPU_OPS[c.name].listed:
+                report.notes.append(
+                    f"{c.name} is not in Coral's table of supported operations; edgetpu_compiler 16 maps it"
                 )
             if EDGETPU_OPS[c.name].since != "All":
                 report.notes.append(f"{c.name} needs Edge TPU runtime {EDGETPU_OPS[c.name].since}")

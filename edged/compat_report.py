@@ -20,10 +20,15 @@ NOT_CONSTANT = "Filter, bias, or other param is not constant at compile-time"
 LIMITATION = "Operation is otherwise supported, but not mapped due to a known limitation"
 DYNAMIC = "Dynamic-sized tensors are not supported"
 AFTER_CUT = "More than one subgraph is not supported"
-INPUT_QUANTIZE = "Runs on the CPU: quantizes the float input before the Edge TPU"
+INPUT_QUANTIZE = "Runs on the CPU: converts the model input before the Edge TPU"
 MODEL_REFUSED = "Operation is otherwise supported, but the compiler refuses the model"
 COMPILED = "Compiled for the Edge TPU"
 ON_CPU = "Runs on the CPU"
+
+# How sure a verdict is: from the operator table and its documented limits; from the compiler's
+# observed behaviour (Coral's compiled models); or not decidable statically (limits the compiler
+# does not publish: "unspecified limitation", tensor sizes)
+CERTAIN, LIKELY, UNKNOWN = "certain", "likely", "unknown"
 
 
 @dataclass
@@ -34,6 +39,7 @@ class OpCheck:
     status: str
     reason: str | None = None  # one line, for every operator that does not map
     own_status: str = MAPPED  # what the operator alone would get, before the cut
+    confidence: str = CERTAIN  # CERTAIN, LIKELY or UNKNOWN
 
     @property
     def mapped(self) -> bool:
@@ -47,6 +53,7 @@ class OpCheck:
             "status": self.status,
             "mapped": self.mapped,
             "reason": self.reason,
+            "confidence": self.confidence,
         }
 
 
@@ -56,7 +63,8 @@ class CompatReport:
     operators: list[OpCheck]  # the main subgraph, in execution order
     model_errors: list[str] = field(default_factory=list)  # the compiler would refuse the whole model
     notes: list[str] = field(default_factory=list)  # what a static check cannot decide
-    tpu_segments: int = 0  # compiled models: edgetpu-custom-op instances
+    tpu_segments: int = 0  # edgetpu-custom-op instances (compiled), or the segments the mapped operators make
+    multiple_subgraphs: bool = False  # checked as edgetpu_compiler -a would compile it
 
     @property
     def first_unmapped(self) -> OpCheck | None:
@@ -96,7 +104,20 @@ class CompatReport:
         if self.tpu_count == 0:
             return f"no operator would map to the Edge TPU: the first, #{cut.index} {cut.name}, cannot"
         rest = n - cut.index - 1
-        tail = f"it and the {rest} operator(s) after it run on the CPU" if rest else "the last operator, on the CPU"
+        later = sum(not o.mapped for o in self.operators[cut.index + 1 :])
+        if self.multiple_subgraphs:
+            return (
+                f"{self.tpu_count} of {n} operators would map to the Edge TPU in {self.tpu_segments} segment(s) "
+                f"(-a); {self.cpu_count} run on the CPU, the first #{cut.index} {cut.name}"
+            )
+        if not rest:
+            tail = "the last operator, on the CPU"
+        elif not later:
+            tail = f"only it runs on the CPU: the {rest} operator(s) after it do not depend on it"
+        elif later == rest:
+            tail = f"it and the {rest} operator(s) after it run on the CPU"
+        else:
+            tail = f"it and {later} of the {rest} operator(s) after it run on the CPU (the rest do not depend on it)"
         return (
             f"{self.tpu_count} of {n} operators would map to the Edge TPU; "
             f"the graph is cut at #{cut.index} {cut.name}: {tail}"
@@ -113,7 +134,7 @@ class CompatReport:
         cut = self.first_unmapped
         return {
             "compiled": self.compiled,
-            **({"tpu_segments": self.tpu_segments} if self.compiled else {}),
+            "tpu_segments": self.tpu_segments,
             "verdict": self.verdict,
             # a compiled model does not record how many operators its Edge TPU segments hold
             "operations_on_edgetpu": None if self.compiled else self.tpu_count,
@@ -123,6 +144,11 @@ class CompatReport:
             "model_errors": self.model_errors,
             "notes": self.notes,
             "table": [{"operator": n, "count": c, "status": s} for n, c, s in self.table()],
+            "uncertain": [
+                {"index": o.index, "operator": o.name, "confidence": o.confidence}
+                for o in self.operators
+                if o.confidence != CERTAIN
+            ],
             "operators": [o.to_dict() for o in self.operators],
         }
 
@@ -144,6 +170,7 @@ def format_report(report: CompatReport) -> list[str]:
     if not report.compiled:
         lines.append(f"  Number of operations that will run on Edge TPU: {report.tpu_count}")
         lines.append(f"  Number of operations that will run on CPU: {report.cpu_count}")
+        lines.append(f"  Edge TPU segments: {report.tpu_segments}")
         cut = report.first_unmapped
         if cut is not None:
             lines.append(f"  first operator left on the CPU (the cut): #{cut.index} {cut.name}: {cut.reason}")
@@ -155,7 +182,13 @@ def format_report(report: CompatReport) -> list[str]:
         if unsupported:
             lines.append("  not supported:")
             for o in unsupported:
-                lines.append(f"    #{o.index} {o.name}: {o.reason}")
+                sure = "" if o.confidence == CERTAIN else f" ({o.confidence})"
+                lines.append(f"    #{o.index} {o.name}: {o.reason}{sure}")
+        unsure = [o for o in report.operators if o.confidence != CERTAIN and o.own_status == MAPPED]
+        if unsure:
+            names = ", ".join(f"#{o.index} {o.name} ({o.confidence})" for o in unsure[:8])
+            more = f" and {len(unsure) - 8} more" if len(unsure) > 8 else ""
+            lines.append(f"  mapped, less than certain: {names}{more}")
     else:
         cpu = [o for o in report.operators if not o.mapped]
         lines.append(f"  Edge TPU segments ({EDGETPU_CUSTOM_OP}): {report.tpu_segments}")

@@ -12,14 +12,17 @@ from typing import Callable
 
 from . import tflite_schema
 from .compat_report import (
+    CERTAIN,
     COMPILED,
     DATA_TYPE,
     DYNAMIC,
+    LIKELY,
     LIMITATION,
     MAPPED,
     NOT_CONSTANT,
     NOT_SUPPORTED,
     RANK,
+    UNKNOWN,
     OpCheck,
 )
 from .edgetpu_ops import EDGETPU_OPS, NOT_SUPPORTED_HINTS, builtin_name
@@ -48,6 +51,7 @@ PARAM_INPUTS: dict[str, tuple[int, ...]] = {
     "EXPAND_DIMS": (1,),
     "SPLIT": (0,),
     "PRELU": (1,),
+    "TILE": (1,),
 }
 SOFTMAX_MAX_ELEMENTS = 16000
 # Operators whose output size follows a parameter: computed at run time, it makes a dynamic-sized tensor.
@@ -118,18 +122,23 @@ def _concatenation(o: _Op) -> str | None:
     return None
 
 
+def _dilations(o: _Op, w_field: int) -> tuple[int, int, bool]:
+    """(dilation y, dilation x, whether they differ where the kernel is more than 1 wide): a dilation
+    along a dimension the kernel is 1 wide in changes nothing, and compiler 16 maps such a Conv2D."""
+    dy, dx = o.op.option(w_field + 1, "i", 1), o.op.option(w_field, "i", 1)
+    kernel = o.ins[1].shape if len(o.ins) > 1 and o.ins[1] is not None and len(o.ins[1].shape) == 4 else None
+    ky, kx = (kernel[1], kernel[2]) if kernel else (2, 2)
+    return dy, dx, (dy if ky > 1 else 1) != (dx if kx > 1 else 1)
+
+
 def _conv_2d(o: _Op) -> str | None:
-    op = o.op
-    if op.option(4, "i", 1) != op.option(5, "i", 1):
-        return f"dilation {op.option(5, 'i', 1)}x{op.option(4, 'i', 1)} differs in y and x"
-    return None
+    dy, dx, differ = _dilations(o, 4)
+    return f"dilation {dy}x{dx} differs in y and x" if differ else None
 
 
 def _depthwise_conv_2d(o: _Op) -> str | None:
-    op = o.op
-    if op.option(5, "i", 1) != op.option(6, "i", 1):
-        return f"dilation {op.option(6, 'i', 1)}x{op.option(5, 'i', 1)} differs in y and x"
-    return None
+    dy, dx, differ = _dilations(o, 5)
+    return f"dilation {dy}x{dx} differs in y and x" if differ else None
 
 
 def _fully_connected(o: _Op) -> str | None:
@@ -180,17 +189,29 @@ def _prelu(o: _Op) -> str | None:
 
 
 def _softmax(o: _Op) -> str | None:
+    """Coral's table says 1-D with at most 16,000 elements; the compiler also takes an N-D input (the
+    softmax runs along its innermost axis), so the bound is checked on that axis."""
     first = o.first
-    if first is None:
+    if first is None or not first.shape:
         return None
-    big = [d for d in first.shape if d > 1]
-    if len(big) > 1:
-        return f"input {list(first.shape)} is not 1-D"
-    n = 1
-    for d in first.shape:
-        n *= max(d, 1)
+    n = first.shape[-1]
     if n > SOFTMAX_MAX_ELEMENTS:
-        return f"input has {n} elements (at most {SOFTMAX_MAX_ELEMENTS:,})"
+        return f"the softmax axis has {n} elements (at most {SOFTMAX_MAX_ELEMENTS:,})"
+    return None
+
+
+def _resize(o: _Op) -> str | None:
+    """Fitted to Coral's compiled models: an integer up- or downscale maps; a non-integer ratio
+    (33 -> 513) and the upsampling of a 1x1 map (a broadcast: Coral's slim DeepLab uses TILE instead)
+    stay on the CPU. The compiler's limits depend on the sizes and are not published."""
+    src, dst = o.first, o.out
+    if src is None or dst is None or len(src.shape) != 4 or len(dst.shape) != 4:
+        return None
+    for a, b in zip(src.shape[1:3], dst.shape[1:3]):
+        if a == 1 and b > 1:
+            return f"upsamples a 1x1 map to {dst.shape[1]}x{dst.shape[2]} (a broadcast: TILE maps it)"
+        if b % a and a % b:
+            return f"{src.shape[1]}x{src.shape[2]} -> {dst.shape[1]}x{dst.shape[2]} is not an integer scale"
     return None
 
 
@@ -228,20 +249,41 @@ LIMITS: dict[str, Callable[[_Op], str | None]] = {
     "PAD": _pad,
     "PRELU": _prelu,
     "SOFTMAX": _softmax,
+    "RESIZE_BILINEAR": _resize,
+    "RESIZE_NEAREST_NEIGHBOR": _resize,
     "SPLIT": _split,
     "STRIDED_SLICE": _strided_slice,
 }
 
 
-def limitation(
-    graph: tflite_schema.Graph, sg: tflite_schema.Subgraph, op: tflite_schema.Operator, name: str
-) -> str | None:
-    """The documented per-operator limitation this operator breaks, as one line; None when none (that we can see)."""
+# rules fitted to what the compiler did rather than documented: their verdicts are "likely"
+FITTED = {"RESIZE_BILINEAR", "RESIZE_NEAREST_NEIGHBOR", "TILE", "UNIDIRECTIONAL_SEQUENCE_LSTM"}
+SIZE_DEPENDENT = {"RESHAPE"}  # "might not be mapped for large tensor sizes": not decidable here
+
+
+def _operator(graph: tflite_schema.Graph, sg: tflite_schema.Subgraph, op: tflite_schema.Operator) -> _Op:
     T = sg.tensors
-    ins = [T[i] if i >= 0 else None for i in op.inputs]
-    out = T[op.outputs[0]] if op.outputs else None
+    return _Op(graph, op, [T[i] if i >= 0 else None for i in op.inputs], T[op.outputs[0]] if op.outputs else None)
+
+
+def limitation(o: _Op, name: str) -> str | None:
+    """The per-operator limitation this operator breaks, as one line; None when none (that we can see)."""
     rule = LIMITS.get(name)
-    return None if rule is None else rule(_Op(graph, op, ins, out))
+    return None if rule is None else rule(o)
+
+
+def confidence(o: _Op, name: str) -> str:
+    """How sure "maps" is for an operator that passes every rule."""
+    if name in SIZE_DEPENDENT:
+        return UNKNOWN
+    if name in FITTED:
+        return LIKELY
+    if name == "SOFTMAX":  # the table says 1-D; an N-D softmax maps, by the compiler's logs
+        return LIKELY if o.first is not None and sum(d > 1 for d in o.first.shape) > 1 else CERTAIN
+    if name in ("CONV_2D", "DEPTHWISE_CONV_2D"):
+        w = 4 if name == "CONV_2D" else 5
+        return LIKELY if o.op.option(w, "i", 1) != o.op.option(w + 1, "i", 1) else CERTAIN
+    return CERTAIN
 
 
 def check_op(graph: tflite_schema.Graph, sg: tflite_schema.Subgraph, op: tflite_schema.Operator) -> OpCheck:
@@ -278,6 +320,8 @@ def check_op(graph: tflite_schema.Graph, sg: tflite_schema.Subgraph, op: tflite_
             continue
         t = T[i]
         allowed = PARAM_TYPES if t.constant else EIGHT_BIT
+        if name == "UNIDIRECTIONAL_SEQUENCE_LSTM" and t.dtype == "int16":
+            continue  # an 8-bit LSTM keeps its cell state in int16: the compiler maps it (Coral's keras_lstm)
         if t.dtype not in allowed:
             what = "constant" if t.constant else "tensor"
             return fail(DATA_TYPE, f"{t.dtype} {what} '{t.name}' (the Edge TPU computes on 8-bit quantized tensors)")
@@ -295,14 +339,23 @@ def check_op(graph: tflite_schema.Graph, sg: tflite_schema.Subgraph, op: tflite_
             return fail(
                 RANK, f"tensor '{t.name}' {list(t.shape)}: only the 3 innermost dimensions may be larger than 1"
             )
-    why = limitation(graph, sg, op, name)
+    o = _operator(graph, sg, op)
+    why = limitation(o, name)
     if why:
-        return fail(LIMITATION, f"{EDGETPU_OPS[name].doc_name}: {why}")
+        fail(LIMITATION, f"{EDGETPU_OPS[name].doc_name}: {why}")
+    check.confidence = (LIKELY if name in FITTED else CERTAIN) if why else confidence(o, name)
     return check
 
 
-def is_input_quantize(sg: tflite_schema.Subgraph, op: tflite_schema.Operator, name: str) -> bool:
-    if name != "QUANTIZE" or not op.inputs or not op.outputs or op.inputs[0] < 0 or op.outputs[0] < 0:
+PROLOGUE_OPS = ("CAST", "QUANTIZE", "DEQUANTIZE")  # what converts a model input before the Edge TPU
+
+
+def is_prologue_op(
+    sg: tflite_schema.Subgraph, op: tflite_schema.Operator, name: str, maps: bool, ready: set[int]
+) -> bool:
+    """A type conversion that does not map, reading only ``ready`` tensors (the graph inputs and the
+    prologue's outputs so far) and constants: movenet's CAST uint8->float32 + QUANTIZE, a float QUANTIZE."""
+    if name not in PROLOGUE_OPS or maps or not op.inputs or not op.outputs:
         return False
-    src, dst = sg.tensors[op.inputs[0]], sg.tensors[op.outputs[0]]
-    return op.inputs[0] in sg.inputs and src.dtype == "float32" and dst.dtype in EIGHT_BIT
+    inputs = [i for i in op.inputs if i >= 0 and not sg.tensors[i].constant]
+    return bool(inputs) and all(i in ready for i in inputs)

@@ -238,6 +238,7 @@ class EdgeTpuOp:
     doc_name: str  # as Coral's table names it
     since: str  # Edge TPU runtime version: "All", "13+", "14+"
     limitations: str = ""  # the documented known limitations, "" for none
+    listed: bool = True  # in Coral's table; False: mapped by the compiler though not listed there
 
 
 EDGETPU_OPS: dict[str, EdgeTpuOp] = {
@@ -322,6 +323,9 @@ EDGETPU_OPS: dict[str, EdgeTpuOp] = {
     "TANH": EdgeTpuOp("Tanh", "All"),
     "TRANSPOSE": EdgeTpuOp("Transpose", "14+"),
     "TRANSPOSE_CONV": EdgeTpuOp("TransposeConv", "13+"),
+    # not in Coral's table, but compiler 16 maps it (Coral's deeplab_mobilenet_edgetpu_slim replaces a
+    # 1x1 -> 33x33 ResizeBilinear with it)
+    "TILE": EdgeTpuOp("Tile", "All", "Constant multiples.", listed=False),
 }
 
 # Why some common operators are not in the table (shown instead of the generic reason).
