@@ -184,7 +184,7 @@ def format_report(report: CompatReport) -> list[str]:
             for o in unsupported:
                 sure = "" if o.confidence == CERTAIN else f" ({o.confidence})"
                 lines.append(f"    #{o.index} {o.name}: {o.reason}{sure}")
-        unsure = [o for o in report.operators if o.confidence != CERTAIN and o.own_status == MAPPED]
+        unsure = [o for o in report.operators if o.confidence != CERTAIN and o.mapped]
         if unsure:
             names = ", ".join(f"#{o.index} {o.name} ({o.confidence})" for o in unsure[:8])
             more = f" and {len(unsure) - 8} more" if len(unsure) > 8 else ""
