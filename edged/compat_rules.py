@@ -123,12 +123,12 @@ def _concatenation(o: _Op) -> str | None:
 
 
 def _dilations(o: _Op, w_field: int) -> tuple[int, int, bool]:
-    """(dilation y, dilation x, whether they differ where the kernel is more than 1 wide): a dilation
-    along a dimension the kernel is 1 wide in changes nothing, and compiler 16 maps such a Conv2D."""
+    """(dilation y, dilation x, whether they differ in a way that matters): along a dimension the kernel
+    is 1 wide in, the dilation changes nothing, and compiler 16 maps such a Conv2D (dilation 2x1, 1 wide)."""
     dy, dx = o.op.option(w_field + 1, "i", 1), o.op.option(w_field, "i", 1)
     kernel = o.ins[1].shape if len(o.ins) > 1 and o.ins[1] is not None and len(o.ins[1].shape) == 4 else None
     ky, kx = (kernel[1], kernel[2]) if kernel else (2, 2)
-    return dy, dx, (dy if ky > 1 else 1) != (dx if kx > 1 else 1)
+    return dy, dx, dy != dx and ky > 1 and kx > 1
 
 
 def _conv_2d(o: _Op) -> str | None:

@@ -22,6 +22,9 @@ Each is a tiny Keras network on a 16x16 image, converted to TFLite:
   dynamic-sized tensor.
 * ``dynamic_int8.tflite``: a Conv2D on an input of any height and width (shape signature
   [1, -1, -1, 1]), full int8: dynamic-sized tensors, which the compiler refuses.
+* ``fitted_int8.tflite``: what maps by the compiler's behaviour rather than Coral's table: a
+  Conv2D with a 3x1 kernel and dilation 2 in y only (the dilation along the 1-wide side changes
+  nothing), a Softmax over the channels of a 4-D map, a bilinear 2x upscale; full int8.
 
 The files are committed, so the tests run without TensorFlow; the TensorFlow test rebuilds
 them into a temporary directory and checks the same reports.
@@ -115,6 +118,17 @@ def _limits():
     return keras.Model(inp, out)
 
 
+def _fitted():
+    _seed()
+    inp = keras.Input((SIZE, SIZE, 4), batch_size=1)
+    # a dilation along a 1-wide kernel (compiler 16 maps it), a softmax over the channels of a 4-D
+    # map (the table says 1-D; the compiler maps it), an integer bilinear upscale
+    x = layers.Conv2D(4, (3, 1), padding="same", dilation_rate=(2, 1), activation="relu")(inp)
+    x = layers.Softmax(axis=-1)(x)
+    out = layers.UpSampling2D(2, interpolation="bilinear")(x)
+    return keras.Model(inp, out)
+
+
 def _dynamic():
     _seed()
     inp = keras.Input((None, None, 1), batch_size=1)
@@ -135,6 +149,7 @@ def build(outdir: Path) -> list[Path]:
         "limits_int8.tflite": _convert(_limits(), (SIZE, SIZE, 4), quantize=True),
         "dynamic_batch_int8.tflite": _convert(_dynamic_batch(), shape, quantize=True),
         "dynamic_int8.tflite": _convert(_dynamic(), shape, quantize=True),
+        "fitted_int8.tflite": _convert(_fitted(), (SIZE, SIZE, 4), quantize=True),
     }
     paths = []
     for name, data in models.items():

@@ -87,6 +87,7 @@ EXPECTED: dict[str, tuple[list[tuple[str, str]], tuple[int, str] | None]] = {
         (0, "CONV_2D"),
     ),
     "dynamic_int8.tflite": ([("CONV_2D", compat.DYNAMIC), ("CONV_2D", compat.DYNAMIC)], (0, "CONV_2D")),
+    "fitted_int8.tflite": ([("CONV_2D", M), ("SOFTMAX", M), ("RESIZE_BILINEAR", M)], None),
 }
 
 
@@ -178,6 +179,16 @@ def test_documented_limitations_reported() -> None:
     ops = report_of(DATA / "limits_int8.tflite").operators
     assert ops[0].reason == "Conv2d: dilation 2x1 differs in y and x"
     assert ops[1].reason == "Mean: z-reduction over 3 channels (must be a multiple of 4)"
+
+
+def test_rules_fitted_to_the_compiler_map_and_say_likely() -> None:
+    report = report_of(DATA / "fitted_int8.tflite")
+    conv, softmax, resize = report.operators
+    assert all(o.mapped for o in report.operators)
+    assert [o.confidence for o in (conv, softmax, resize)] == [compat.LIKELY] * 3
+    # the same dilation on a 3x3 kernel is still refused, and that verdict is certain (Coral's table)
+    refused = report_of(DATA / "limits_int8.tflite").operators[0]
+    assert refused.status == compat.LIMITATION and refused.confidence == compat.CERTAIN
 
 
 def test_dynamic_batch_flatten_refused() -> None:
