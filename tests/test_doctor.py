@@ -293,3 +293,22 @@ def test_doctor_on_this_machine_says_no_tpu_and_what_it_checked() -> None:
         "checked: see libedgetpu); `edged doctor --device usb:0` forces one"
     ]
     assert lines(proc, "runtime") and lines(proc, "libedgetpu") and lines(proc, "kernel")
+
+
+def test_a_worker_start_that_fails_outside_edged_is_a_problem_never_ok() -> None:
+    """The delegate test's thread turns any exception of the start into a finding (a spawn failure,
+    a broken install): the doctor never reports a test that did not run as passed."""
+    from edged.doctor.runtimes import _failed, _start
+    from edged.errors import WorkerFailure
+
+    class SpawnFails:
+        label, pid = "usb:0", None
+
+        def start(self) -> None:
+            raise RuntimeError("cannot spawn")
+
+    failure, timed_out = _start(SpawnFails(), 5.0)  # type: ignore[arg-type]
+    assert isinstance(failure, WorkerFailure) and not timed_out
+    assert failure.kind == "crash" and failure.reason == "the worker could not start: RuntimeError: cannot spawn"
+    finding = _failed("usb:0", failure, timed_out, 5.0, {})
+    assert finding.status == "problem" and "RuntimeError: cannot spawn" in finding.message

@@ -236,6 +236,8 @@ def _start(worker: DeviceWorker, deadline: float) -> tuple[Optional[EdgedError],
             worker.start()
         except EdgedError as exc:
             failure[0] = exc
+        except Exception as exc:  # not edged's own failure (spawn, a broken install): said, never taken for ok
+            failure[0] = WorkerFailure(f"the worker could not start: {type(exc).__name__}: {exc}", "crash")
 
     thread = threading.Thread(target=run, name=f"doctor-{worker.label}", daemon=True)
     thread.start()
