@@ -166,18 +166,44 @@ def test_reload_applies_a_changed_configuration_and_refuses_a_broken_one(guest: 
 
 
 WEDGE = r"""
-import ctypes, os, sys
-# stop one thread of edged and hold it: PTRACE_SEIZE + PTRACE_INTERRUPT stop that thread only; then
-# wait (__WALL) until it exits (the process killed), reaping it, so that the process can end
+import ctypes, os, random, sys, time, urllib.request
+# stop one thread of edged and hold it: PTRACE_SEIZE + PTRACE_INTERRUPT stop that thread only, as a thread
+# wedged in native code would be (a hung delegate). A thread stopped while it holds Python's GIL stops the
+# whole process instead (nothing could log then), so the stop is kept only when the daemon still answers
+# its API; otherwise the thread is let go (PTRACE_CONT) and stopped again a moment later. Then wait (__WALL)
+# until the thread exits (the process killed), reaping it, so that the process can end
 libc = ctypes.CDLL(None, use_errno=True)
 pid, name = int(sys.argv[1]), sys.argv[2]
 tids = [t for t in os.listdir(f"/proc/{pid}/task") if open(f"/proc/{pid}/task/{t}/comm").read().strip() == name]
 assert tids, f"no thread {name} in {pid}"
 tid = int(tids[0])
-for req in (0x4206, 0x4207):
+
+
+def ptrace(req):
     if libc.ptrace(req, tid, None, None) != 0:
         raise OSError(ctypes.get_errno(), f"ptrace {req:#x}")
-print("stopped", tid, flush=True)
+
+
+def answers():
+    try:
+        with urllib.request.urlopen("http://127.0.0.1:9110/api/v1/status", timeout=5) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+ptrace(0x4206)  # PTRACE_SEIZE
+for attempt in range(30):
+    ptrace(0x4207)  # PTRACE_INTERRUPT
+    os.waitpid(tid, 0x40000000)  # __WALL: the stop
+    if answers():
+        break
+    print("holds the GIL: let go", flush=True)
+    ptrace(7)  # PTRACE_CONT
+    time.sleep(random.uniform(0.05, 0.4))
+else:
+    sys.exit("every stop froze the whole process")
+print("stopped", tid, "attempt", attempt, flush=True)
 while True:
     _, status = os.waitpid(tid, 0x40000000)  # __WALL
     if os.WIFEXITED(status) or os.WIFSIGNALED(status):
@@ -191,7 +217,8 @@ def test_a_wedged_inference_loop_is_restarted_by_the_watchdog(guest: Guest) -> N
     since = guest_now(guest)
     guest.run("cat > /root/wedge.py", input=WEDGE.encode())
     guest.run(f"setsid python3 /root/wedge.py {before['MainPID']} demo-infer > /root/wedge.log 2>&1 < /dev/null &")
-    wait_for(lambda: "stopped" in guest.run("cat /root/wedge.log", check=False).out, 20, "the inference thread stopped")
+    wedge_log = lambda: guest.run("cat /root/wedge.log", check=False).out  # noqa: E731
+    wait_for(lambda: "stopped" in wedge_log(), 120, lambda: f"the inference thread stopped: {wedge_log()}", interval=1)
 
     # edged stops feeding the watchdog (WatchdogSec=30: after 15 s without a turn), systemd kills and restarts it
     def restarted() -> bool:
