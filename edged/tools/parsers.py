@@ -24,6 +24,20 @@ def add_preprocessing_options(p: argparse.ArgumentParser, raw_help: str) -> None
     p.epilog = (p.epilog or "") + raw_help
 
 
+def add_optimisation_options(p: argparse.ArgumentParser) -> None:
+    """Pruning, clustering and QAT (TensorFlow Model Optimization), fine-tuned on labelled images."""
+    g = p.add_argument_group("pruning, clustering and quantisation-aware training (fine-tuned on --train)")
+    g.add_argument("--prune", type=float, metavar="S", help="magnitude pruning to sparsity S (0.5: half the weights 0)")
+    g.add_argument("--cluster", type=int, metavar="N", help="weight clustering to N values a layer (e.g. 16)")
+    g.add_argument("--qat", action="store_true", help="quantisation-aware training (with --quantize int8)")
+    g.add_argument("--train", metavar="DIR", help="labelled images to fine-tune on: one folder per class")
+    g.add_argument("--labels", metavar="FILE", help="the model's labels file: class folders matched by name")
+    g.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs (default 2)")
+    g.add_argument("--batch-size", type=int, default=32, help="fine-tuning batch (default 32)")
+    g.add_argument("--learning-rate", type=float, default=1e-4, help="fine-tuning Adam learning rate (default 1e-4)")
+    g.add_argument("--eval", metavar="DIR", help="labelled images: top-1 before and after, in the report")
+
+
 def add_convert(sub: Any) -> None:
     p = sub.add_parser(
         "convert",
@@ -45,6 +59,7 @@ def add_convert(sub: Any) -> None:
         action="store_true",
         help="keep a Keras model's dynamic batch (edged eval can batch it; the Edge TPU cannot map its Flatten)",
     )
+    add_optimisation_options(p)
     add_preprocessing_options(
         p,
         "Without --mean/--std the model is taken to expect raw pixels 0..255; "

@@ -7,20 +7,23 @@ digits (8x8, 0..16, upscaled to 32x32 grayscale 0..255), with the split of
 models/training/train_digits.py (test_size=0.25, random_state=0, stratified: 1,347 training and 450
 held-out digits, the held-out ones being edged/data/digits_heldout.npz). It is then
 converted with ``edged convert``'s code to float32, float16, dynamic-range and full-integer
-int8 (uint8 input/output, per-channel weights, 100 representative training images), and,
-when tensorflow-model-optimization works here, fine-tuned with quantisation-aware training
-and converted to int8 too. Every variant is evaluated by ``edged eval``'s code (edged's
-preprocessing and interpreter) on the 450 held-out digits, written as PNGs into class
-folders. The table goes into docs/quantization.md between the case-study markers.
+int8 (uint8 input/output, per-channel weights, 100 representative training images); then,
+with ``edged convert``'s optimisation code (TensorFlow Model Optimization), fine-tuned from
+the trained weights with quantisation-aware training, magnitude pruning to 50 % sparsity,
+weight clustering to 16 centroids, and all three together, and converted. Every variant is
+evaluated by ``edged eval``'s code (edged's preprocessing and interpreter: top-1 and CPU
+latency) on the 450 held-out digits, written as PNGs into class folders; its size, gzip size
+and zero weights are read from the file, its Edge TPU verdict from ``edged inspect``'s
+report. The table goes into docs/quantization.md between the case-study markers.
 
 Run from the repository root, in a venv with the convert extra and scikit-learn:
 
     pip install -e '.[convert]' scikit-learn
-    python models/training/seed_case_study.py            # ~1-2 minutes on 2 cores
+    python models/training/seed_case_study.py            # ~4.5 minutes on 2 cores
 
-QAT needs tensorflow-model-optimization, which works only with Keras 2 (tf_keras), whose
-package requires ``tensorflow`` (not ``tensorflow-cpu``): see docs/quantization.md.
-Seeds are fixed and TensorFlow op determinism is on.
+The optimised rows need tf_keras and tensorflow-model-optimization (in the convert extra);
+without them the script leaves those rows out and says so. Seeds are fixed and TensorFlow
+op determinism is on.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import sys
 import time
 from pathlib import Path
@@ -43,7 +47,7 @@ import numpy as np  # noqa: E402
 SEED = 0
 SIDE = 32
 EPOCHS = 5
-QAT_EPOCHS = 2
+TUNE_EPOCHS = 2  # fine-tuning epochs of QAT, pruning and clustering (Adam 1e-4, edged convert's defaults)
 BATCH = 32
 N_REPRESENTATIVE = 100
 BEGIN, END = "<!-- case-study:begin -->", "<!-- case-study:end -->"
@@ -94,28 +98,51 @@ def seed_network(keras: Any) -> Any:
     )
 
 
-def try_qat(float_model: Any, x: np.ndarray, y: np.ndarray) -> tuple[Any, str]:
-    """(QAT model or None, what happened). tfmot needs Keras 2: tf_keras."""
+def optimised_variants(train_dir: Path) -> tuple[list[tuple[str, str, Any]], str]:
+    """The rows fine-tuned by edged convert's optimisation code: (name, quantize, Plan), and what ran."""
     try:
         import tensorflow_model_optimization as tfmot
         import tf_keras
     except Exception as exc:  # ImportError, or tfmot refusing the installed Keras
-        return None, f"not run: tensorflow-model-optimization / tf_keras do not import ({type(exc).__name__}: {exc})"
-    tf_keras.utils.set_random_seed(SEED)
-    legacy = seed_network(tf_keras)
-    legacy.set_weights(float_model.get_weights())  # QAT fine-tunes the trained float model
-    try:
-        qat = tfmot.quantization.keras.quantize_model(legacy)
-    except Exception as exc:
-        return None, f"not run: quantize_model failed ({type(exc).__name__}: {exc})"
-    qat.compile(optimizer=tf_keras.optimizers.Adam(1e-4), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    t0 = time.perf_counter()
-    qat.fit(x, y, epochs=QAT_EPOCHS, batch_size=BATCH, shuffle=True, verbose=2)
+        return [], f"not run: tensorflow-model-optimization / tf_keras do not import ({type(exc).__name__}: {exc})"
+    from edged.tools.optimize import Plan
+
+    def plan(**kw: Any) -> Any:
+        return Plan(train=train_dir, epochs=TUNE_EPOCHS, batch_size=BATCH, **kw)
+
+    rows = [
+        ("QAT, then int8, uint8 I/O", "int8", plan(qat=True)),
+        ("pruned to 50% sparsity, float32", "float32", plan(prune=0.5)),
+        ("pruned to 50% sparsity, then int8", "int8", plan(prune=0.5)),
+        ("clustered to 16 weights a layer, float32", "float32", plan(clusters=16)),
+        ("clustered to 16, then int8", "int8", plan(clusters=16)),
+        ("pruned 50% + clustered 16 + QAT, int8", "int8", plan(prune=0.5, clusters=16, qat=True)),
+    ]
     how = (
-        f"tensorflow-model-optimization {tfmot.__version__} with tf_keras {tf_keras.__version__}: "
-        f"{QAT_EPOCHS} epochs of fine-tuning (Adam 1e-4) from the float weights, {time.perf_counter() - t0:.1f} s"
+        f"tensorflow-model-optimization {tfmot.__version__} with tf_keras {tf_keras.__version__}, through "
+        f"`edged convert --qat / --prune 0.5 / --cluster 16`: {TUNE_EPOCHS} epochs of fine-tuning (Adam 1e-4, "
+        f"batch {BATCH}) from the trained float weights on the {{train}} training digits"
     )
-    return qat, how
+    return rows, how
+
+
+def file_name(quantize: str, plan: Any) -> str:
+    parts = ["seed"]
+    if plan is not None:
+        parts += (
+            (["pruned"] if plan.prune else [])
+            + (["clustered"] if plan.clusters else [])
+            + (["qat"] if plan.qat else [])
+        )
+    return "_".join(parts + [quantize]) + ".tflite"
+
+
+def tpu_verdict(report: str | None, quantize: str) -> str:
+    if quantize != "int8":
+        return "no (not full-integer)"
+    verdict = next((ln for ln in (report or "").splitlines() if ln.startswith("verdict:")), "")
+    m = re.search(r"all (\d+) of (\d+) operators", verdict)
+    return f"all {m.group(1)} ops map" if m else verdict.removeprefix("verdict:").strip() or "?"
 
 
 def ratio_text(size: int, base: int) -> str:
@@ -133,16 +160,25 @@ def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "",
         f"Measured on {meta['when']} ({meta['machine']}; TensorFlow {meta['tensorflow']}, Keras {meta['keras']}, "
         f"edged's interpreter {meta['runtime']}). Training: {meta['train']}. "
-        f"Held-out set: {meta['test_images']} digits. QAT: {meta['qat']}.",
+        f"Held-out set: {meta['test_images']} digits. QAT, pruning and clustering: {meta['qat']}. "
+        "gzip: the file compressed by gzip -9; zero weights: of the convolution and dense weights in the file; "
+        "CPU latency: edged's interpreter, one thread, an image at a time, mean over the held-out set.",
         "",
-        "| variant | file | size (bytes) | size vs TFLite float32 | top-1 | vs float32 (points) |",
-        "| --- | --- | ---: | ---: | ---: | ---: |",
+        "| variant | file | size (bytes) | size vs TFLite float32 | gzip (bytes) | gzip vs float32 "
+        "| zero weights | top-1 | vs float32 (points) | CPU ms | Edge TPU |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
+    base_gz = base["gzip_bytes"]
     for r in rows:
         delta = 100 * (r["top1"] - base["top1"])
         size = ratio_text(r["size_bytes"], base["size_bytes"])
+        gz = "" if r.get("gzip_bytes") is None else f"{r['gzip_bytes']:,}"
+        gz_ratio = "" if r.get("gzip_bytes") is None else ratio_text(r["gzip_bytes"], base_gz)
+        zeros = "" if r.get("sparsity") is None else f"{100 * r['sparsity']:.1f}%"
+        ms = "" if r.get("mean_latency_ms") is None else f"{r['mean_latency_ms']:.3f}"
         out.append(
-            f"| {r['variant']} | `{r['file']}` | {r['size_bytes']:,} | {size} | {100 * r['top1']:.2f}% | {delta:+.2f} |"
+            f"| {r['variant']} | `{r['file']}` | {r['size_bytes']:,} | {size} | {gz} | {gz_ratio} | {zeros} "
+            f"| {100 * r['top1']:.2f}% | {delta:+.2f} | {ms} | {r.get('tpu', '')} |"
         )
     out += [
         "",
@@ -165,7 +201,7 @@ def main() -> int:
     ap.add_argument("--work", type=Path, default=REPO / "build" / "seed_case_study", help="models and images")
     ap.add_argument("--doc", type=Path, default=REPO / "docs" / "quantization.md", help="the page to update")
     ap.add_argument("--epochs", type=int, default=EPOCHS)
-    ap.add_argument("--no-qat", action="store_true", help="skip quantisation-aware training")
+    ap.add_argument("--no-optimise", action="store_true", help="skip QAT, pruning and clustering")
     args = ap.parse_args()
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -174,6 +210,7 @@ def main() -> int:
     from edged.config import ModelConfig
     from edged.tools.convert import convert, our_report
     from edged.tools.evaluate import evaluate, load_dataset
+    from edged.tools.optimize import weight_stats
 
     keras = tf.keras
     keras.utils.set_random_seed(SEED)
@@ -200,18 +237,18 @@ def main() -> int:
     print(f"keras: test accuracy {keras_acc:.4f}, {h5.stat().st_size:,} bytes, fit {t_train:.1f} s")
 
     pre = {"std": 255.0}  # trained on pixels / 255: edged's model config would say mean: 0, std: 255
-    variants = [
+    variants: list[tuple[str, str, Any]] = [
         ("TFLite float32", "float32", None),
         ("TFLite float16", "float16", None),
         ("TFLite dynamic-range", "dynamic", None),
         ("TFLite full-integer int8, uint8 I/O", "int8", None),
     ]
-    qat_how = "skipped (--no-qat)"
-    if not args.no_qat:
-        qat, qat_how = try_qat(model, xtr[..., None] / 255.0, ytr)
-        if qat is not None:
-            variants.append(("QAT, then int8, uint8 I/O", "int8", qat))
-    print(f"QAT: {qat_how}")
+    qat_how = "skipped (--no-optimise)"
+    if not args.no_optimise:
+        tuned, qat_how = optimised_variants(train_dir)
+        qat_how = qat_how.replace("{train}", str(len(xtr)))
+        variants += tuned
+    print(f"QAT, pruning, clustering: {qat_how}")
 
     data = load_dataset(test_dir)
     rows: list[dict[str, Any]] = [
@@ -219,15 +256,22 @@ def main() -> int:
          "top1": float(keras_acc), "quantize": None},
     ]  # fmt: skip
     int8_path = None
-    for name, q, in_memory in variants:
-        out = work / f"seed_{'qat_' if in_memory is not None else ''}{q}.tflite"
-        convert(h5, out, q, data=train_dir, num_images=N_REPRESENTATIVE, keras_model=in_memory, **pre)
-        rec = evaluate(ModelConfig(path=str(out), mean=0.0, std=255.0), data, batch=32)
+    for name, q, plan in variants:
+        out = work / file_name(q, plan)
+        t0 = time.perf_counter()
+        convert(h5, out, q, data=train_dir, num_images=N_REPRESENTATIVE, plan=plan, **pre)
+        took = time.perf_counter() - t0
+        rec = evaluate(ModelConfig(path=str(out), mean=0.0, std=255.0, threads=1), data, batch=32)
+        st = weight_stats(out)
         rows.append({"variant": name, "file": out.name, "size_bytes": rec["size_bytes"], "top1": rec["top1"],
-                     "quantize": q, "mean_latency_ms": rec["mean_latency_ms"]})  # fmt: skip
-        if q == "int8" and in_memory is None:
+                     "quantize": q, "mean_latency_ms": rec["mean_latency_ms"], "gzip_bytes": st.gzip_bytes,
+                     "sparsity": st.sparsity, "distinct_per_channel": st.distinct_per_channel,
+                     "tpu": tpu_verdict(our_report(out) if q == "int8" else None, q),
+                     "convert_seconds": round(took, 1)})  # fmt: skip
+        if q == "int8" and plan is None:
             int8_path = out
-        print(f"{name}: {rec['size_bytes']:,} bytes, top-1 {rec['top1']:.4f}")
+        print(f"{name}: {rec['size_bytes']:,} bytes, gzip {st.gzip_bytes:,}, zeros {st.sparsity:.3f}, "
+              f"top-1 {rec['top1']:.4f}, {took:.1f} s")  # fmt: skip
 
     from edged.runtime import get_runtime
 
