@@ -71,12 +71,17 @@ def test_weight_stats_reads_the_weights_of_a_tflite_file() -> None:
 
 
 def require_tfmot() -> Any:
-    require_tf()
-    if os.environ.get("EDGED_REQUIRE_TF") == "1":
-        import tensorflow_model_optimization as tfmot  # the convert extra: a missing tfmot fails the test
+    """(tf_keras, tfmot), imported as convert imports them; a skip without them, a failure with EDGED_REQUIRE_TF=1."""
+    from edged.tools.common import MissingTensorFlow
+    from edged.tools.optimize import import_tfmot
 
-        return tfmot
-    return pytest.importorskip("tensorflow_model_optimization")
+    require_tf()
+    try:
+        return import_tfmot()
+    except MissingTensorFlow:
+        if os.environ.get("EDGED_REQUIRE_TF") == "1":
+            raise
+        pytest.skip("tf_keras / tensorflow-model-optimization are not installed")
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +90,7 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     and the same network with a Rescaling layer inside, which QAT cannot quantise."""
     tf = require_tf()
     keras = tf.keras
+    require_tfmot()
     images, labels = load_digits()
     pixels = digit_pixels(images)
     root = tmp_path_factory.mktemp("optimise")
@@ -108,7 +114,27 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         model.fit(x, labels[:300], epochs=15, batch_size=32, verbose=0)
         paths[name] = root / f"{name}.keras"
         model.save(paths[name])
+        if name == "plain":  # the same trained network saved by Keras 2 (tf_keras), as an .h5
+            paths["keras2"] = keras2_copy(model, root / "keras2.h5")
     return paths
+
+
+def keras2_copy(model: Any, path: Path) -> Path:
+    import tf_keras
+
+    layers = tf_keras.layers
+    legacy = tf_keras.Sequential(
+        [
+            tf_keras.Input((SIDE, SIDE, 1)),
+            layers.Conv2D(16, 3, activation="relu"),
+            layers.Flatten(),
+            layers.Dense(64, activation="relu"),
+            layers.Dense(10, activation="softmax"),
+        ]
+    )
+    legacy.set_weights(model.get_weights())
+    legacy.save(path)
+    return path
 
 
 def report(out: str) -> dict[str, list[str]]:
@@ -117,10 +143,12 @@ def report(out: str) -> dict[str, list[str]]:
     return {r[0]: r for r in rows}
 
 
-def convert(capsys: pytest.CaptureFixture[str], digits: dict[str, Path], name: str, *extra: Any) -> tuple[Path, str]:
+def convert(
+    capsys: pytest.CaptureFixture[str], digits: dict[str, Path], name: str, *extra: Any, source: str = "plain"
+) -> tuple[Path, str]:
     out = digits["root"] / f"{name}.tflite"
     rc, text, err = run(
-        capsys, "convert", digits["plain"], "-o", out, "--std", "255", "--train", digits["train"],
+        capsys, "convert", digits[source], "-o", out, "--std", "255", "--train", digits["train"],
         "--eval", digits["test"], "--epochs", "3", "--learning-rate", "5e-4", *extra,
     )  # fmt: skip
     assert rc == 0, err
@@ -158,6 +186,14 @@ def test_clustering_leaves_n_distinct_weights_a_channel(
     assert int(rows["after"][6]) == st.distinct_per_channel and int(rows["before"][6]) > 100, rows
     assert float(rows["after"][3]) < 0.5 * float(rows["before"][3]), rows
     assert top1(rows["after"]) >= 0.75, rows
+
+
+def test_a_keras2_h5_is_taken_as_it_is(capsys: pytest.CaptureFixture[str], digits: dict[str, Path]) -> None:
+    require_tfmot()
+    out, text = convert(capsys, digits, "keras2", "--cluster", "4", source="keras2")
+    st = weight_stats(out)
+    assert 2 <= st.distinct_per_channel <= 4, st
+    assert top1(report(text)["after"]) >= 0.6, text
 
 
 def test_pruning_clustering_and_qat_together_keep_the_zeros_and_centroids(

@@ -83,12 +83,24 @@ def check_plan(plan: Plan, quantize: str) -> None:
 
 
 def import_tfmot() -> tuple[Any, Any]:
-    """(tf_keras, tensorflow_model_optimization); a one-line error when they are not installed."""
+    """(tf_keras, tensorflow_model_optimization); a one-line error when they are not installed.
+
+    tfmot sets TF_USE_LEGACY_KERAS=1 in the environment when it is imported, which would make
+    ``tf.keras`` tf_keras in every process started afterwards (a training script, say): it is
+    put back as it was."""
+    import os
+
+    before = os.environ.get("TF_USE_LEGACY_KERAS")
     try:
         import tensorflow_model_optimization as tfmot
         import tf_keras
     except ImportError:
         raise MissingTensorFlow(TFMOT_HINT) from None
+    finally:
+        if before is None:
+            os.environ.pop("TF_USE_LEGACY_KERAS", None)
+        else:
+            os.environ["TF_USE_LEGACY_KERAS"] = before
     return tf_keras, tfmot
 
 
