@@ -187,22 +187,34 @@ def nms_opencv(
 ) -> np.ndarray:
     """:func:`nms` through OpenCV's ``cv2.dnn.NMSBoxesBatched``: the same indices, best first.
 
-    OpenCV takes ``x, y, w, h`` boxes (given here in float64, as ``Rect2d``), keeps scores
-    strictly above its score threshold (given here below every score: the caller has
-    thresholded already) and sorts equal scores stably, as :func:`nms` does. Its ``top_k``
-    caps the candidates before NMS, so it is left at 0 and ``max_keep`` applied to the result.
-    It offsets each class's boxes by the class id times the largest coordinate, so an IoU
-    within about 1e-12 of ``iou_threshold`` can round the other way than in :func:`nms`.
+    OpenCV takes ``x, y, w, h`` boxes (given in float64, as ``Rect2d``), keeps scores strictly
+    above its score threshold (given below every score: the caller has thresholded already)
+    and sorts equal scores stably, as :func:`nms` does. It cannot stop after ``max_keep`` kept
+    boxes (its ``top_k`` caps the candidates before NMS), and over thousands of candidates a
+    full NMS costs far more than ``max_keep`` kept ones. Greedy NMS decides each candidate
+    from the better ones alone, so NMS over the best K candidates keeps exactly the boxes of
+    the full NMS among them: it runs on the best ``4 * max_keep``, then twice as many, until
+    ``max_keep`` are kept or every candidate was in, and the result is capped at ``max_keep``.
+
+    It computes the IoU in float32 (after offsetting each class's boxes by the class id
+    times the largest coordinate), so an IoU within about 1e-7 of ``iou_threshold`` can fall
+    on the other side than in :func:`nms`; an exact one (integral boxes) does not.
     """
     b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     if b.shape[0] == 0 or max_keep <= 0:
         return np.zeros(0, dtype=np.intp)
     s = np.asarray(scores, dtype=np.float32).reshape(-1)
-    xywh = np.concatenate([b[:, :2], b[:, 2:] - b[:, :2]], axis=1)
-    cls = np.asarray(classes).reshape(-1).astype(np.int32)
-    floor = float(np.nextafter(s.min(), np.float32(-np.inf)))
-    kept = cv2.dnn.NMSBoxesBatched(xywh, s, cls, floor, float(iou_threshold))
-    return np.asarray(kept, dtype=np.intp).reshape(-1)[:max_keep]
+    order = np.argsort(-s, kind="stable")
+    xywh = np.concatenate([b[order, :2], b[order, 2:] - b[order, :2]], axis=1)
+    s, cls = s[order], np.asarray(classes).reshape(-1)[order].astype(np.int32)
+    floor = float(np.nextafter(s[-1], np.float32(-np.inf)))
+    k = 4 * max_keep
+    while True:
+        kept = np.asarray(cv2.dnn.NMSBoxesBatched(xywh[:k], s[:k], cls[:k], floor, float(iou_threshold)))
+        kept = kept.reshape(-1).astype(np.intp)
+        if kept.size >= max_keep or k >= s.size:
+            return order[np.sort(kept)[:max_keep]]
+        k *= 2
 
 
 def detect_yolo(
