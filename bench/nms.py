@@ -6,7 +6,7 @@ against the vectorised numpy reference (``nms``).
 Candidate sets as a YOLO head gives them after the threshold: 100, 2000 and 8400 boxes
 (8400: every anchor of a 640x640 export), 80 classes, scores with ties, crowded so that
 NMS suppresses; the same 8400 over 5 classes (more same-class overlaps); and 8400 boxes of 3
-classes piled on a 60x60 corner, of which only 132 survive (the widening of ``nms_opencv``). NMS keeps at
+classes piled on a 60x60 corner, of which only 132 survive (every chunk of ``nms_opencv``). NMS keeps at
 most 300 (``max_detections``). Each round times both functions on every set, in turn, the
 order swapped each round; the time of a call is the median of ``--repeat`` calls. Printed: the
 median over the rounds with the min-max spread, and the ratio numpy / OpenCV per round
@@ -82,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     for s in SETS:
         ratios = [a / b for a, b in zip(ms[(s, "numpy")], ms[(s, "opencv")])]
         print(
-            f"| {s[0]} | {s[1]} | {s[2] or round(8 * s[0] ** 0.5)} px | {kept[s]} | {spread(ms[(s, 'numpy')])} | {spread(ms[(s, 'opencv')])} "
-            f"| {spread(ratios, '{:.2f}')} |"
+            f"| {s[0]} | {s[1]} | {s[2] or round(8 * s[0] ** 0.5)} px | {kept[s]} "
+            f"| {spread(ms[(s, 'numpy')])} | {spread(ms[(s, 'opencv')])} | {spread(ratios, '{:.2f}')} |"
         )
     return 0
 

@@ -182,6 +182,9 @@ def nms(
     return np.asarray(keep, dtype=np.intp)
 
 
+NMS_CHUNK = 1024  # nms_opencv's candidates per OpenCV call, at least (4 * max_keep when more)
+
+
 def nms_opencv(
     boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou_threshold: float = 0.45, max_keep: int = 300
 ) -> np.ndarray:
@@ -190,13 +193,13 @@ def nms_opencv(
     OpenCV takes ``x, y, w, h`` boxes (given in float64, as ``Rect2d``), keeps scores strictly
     above its score threshold (given below every score: the caller has thresholded already)
     and sorts equal scores stably, as :func:`nms` does. It cannot stop after ``max_keep`` kept
-    boxes (its ``top_k`` caps the candidates before NMS), and over thousands of candidates a
-    full NMS costs far more than ``max_keep`` kept ones. Greedy NMS decides each candidate
-    from the better ones alone, so NMS over the best K candidates keeps exactly the boxes of
-    the full NMS among them: it runs on the best ``4 * max_keep``, then twice as many, until
-    ``max_keep`` are kept or every candidate was in, and the result is capped at ``max_keep``.
+    boxes (its ``top_k`` caps the candidates before NMS), and a full NMS of thousands of
+    candidates that keeps thousands costs far more than keeping ``max_keep``. Greedy NMS
+    decides each candidate from the better ones alone, so the candidates go through OpenCV in
+    chunks, best first, each with the boxes kept so far put ahead of it (scored above every
+    candidate: they stay kept and suppress as they would have), until ``max_keep`` are kept.
 
-    It computes the IoU in float32 (after offsetting each class's boxes by the class id
+    OpenCV computes the IoU in float32 (after offsetting each class's boxes by the class id
     times the largest coordinate), so an IoU within about 1e-7 of ``iou_threshold`` can fall
     on the other side than in :func:`nms`; an exact one (integral boxes) does not.
     """
@@ -205,16 +208,21 @@ def nms_opencv(
         return np.zeros(0, dtype=np.intp)
     s = np.asarray(scores, dtype=np.float32).reshape(-1)
     order = np.argsort(-s, kind="stable")
-    xywh = np.concatenate([b[order, :2], b[order, 2:] - b[order, :2]], axis=1)
-    s, cls = s[order], np.asarray(classes).reshape(-1)[order].astype(np.int32)
+    b, s, cls = b[order], s[order], np.asarray(classes).reshape(-1)[order].astype(np.int32)
+    xywh = np.concatenate([b[:, :2], b[:, 2:] - b[:, :2]], axis=1)
     floor = float(np.nextafter(s[-1], np.float32(-np.inf)))
-    k = 4 * max_keep
-    while True:
-        kept = np.asarray(cv2.dnn.NMSBoxesBatched(xywh[:k], s[:k], cls[:k], floor, float(iou_threshold)))
-        kept = kept.reshape(-1).astype(np.intp)
-        if kept.size >= max_keep or k >= s.size:
-            return order[np.sort(kept)[:max_keep]]
-        k *= 2
+    top = np.nextafter(s[0], np.float32(np.inf))  # above every score: the boxes kept so far go first
+    chunk = max(NMS_CHUNK, 4 * max_keep)
+    kept = np.zeros(0, dtype=np.intp)  # positions in the sorted order
+    for start in range(0, s.size, chunk):
+        idx = np.concatenate([kept, np.arange(start, min(s.size, start + chunk))])
+        sc = s[idx]
+        sc[: kept.size] = top
+        picked = np.sort(np.asarray(cv2.dnn.NMSBoxesBatched(xywh[idx], sc, cls[idx], floor, float(iou_threshold))))
+        kept = np.concatenate([kept, idx[picked[picked >= kept.size].astype(np.intp)]])
+        if kept.size >= max_keep:
+            break
+    return order[kept[:max_keep]]
 
 
 def detect_yolo(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edged.postprocess import nms, nms_opencv
+from edged.postprocess import NMS_CHUNK, nms, nms_opencv
 
 
 def _candidates(n: int, seed: int, integral: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -56,15 +56,15 @@ def test_opencv_small_cases() -> None:
 
 
 def test_heavy_suppression_widens_the_candidates() -> None:
-    """Few boxes survive: the best 4 * max_keep candidates do not yield max_keep, so more are taken."""
+    """Few boxes survive: the first chunk of candidates does not yield max_keep, so more chunks go through."""
     rng = np.random.default_rng(4)
     xy = rng.uniform(0, 60, (8400, 2))
     boxes = np.concatenate([xy, xy + rng.uniform(30, 90, (8400, 2))], axis=1)
     scores = rng.uniform(0.25, 1.0, 8400).round(3).astype(np.float32)
     classes = rng.integers(0, 3, 8400)
-    cap = 60
-    best = np.argsort(-scores, kind="stable")[: 4 * cap]
-    assert nms(boxes[best], scores[best], classes[best], 0.45, 4 * cap).size < cap  # the first try falls short
+    cap = 120
+    best = np.argsort(-scores, kind="stable")[:NMS_CHUNK]
+    assert nms(boxes[best], scores[best], classes[best], 0.45, NMS_CHUNK).size < cap  # the first chunk falls short
     want = nms(boxes, scores, classes, 0.45, cap)
     assert want.size == cap
     assert nms_opencv(boxes, scores, classes, 0.45, cap).tolist() == want.tolist()
