@@ -12,6 +12,10 @@ order swapped each round; the time of a call is the median of ``--repeat`` calls
 median over the rounds with the min-max spread, and the ratio numpy / OpenCV per round
 (median, spread). Both give the same indices (checked once per set). Not a test: timings
 depend on the machine.
+
+Then the whole decode of a 640x640 int8 export's output ``[1, 84, 8400]`` (``detect_yolo``:
+threshold, dequantise, boxes, NMS, back to the frame) at a threshold every anchor passes,
+with either NMS inside, alternated the same way.
 """
 
 from __future__ import annotations
@@ -28,7 +32,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from edged import postprocess  # noqa: E402
 from edged.postprocess import nms, nms_opencv  # noqa: E402
+from edged.preprocess import compute_transform  # noqa: E402
 
 Nms = Callable[[np.ndarray, np.ndarray, np.ndarray, float, int], np.ndarray]
 # boxes, classes, side of the square the box corners fall in (None: as crowded whatever the count)
@@ -55,6 +61,35 @@ def timed(fn: Nms, args: tuple[np.ndarray, np.ndarray, np.ndarray], repeat: int)
 
 def spread(values: list[float], fmt: str = "{:.3f}") -> str:
     return f"{fmt.format(statistics.median(values))} ({fmt.format(min(values))}-{fmt.format(max(values))})"
+
+
+def head_output(seed: int = 1) -> np.ndarray:
+    """A 640x640 head's raw int8 output, scale 1/255 and zero point -128: boxes normalised, 80 classes."""
+    rng = np.random.default_rng(seed)
+    real = np.empty((84, 8400), np.float32)
+    real[0:2] = rng.uniform(0, 1, (2, 8400))
+    real[2:4] = rng.uniform(0.01, 0.2, (2, 8400))
+    real[4:] = rng.uniform(0, 1, (80, 8400)) ** 4
+    return (np.round(real * 255) - 128).clip(-128, 127).astype(np.int8)[None]
+
+
+def decode_rounds(rounds: int, repeat: int) -> dict[str, list[float]]:
+    """ms per ``detect_yolo`` call, per round, with OpenCV's NMS and with the numpy one."""
+    out = head_output()
+    transform = compute_transform(1280, 720, 640, 640, "letterbox")
+    kw = dict(scale=1 / 255, zero_point=-128, threshold=0.05, max_detections=300)
+    ms: dict[str, list[float]] = {"numpy": [], "opencv": []}
+    for r in range(rounds):
+        for name in ("numpy", "opencv") if r % 2 == 0 else ("opencv", "numpy"):
+            postprocess.nms_opencv = nms if name == "numpy" else nms_opencv  # type: ignore[assignment]
+            times = []
+            for _ in range(repeat):
+                t0 = time.perf_counter()
+                postprocess.detect_yolo(out, transform, 640, 640, **kw)  # type: ignore[arg-type]
+                times.append(time.perf_counter() - t0)
+            ms[name].append(statistics.median(times) * 1000)
+    postprocess.nms_opencv = nms_opencv
+    return ms
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,6 +120,12 @@ def main(argv: list[str] | None = None) -> int:
             f"| {s[0]} | {s[1]} | {s[2] or round(8 * s[0] ** 0.5)} px | {kept[s]} "
             f"| {spread(ms[(s, 'numpy')])} | {spread(ms[(s, 'opencv')])} | {spread(ratios, '{:.2f}')} |"
         )
+    dec = decode_rounds(args.rounds, args.repeat)
+    ratios = [a / b for a, b in zip(dec["numpy"], dec["opencv"])]
+    print()
+    print("| detect_yolo, [1, 84, 8400] int8, all anchors pass | numpy NMS, ms | OpenCV NMS, ms | numpy / OpenCV |")
+    print("|---|---|---|---|")
+    print(f"| 300 kept | {spread(dec['numpy'])} | {spread(dec['opencv'])} | {spread(ratios, '{:.2f}')} |")
     return 0
 
 
