@@ -6,7 +6,7 @@ break a tie between two split-head readings. docs/detectors.md states the rules.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Union
 
 if TYPE_CHECKING:
@@ -14,6 +14,8 @@ if TYPE_CHECKING:
 
 DTYPES = ("uint8", "int8", "float32")
 END2END_WIDTH = 6  # x0, y0, x1, y1, score, class
+DFL_BINS = 16  # Ultralytics' reg_max: a DFL box is 4 sides x 16 bins
+BOX_ENCODINGS = {4: "xywh", 4 * DFL_BINS: "dfl"}  # box side -> encoding
 _BOX_NAMES = ("box", "bbox", "coord", "reg", "loc")
 _SCORE_NAMES = ("score", "cls", "class", "conf", "prob")
 
@@ -30,15 +32,20 @@ class YoloOutput:
 
 @dataclass(frozen=True)
 class YoloSplitOutput:
-    """A YOLO head exported as two tensors: boxes ``[1, N, 4]`` or ``[1, 4, N]`` and class scores
-    ``[1, N, C]`` or ``[1, C, N]``, each with its own quantisation."""
+    """A YOLO head exported as two tensors, each with its own quantisation: boxes ``[1, N, 4]``
+    or ``[1, 4, N]`` (``xywh``; or ``[1, N, 64]`` / ``[1, 64, N]``, ``dfl``: 16 bins per side,
+    as Frigate's Edge TPU YOLO exports give them) and class scores ``[1, N, C]`` or ``[1, C, N]``
+    (probabilities; logits with ``dfl`` boxes). ``extra`` is a third output ``[1, N, 1]`` (a
+    max-score tensor such exports may add), read by nothing."""
 
     boxes: int  # tensor index of the boxes
     scores: int  # tensor index of the class scores
-    boxes_channels_first: bool  # True: [1, 4, N]
+    boxes_channels_first: bool  # True: [1, 4, N] (or [1, 64, N])
     scores_channels_first: bool  # True: [1, C, N]
     classes: int  # C
     anchors: int  # N
+    box_encoding: str = "xywh"  # "xywh": centre x, centre y, width, height; "dfl": distribution bins
+    extra: int | None = None  # index of the unused [1, N, 1] output of a 3-output export
 
 
 @dataclass(frozen=True)
@@ -71,7 +78,7 @@ def resolve_yolo(outputs: list[TensorSpec], input_shape: tuple[int, ...] | None 
     tensor (:func:`resolve_yolo_output`) or a split head (:func:`resolve_yolo_split`)."""
     if len(outputs) == 1:
         return resolve_yolo_end2end(outputs, input_shape) or resolve_yolo_output(outputs, input_shape)
-    if len(outputs) == 2:
+    if len(outputs) in (2, 3):
         return resolve_yolo_split(outputs, input_shape)
     return None
 
@@ -112,17 +119,19 @@ def resolve_yolo_output(outputs: list[TensorSpec], input_shape: tuple[int, ...] 
     return YoloOutput(index=t.index, channels_first=channels_first, classes=width - 4, anchors=anchors)
 
 
-def _split_readings(boxes: TensorSpec, scores: TensorSpec) -> list[YoloSplitOutput]:
-    """Every way ``boxes`` can be ``[1, 4, N]`` / ``[1, N, 4]`` with ``scores`` ``[1, C, N]`` / ``[1, N, C]``."""
+def _split_readings(boxes: TensorSpec, scores: TensorSpec, anchors: int) -> list[YoloSplitOutput]:
+    """Every way ``boxes`` can be ``[1, 4, N]`` / ``[1, N, 4]`` (or a DFL ``[1, 64, N]`` /
+    ``[1, N, 64]``, whose N must be ``anchors``) with ``scores`` ``[1, C, N]`` / ``[1, N, C]``."""
     out = []
     for box_cf in (True, False):
-        four, n = boxes.shape[1:] if box_cf else boxes.shape[:0:-1]
-        if four != 4:
+        side, n = boxes.shape[1:] if box_cf else boxes.shape[:0:-1]
+        encoding = BOX_ENCODINGS.get(side)
+        if encoding is None or (encoding == "dfl" and n != anchors):
             continue
         for score_cf in (True, False):
             c, m = scores.shape[1:] if score_cf else scores.shape[:0:-1]
             if m == n:
-                out.append(YoloSplitOutput(boxes.index, scores.index, box_cf, score_cf, c, n))
+                out.append(YoloSplitOutput(boxes.index, scores.index, box_cf, score_cf, c, n, encoding))
     return out
 
 
@@ -132,20 +141,26 @@ def _named(t: TensorSpec, words: tuple[str, ...]) -> bool:
 
 
 def resolve_yolo_split(outputs: list[TensorSpec], input_shape: tuple[int, ...] | None = None) -> YoloSplitOutput | None:
-    """A split YOLO head of two outputs, or None.
+    """A split YOLO head of two outputs (or three, one of them ``[1, N, 1]``: ignored), or None.
 
-    Both outputs are ``[1, A, B]`` (uint8, int8 or float32); one is the boxes, with a side of 4,
-    the other the class scores; they share the anchor side N. Of the readings the shapes allow,
+    Both outputs are ``[1, A, B]`` (uint8, int8 or float32); one is the boxes, with a side of 4
+    (or 64, DFL bins, when the other side is the anchor count of the input), the other the class
+    scores; they share the anchor side N. Of the readings the shapes allow,
     those whose N is the anchor count of a stride 8/16/32 head for the input size are preferred;
     then channels-last scores (``[1, N, C]``, as Frigate's Edge TPU exports give them) over
     channels-first for a square score tensor; a reading left ambiguous is settled by the tensor
     names (``box``... against ``score``/``cls``...), else the layout is not understood.
     """
-    if len(outputs) != 2 or not all(_head_tensor(t) for t in outputs):
+    if len(outputs) not in (2, 3) or not all(_head_tensor(t) for t in outputs):
         return None
-    a, b = outputs
-    readings = _split_readings(a, b) + _split_readings(b, a)
+    extra = [t for t in outputs if 1 in t.shape[1:]] if len(outputs) == 3 else []
+    if len(outputs) == 3 and len(extra) != 1:
+        return None
+    a, b = [t for t in outputs if t not in extra]
     n = _anchors_for(input_shape)
+    readings = _split_readings(a, b, n) + _split_readings(b, a, n)
+    if extra:
+        readings = [replace(r, extra=extra[0].index) for r in readings if r.anchors in extra[0].shape]
     if any(r.anchors == n for r in readings):
         readings = [r for r in readings if r.anchors == n]
     # one tensor pair, both score orientations possible (a square score tensor): [1, N, C]

@@ -193,7 +193,8 @@ def test_split_layout_recognition() -> None:
     # anchors that do not match, no side of 4, other ranks and dtypes
     for outs in (
         [_t(1, (1, 8400, 4)), _t(2, (1, 2100, 80))],
-        [_t(1, (1, 8400, 64)), _t(2, (1, 8400, 80))],
+        [_t(1, (1, 2100, 64)), _t(2, (1, 2100, 80))],  # DFL boxes need the input's anchor count
+        [_t(1, (1, 8400, 5)), _t(2, (1, 8400, 80))],
         [_t(1, (8400, 4)), _t(2, (1, 8400, 80))],
         [_t(1, (1, 8400, 4), dtype="int16"), _t(2, (1, 8400, 80))],
     ):
@@ -233,6 +234,7 @@ def test_model_info_shows_the_layout() -> None:
     assert split["yolo_split"] == {
         "boxes": split["yolo_split"]["boxes"], "scores": split["yolo_split"]["scores"],
         "boxes_channels_first": True, "scores_channels_first": False, "classes": 3, "anchors": 126,
+        "box_encoding": "xywh", "extra": None,
     }  # fmt: skip
     assert {split["yolo_split"]["boxes"], split["yolo_split"]["scores"]} == {t["index"] for t in split["outputs"]}
     assert "yolo_output" not in split and "yolo_end2end" not in split

@@ -112,8 +112,18 @@ class YoloSplitDecoder:
     box_format: str
     top_k: Optional[int]
     labels: Optional[dict[int, str]]
+    box_encoding: str = "xywh"  # or "dfl"
 
     def __call__(self, output: Outputs, transform: Transform) -> Decoded:
+        if self.box_encoding == "dfl":
+            objects = yolo.detect_yolo_dfl(
+                output(self.boxes), output(self.scores), transform, self.input_width, self.input_height,
+                boxes_channels_first=self.boxes_channels_first, scores_channels_first=self.scores_channels_first,
+                box_quant=self.box_quant, score_quant=self.score_quant, threshold=self.threshold,
+                iou_threshold=self.iou_threshold, max_detections=self.max_detections,
+                labels=self.labels, top_k=self.top_k,
+            )  # fmt: skip
+            return Decoded(objects=objects)
         objects = yolo.detect_yolo_split(
             output(self.boxes), output(self.scores), transform, self.input_width, self.input_height,
             boxes_channels_first=self.boxes_channels_first, scores_channels_first=self.scores_channels_first,
@@ -179,7 +189,7 @@ def decoder_for(info: ModelInfo, cfg: ModelConfig, labels: Optional[dict[int, st
         return YoloSplitDecoder(
             split.boxes, split.scores, split.boxes_channels_first, split.scores_channels_first,
             _quant(info, split.boxes), _quant(info, split.scores), w, h, threshold,
-            cfg.iou_threshold, cfg.max_detections, cfg.yolo_boxes, top_k, labels,
+            cfg.iou_threshold, cfg.max_detections, cfg.yolo_boxes, top_k, labels, split.box_encoding,
         )  # fmt: skip
     e2e = info.yolo_end2end
     if e2e is not None:
