@@ -194,7 +194,10 @@ def resolve_ssd_outputs(outputs: list[TensorSpec], signature_outputs: dict[str, 
 
 
 def detect_task(
-    outputs: list[TensorSpec], custom_ops: list[str], signature_outputs: dict[str, int] | None
+    outputs: list[TensorSpec],
+    custom_ops: list[str],
+    signature_outputs: dict[str, int] | None,
+    input_shape: tuple[int, ...] | None = None,
 ) -> tuple[str, dict[str, int] | None]:
     """Return ("classification", None), ("detection", SSD roles) or ("detection", None) for
     YOLO-layout outputs (see :func:`edged.yolo_layout.resolve_yolo`); raise ValueError otherwise."""
@@ -205,7 +208,7 @@ def detect_task(
             return "classification", None
     if len(outputs) == 4 and (SSD_CUSTOM_OP in custom_ops or all(t.dtype == "float32" for t in outputs)):
         return "detection", resolve_ssd_outputs(outputs, signature_outputs)
-    if resolve_yolo(outputs) is not None:
+    if resolve_yolo(outputs, input_shape) is not None:
         return "detection", None
     raise ValueError("not understood")
 
@@ -289,17 +292,15 @@ def load_model(
     if inputs[0].dtype not in ("uint8", "int8", "float32"):
         raise ModelError(f"{p}: input dtype {inputs[0].dtype} is not supported (uint8, int8 or float32)")
     try:
-        task, roles = detect_task(outputs, custom_ops, _signature_outputs(interpreter))
+        task, roles = detect_task(outputs, custom_ops, _signature_outputs(interpreter), inputs[0].shape)
     except ValueError:
         raise ModelError(
             f"{p}: output signature not understood ({_describe_outputs(outputs)}); edged understands "
             "classification (one [1,N] output), SSD detection (the 4 outputs of TFLite_Detection_PostProcess) "
-            "and YOLO detection (one [1,4+C,N] or [1,N,4+C] output, boxes [1,N,4] and scores [1,N,C] "
-            "apart, or an end-to-end [1,N,6])"
+            "and YOLO detection (one [1,4+C,N] or [1,N,4+C] output; boxes [1,N,4] or DFL [1,N,64] and "
+            "scores [1,N,C] apart, told apart by shape or name; or an end-to-end [1,N,6])"
         ) from None
     yolo = resolve_yolo(outputs, inputs[0].shape) if task == "detection" and roles is None else None
-    if task == "detection" and roles is None and yolo is None:
-        raise ModelError(f"{p}: the YOLO outputs ({_describe_outputs(outputs)}) cannot be told apart by shape or name")
     info = ModelInfo(
         path=str(p.resolve()),
         sha256=hashlib.sha256(data).hexdigest(),

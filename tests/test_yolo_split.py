@@ -15,11 +15,10 @@ from typing import Any
 
 import numpy as np
 import pytest
-from make_yolo_models import HEIGHT, WIDTH
-from make_yolo_split_models import E2E_ROWS, MODELS, end2end_table
+from make_yolo_models import DESIGNED, HEIGHT, WIDTH, anchor_centres
+from make_yolo_split_models import E2E_ROWS, MODELS, anchor_strides, dfl_anchors, end2end_table
 from test_yolo import _frame, _same, reference_decode
 
-from edged.errors import ModelError
 from edged.inference import Engine
 from edged.model import (
     Quantization,
@@ -34,6 +33,7 @@ from edged.yolo import detect_yolo_end2end, detect_yolo_split
 
 DATA = Path(__file__).resolve().parent / "data" / "yolo"
 SPLIT = sorted(n for n, m in MODELS.items() if m[1] == "split")
+DFL = sorted(n for n, m in MODELS.items() if m[1].startswith("dfl"))
 E2E = sorted(n for n, m in MODELS.items() if m[1] == "e2e")
 CASES = [((300, 150), "letterbox", None), ((120, 200), "letterbox", 0.1), ((300, 150), "stretch", 0.3)]
 
@@ -92,6 +92,53 @@ def test_split_head_matches_reference(
     )
     assert out.objects is not None and len(out.objects) >= 5
     _same(out.objects, expected)
+
+
+def reference_dfl_table(bins: np.ndarray, logits: np.ndarray) -> np.ndarray:
+    """DFL bins ``[N, 64]`` and logits ``[N, C]`` -> the head table ``[4 + C, N]``: centre x, centre
+    y, width, height in input pixels, and sigmoid scores."""
+    x = bins.astype(np.float64).reshape(-1, 4, 16)
+    p = np.exp(x - x.max(axis=2, keepdims=True))
+    dist = (p / p.sum(axis=2, keepdims=True) * np.arange(16)).sum(axis=2)  # [N, 4] l, t, r, b
+    stride = anchor_strides()[:, None].astype(np.float64)
+    centres = anchor_centres().astype(np.float64)
+    x0y0, x1y1 = centres - dist[:, :2] * stride, centres + dist[:, 2:] * stride
+    box = np.concatenate([(x0y0 + x1y1) / 2, x1y1 - x0y0], axis=1)
+    return np.concatenate([box, 1 / (1 + np.exp(-logits.astype(np.float64)))], axis=1).T
+
+
+@pytest.mark.parametrize("name", DFL)
+@pytest.mark.parametrize("frame_size,resize,threshold", CASES)
+def test_dfl_head_matches_reference(
+    name: str, frame_size: tuple[int, int], resize: str, threshold: float | None
+) -> None:
+    io, kind, _, boxes_cf, scores_cf = MODELS[name]
+    engine = Engine.from_file(DATA / name, resize=resize, threshold=threshold, top_k=0)
+    split = engine.info.yolo_split
+    assert split is not None and split.box_encoding == "dfl" and (split.classes, split.anchors) == (3, 126)
+    assert (split.boxes_channels_first, split.scores_channels_first) == (boxes_cf, scores_cf)
+    assert (split.extra is not None) == (kind == "dfl3") and len(engine.info.outputs) == (3 if kind == "dfl3" else 2)
+    assert {t.dtype for t in engine.info.outputs} == {io}
+    w, h = frame_size
+    out = engine.process(_frame(w, h))
+    bins, logits = _real(engine, split.boxes)[0], _real(engine, split.scores)[0]
+    table = reference_dfl_table(bins.T if boxes_cf else bins, logits.T if scores_cf else logits)
+    t = 0.5 if threshold is None else threshold
+    expected = reference_decode(table[None], 0.0, 0, True, False, w, h, WIDTH, HEIGHT, resize, t)
+    assert out.objects is not None and len(out.objects) >= 5
+    _same(out.objects, expected)
+
+
+def test_dfl_float_model_gives_the_designed_boxes() -> None:
+    objects = Engine.from_file(DATA / "yolo_dfl_f32_cl.tflite", top_k=0).process(_frame(WIDTH, HEIGHT)).objects
+    order = [0, 7, 2, 6, 3, 4]  # as the head: anchor 1 suppressed, anchor 5 below 0.5
+    assert [o.class_id for o in objects or []] == [int(np.argmax(DESIGNED[a][0])) for a in order]
+    assert [o.score for o in objects or []] == pytest.approx([max(DESIGNED[a][0]) for a in order], abs=1e-5)
+    for o, a in zip(objects or [], order):
+        cx, cy, bw, bh = DESIGNED[a][1]
+        want = [max(cx - bw / 2, 0), max(cy - bh / 2, 0), min(cx + bw / 2, WIDTH), min(cy + bh / 2, HEIGHT)]
+        assert list(o.box.to_dict().values()) == pytest.approx(want, abs=0.06)
+    assert len(set(dfl_anchors().values())) == len(DESIGNED)
 
 
 def test_split_head_decodes_as_the_single_tensor() -> None:
@@ -200,8 +247,29 @@ def test_split_layout_recognition() -> None:
     ):
         assert resolve_yolo_split(outs, INPUT) is None
     assert detect_task([_t(1, (1, 8400, 80)), _t(2, (1, 8400, 4))], [], None) == ("detection", None)
+    # a third output [1, N, 1] (a max-score tensor) is read by nothing; any other third one is not understood
+    r = resolve_yolo_split([_t(1, (1, 8400, 80)), _t(2, (1, 8400, 4)), _t(3, (1, 8400, 1))], INPUT)
+    assert r is not None and (r.boxes, r.scores, r.extra, r.box_encoding) == (2, 1, 3, "xywh")
+    assert resolve_yolo_split([_t(1, (1, 8400, 80)), _t(2, (1, 8400, 4)), _t(3, (1, 2100, 1))], INPUT) is None
     with pytest.raises(ValueError):
-        detect_task([_t(1, (1, 8400, 80)), _t(2, (1, 8400, 4)), _t(3, (1, 8400, 1))], [], None)
+        detect_task([_t(1, (1, 8400, 80)), _t(2, (1, 8400, 4)), _t(3, (1, 8400, 2))], [], None)
+
+
+def test_dfl_layout_recognition() -> None:
+    """Frigate's Edge TPU layout: DFL boxes [1, N, 64] and logit scores [1, N, C], N the anchor count."""
+    inp = (1, 320, 320, 3)
+    for third in ([], [_t(3, (1, 2100, 1))]):
+        r = resolve_yolo_split([_t(1, (1, 2100, 17)), _t(2, (1, 2100, 64)), *third], inp)
+        assert r is not None and (r.boxes, r.scores, r.box_encoding, r.classes) == (2, 1, "dfl", 17)
+        assert r.extra == (3 if third else None)
+    r = resolve_yolo_split([_t(1, (1, 64, 2100)), _t(2, (1, 80, 2100))], inp)
+    assert r is not None and (r.boxes, r.boxes_channels_first, r.box_encoding, r.classes) == (1, True, "dfl", 80)
+    # 64 classes beside DFL boxes: both could be either, the names decide
+    both = [_t(1, (1, 2100, 64), "Identity"), _t(2, (1, 2100, 64), "Identity_1")]
+    assert resolve_yolo_split(both, inp) is None
+    named = [_t(1, (1, 2100, 64), "class_logits"), _t(2, (1, 2100, 64), "box_dfl")]
+    r = resolve_yolo_split(named, inp)
+    assert r is not None and (r.boxes, r.box_encoding) == (2, "dfl")
 
 
 def test_end2end_against_a_two_class_head() -> None:
@@ -242,14 +310,12 @@ def test_model_info_shows_the_layout() -> None:
     assert e2e["yolo_end2end"] == {"index": e2e["outputs"][0]["index"], "detections": E2E_ROWS}
 
 
-def test_ambiguous_split_is_a_model_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Two outputs the shapes allow as a split head, but not which is which: one line, no traceback."""
-    from edged import model as model_mod
-
-    real = model_mod.resolve_yolo
-    monkeypatch.setattr(model_mod, "resolve_yolo", lambda outputs, shape=None: None if shape else real(outputs))
-    with pytest.raises(ModelError, match="cannot be told apart"):
-        load_model(DATA / "yolo_split_f32_cl_norm.tflite")
+def test_ambiguous_split_is_not_understood() -> None:
+    """Two outputs the shapes allow as a split head, but not which is which: load_model's one-line error."""
+    four = [_t(1, (1, 8400, 4), "Identity"), _t(2, (1, 8400, 4), "Identity_1")]
+    with pytest.raises(ValueError):
+        detect_task(four, [], None, INPUT)
+    assert detect_task([_t(1, (1, 8400, 4), "scores"), _t(2, (1, 8400, 4), "boxes")], [], None, INPUT)[0] == "detection"
 
 
 @pytest.mark.system  # edged in a subprocess
