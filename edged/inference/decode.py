@@ -1,9 +1,9 @@
 """A model's outputs to the classes or objects of a result.
 
 The decoder is chosen once, when the model loads (:func:`decoder_for`): a classifier's
-top-k, an SSD's boxes (TFLite_Detection_PostProcess), an Ultralytics YOLO head (one tensor or
-split in two) with its NMS, or an end-to-end YOLO export. Each is a thin adapter over the pure
-functions of :mod:`edged.postprocess` and :mod:`edged.yolo`.
+top-k, an SSD's boxes (TFLite_Detection_PostProcess), a YOLO head (one tensor, or split in
+two, its boxes as centre and size or as DFL bins) with its NMS, or an end-to-end YOLO export.
+Each is a thin adapter over the pure functions of :mod:`edged.postprocess` and :mod:`edged.yolo`.
 """
 
 from __future__ import annotations
