@@ -19,6 +19,13 @@ from . import tflite_schema
 from .errors import ModelError
 from .labels import read_labels as read_labels  # re-exported: engine.py and bench/ import it from here
 from .runtime import Runtime, get_runtime, native_banners_silenced
+from .yolo_layout import YoloEnd2EndOutput, YoloLayout, YoloOutput, YoloSplitOutput, resolve_yolo
+
+# re-exported: tests and bench/ import them from here
+from .yolo_layout import resolve_yolo_end2end as resolve_yolo_end2end
+from .yolo_layout import resolve_yolo_output as resolve_yolo_output
+from .yolo_layout import resolve_yolo_split as resolve_yolo_split
+from .yolo_layout import yolo_anchor_count as yolo_anchor_count
 
 EDGETPU_CUSTOM_OP = "edgetpu-custom-op"  # the operator that holds a compiled Edge TPU segment
 EDGETPU_SUFFIX = "_edgetpu"  # foo_edgetpu.tflite is foo.tflite compiled for the Edge TPU: its CPU twin is foo.tflite
@@ -70,16 +77,6 @@ class TensorSpec:
         return d
 
 
-@dataclass(frozen=True)
-class YoloOutput:
-    """The one output of an Ultralytics YOLO (v8/v11) export: ``[1, 4 + C, N]`` or ``[1, N, 4 + C]``."""
-
-    index: int
-    channels_first: bool  # True: [1, 4 + C, N] (Ultralytics' layout); False: [1, N, 4 + C]
-    classes: int  # C
-    anchors: int  # N
-
-
 @dataclass
 class ModelInfo:
     path: str
@@ -91,9 +88,11 @@ class ModelInfo:
     outputs: list[TensorSpec]
     custom_ops: list[str] = field(default_factory=list)
     description: str | None = None
-    # detection only: output tensor index for each role (SSD), or the one YOLO-layout output
+    # detection only: output tensor index for each role (SSD), or the YOLO layout of the outputs
     ssd_outputs: dict[str, int] | None = None
-    yolo_output: YoloOutput | None = None
+    yolo_output: YoloOutput | None = None  # one head tensor
+    yolo_split: YoloSplitOutput | None = None  # boxes and class scores apart
+    yolo_end2end: YoloEnd2EndOutput | None = None  # NMS inside the model
 
     @property
     def input(self) -> TensorSpec:
@@ -117,6 +116,8 @@ class ModelInfo:
             "outputs": [t.to_dict() for t in self.outputs],
             **({"ssd_outputs": self.ssd_outputs} if self.ssd_outputs else {}),
             **({"yolo_output": asdict(self.yolo_output)} if self.yolo_output else {}),
+            **({"yolo_split": asdict(self.yolo_split)} if self.yolo_split else {}),
+            **({"yolo_end2end": asdict(self.yolo_end2end)} if self.yolo_end2end else {}),
         }
 
 
@@ -192,42 +193,14 @@ def resolve_ssd_outputs(outputs: list[TensorSpec], signature_outputs: dict[str, 
     raise ValueError("cannot tell the SSD outputs apart by name or shape")
 
 
-def yolo_anchor_count(height: int, width: int, strides: tuple[int, ...] = (8, 16, 32)) -> int:
-    """How many anchors (grid cells) a YOLO head over ``strides`` has for an input of this size."""
-    return sum(-(-height // s) * -(-width // s) for s in strides)
-
-
-def resolve_yolo_output(outputs: list[TensorSpec], input_shape: tuple[int, ...] | None = None) -> YoloOutput | None:
-    """The YOLO layout of a model's outputs, or None.
-
-    One output ``[1, A, B]`` (uint8, int8 or float32) whose smaller side is at least 5 (4 box
-    rows and a class) is read as YOLO. Which side holds the anchors: the one equal to the anchor
-    count of a stride 8/16/32 head for the input size when exactly one is; else the longer
-    side (a detector has more anchors than classes); a square output is ``[1, 4 + C, N]``,
-    Ultralytics' own layout.
-    """
-    if len(outputs) != 1:
-        return None
-    t = outputs[0]
-    if len(t.shape) != 3 or t.shape[0] != 1 or t.dtype not in ("uint8", "int8", "float32"):
-        return None
-    a, b = t.shape[1], t.shape[2]
-    if min(a, b) < 5:
-        return None
-    n = yolo_anchor_count(input_shape[1], input_shape[2]) if input_shape and len(input_shape) == 4 else -1
-    if (a == n) != (b == n):
-        channels_first = b == n
-    else:
-        channels_first = b >= a
-    width, anchors = (a, b) if channels_first else (b, a)
-    return YoloOutput(index=t.index, channels_first=channels_first, classes=width - 4, anchors=anchors)
-
-
 def detect_task(
-    outputs: list[TensorSpec], custom_ops: list[str], signature_outputs: dict[str, int] | None
+    outputs: list[TensorSpec],
+    custom_ops: list[str],
+    signature_outputs: dict[str, int] | None,
+    input_shape: tuple[int, ...] | None = None,
 ) -> tuple[str, dict[str, int] | None]:
-    """Return ("classification", None), ("detection", SSD roles) or ("detection", None) for a
-    YOLO-layout output (see :func:`resolve_yolo_output`); raise ValueError otherwise."""
+    """Return ("classification", None), ("detection", SSD roles) or ("detection", None) for
+    YOLO-layout outputs (see :func:`edged.yolo_layout.resolve_yolo`); raise ValueError otherwise."""
     if len(outputs) == 1:
         shape = outputs[0].shape
         dims = [d for d in shape if d != 1]
@@ -235,7 +208,7 @@ def detect_task(
             return "classification", None
     if len(outputs) == 4 and (SSD_CUSTOM_OP in custom_ops or all(t.dtype == "float32" for t in outputs)):
         return "detection", resolve_ssd_outputs(outputs, signature_outputs)
-    if resolve_yolo_output(outputs) is not None:
+    if resolve_yolo(outputs, input_shape) is not None:
         return "detection", None
     raise ValueError("not understood")
 
@@ -319,14 +292,15 @@ def load_model(
     if inputs[0].dtype not in ("uint8", "int8", "float32"):
         raise ModelError(f"{p}: input dtype {inputs[0].dtype} is not supported (uint8, int8 or float32)")
     try:
-        task, roles = detect_task(outputs, custom_ops, _signature_outputs(interpreter))
+        task, roles = detect_task(outputs, custom_ops, _signature_outputs(interpreter), inputs[0].shape)
     except ValueError:
         raise ModelError(
             f"{p}: output signature not understood ({_describe_outputs(outputs)}); edged understands "
             "classification (one [1,N] output), SSD detection (the 4 outputs of TFLite_Detection_PostProcess) "
-            "and YOLO detection (one [1,4+C,N] or [1,N,4+C] output)"
+            "and YOLO detection (one [1,4+C,N] or [1,N,4+C] output; boxes [1,N,4] or DFL [1,N,64] and "
+            "scores [1,N,C] apart, told apart by shape or name; or an end-to-end [1,N,6])"
         ) from None
-    yolo = resolve_yolo_output(outputs, inputs[0].shape) if task == "detection" and roles is None else None
+    yolo = resolve_yolo(outputs, inputs[0].shape) if task == "detection" and roles is None else None
     info = ModelInfo(
         path=str(p.resolve()),
         sha256=hashlib.sha256(data).hexdigest(),
@@ -338,9 +312,18 @@ def load_model(
         custom_ops=custom_ops,
         description=summary.description,
         ssd_outputs=roles,
-        yolo_output=yolo,
+        **_yolo_fields(yolo),
     )
     return LoadedModel(info=info, interpreter=interpreter, runtime=rt)
+
+
+def _yolo_fields(yolo: YoloLayout | None) -> dict[str, Any]:
+    """The ModelInfo field that holds ``yolo``, by its kind."""
+    if isinstance(yolo, YoloSplitOutput):
+        return {"yolo_split": yolo}
+    if isinstance(yolo, YoloEnd2EndOutput):
+        return {"yolo_end2end": yolo}
+    return {"yolo_output": yolo}
 
 
 def _build_interpreter(rt: Runtime, p: Path, num_threads: int | None, delegates: list[Any] | None) -> Any:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+import cv2
 import numpy as np
 
 from .preprocess import Transform, dequantize
@@ -181,6 +182,49 @@ def nms(
     return np.asarray(keep, dtype=np.intp)
 
 
+NMS_CHUNK = 1024  # nms_opencv's candidates per OpenCV call, at least (4 * max_keep when more)
+
+
+def nms_opencv(
+    boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou_threshold: float = 0.45, max_keep: int = 300
+) -> np.ndarray:
+    """:func:`nms` through OpenCV's ``cv2.dnn.NMSBoxesBatched``: the same indices, best first.
+
+    OpenCV takes ``x, y, w, h`` boxes (given in float64, as ``Rect2d``), keeps scores strictly
+    above its score threshold (given below every score: the caller has thresholded already)
+    and sorts equal scores stably, as :func:`nms` does. It cannot stop after ``max_keep`` kept
+    boxes (its ``top_k`` caps the candidates before NMS), and a full NMS of thousands of
+    candidates that keeps thousands costs far more than keeping ``max_keep``. Greedy NMS
+    decides each candidate from the better ones alone, so the candidates go through OpenCV in
+    chunks, best first, each with the boxes kept so far put ahead of it (scored above every
+    candidate: they stay kept and suppress as they would have), until ``max_keep`` are kept.
+
+    OpenCV computes the IoU in float32 (after offsetting each class's boxes by the class id
+    times the largest coordinate), so an IoU within about 1e-7 of ``iou_threshold`` can fall
+    on the other side than in :func:`nms`; an exact one (integral boxes) does not.
+    """
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    if b.shape[0] == 0 or max_keep <= 0:
+        return np.zeros(0, dtype=np.intp)
+    s = np.asarray(scores, dtype=np.float32).reshape(-1)
+    order = np.argsort(-s, kind="stable")
+    b, s, cls = b[order], s[order], np.asarray(classes).reshape(-1)[order].astype(np.int32)
+    xywh = np.concatenate([b[:, :2], b[:, 2:] - b[:, :2]], axis=1)
+    floor = float(np.nextafter(s[-1], np.float32(-np.inf)))
+    top = np.nextafter(s[0], np.float32(np.inf))  # above every score: the boxes kept so far go first
+    chunk = max(NMS_CHUNK, 4 * max_keep)
+    kept = np.zeros(0, dtype=np.intp)  # positions in the sorted order
+    for start in range(0, s.size, chunk):
+        idx = np.concatenate([kept, np.arange(start, min(s.size, start + chunk))])
+        sc = s[idx]
+        sc[: kept.size] = top
+        picked = np.sort(np.asarray(cv2.dnn.NMSBoxesBatched(xywh[idx], sc, cls[idx], floor, float(iou_threshold))))
+        kept = np.concatenate([kept, idx[picked[picked >= kept.size].astype(np.intp)]])
+        if kept.size >= max_keep:
+            break
+    return order[kept[:max_keep]]
+
+
 def detect_yolo(
     output: np.ndarray,
     transform: Transform,
@@ -204,30 +248,64 @@ def detect_yolo(
     to the input (``box_format``; ``auto`` tells them apart by the largest box value of the
     frame); the other C rows are class scores (no objectness). Each anchor keeps its best
     class; anchors scoring at least ``threshold`` go through class-aware NMS in input pixels
-    (:func:`nms`), at most ``max_detections`` (and ``top_k``) of them, best first; their boxes
+    (:func:`nms_opencv`), at most ``max_detections`` (and ``top_k``) of them, best first; their boxes
     are mapped back through the letterbox or stretch to source pixels and clipped to the frame.
 
     For a quantised output (``scale`` > 0) the threshold is compared with the raw class scores
     (:func:`quantized_threshold`); only the anchors that pass are dequantised.
     """
-    if box_format not in YOLO_BOX_FORMATS:
-        raise ValueError(f"box format must be one of {', '.join(YOLO_BOX_FORMATS)}, not {box_format!r}")
     a = np.asarray(output)
     a = a.reshape(a.shape[-2:])
     rows = a if channels_first else a.T  # [4 + C, N], a view
     if rows.shape[0] < 5 or rows.shape[1] == 0:
+        _check_box_format(box_format)
         return []
-    class_rows = rows[4:]
-    picked = _yolo_candidates(class_rows, a.dtype, scale, zero_point, threshold)
+    q = (scale, zero_point)
+    return detect_yolo_rows(
+        rows[:4], rows[4:], transform, input_width, input_height, box_quant=q, score_quant=q,
+        threshold=threshold, iou_threshold=iou_threshold, max_detections=max_detections,
+        box_format=box_format, labels=labels, top_k=top_k,
+    )  # fmt: skip
+
+
+def _check_box_format(box_format: str) -> None:
+    if box_format not in YOLO_BOX_FORMATS:
+        raise ValueError(f"box format must be one of {', '.join(YOLO_BOX_FORMATS)}, not {box_format!r}")
+
+
+def detect_yolo_rows(
+    box_rows: np.ndarray,
+    class_rows: np.ndarray,
+    transform: Transform,
+    input_width: int,
+    input_height: int,
+    *,
+    box_quant: tuple[float, int] = (0.0, 0),
+    score_quant: tuple[float, int] = (0.0, 0),
+    threshold: float = 0.5,
+    iou_threshold: float = 0.45,
+    max_detections: int = 300,
+    box_format: str = "auto",
+    labels: dict[int, str] | None = None,
+    top_k: int | None = None,
+) -> list[Object]:
+    """:func:`detect_yolo` on the box rows ``[4, N]`` and class rows ``[C, N]`` of a head, each
+    with its own quantisation (``(scale, zero_point)``, scale 0 for a float tensor): the one
+    tensor of a single-output export, or the two of a split head."""
+    _check_box_format(box_format)
+    if class_rows.shape[0] == 0 or class_rows.shape[1] == 0:
+        return []
+    picked = _yolo_candidates(class_rows, class_rows.dtype, score_quant[0], score_quant[1], threshold)
     if picked is None:
         return []
     cand, scale = picked
     sub = class_rows[:, cand]
     cls = sub.argmax(axis=0)
-    scores = dequantize(sub[cls, np.arange(cand.size)], scale, zero_point)
-    xyxy = _yolo_boxes(rows, cand, scale, zero_point, box_format, input_width, input_height)
+    scores = dequantize(sub[cls, np.arange(cand.size)], scale, score_quant[1])
+    bscale = box_quant[0] if box_rows.dtype in (np.uint8, np.int8) else 0.0
+    xyxy = _yolo_boxes(box_rows, cand, bscale, box_quant[1], box_format, input_width, input_height)
     cap = max(0, max_detections if top_k is None else min(top_k, max_detections))
-    keep = nms(xyxy, scores, cls, iou_threshold, cap)
+    keep = nms_opencv(xyxy, scores, cls, iou_threshold, cap)
     if keep.size == 0:
         return []
     return _objects(xyxy[keep], cls[keep], scores[keep], labels, transform)

@@ -1,8 +1,9 @@
 """A model's outputs to the classes or objects of a result.
 
 The decoder is chosen once, when the model loads (:func:`decoder_for`): a classifier's
-top-k, an SSD's boxes (TFLite_Detection_PostProcess) or an Ultralytics YOLO head with its
-NMS. Each is a thin adapter over the pure functions of :mod:`edged.postprocess`.
+top-k, an SSD's boxes (TFLite_Detection_PostProcess), a YOLO head (one tensor, or split in
+two, its boxes as centre and size or as DFL bins) with its NMS, or an end-to-end YOLO export.
+Each is a thin adapter over the pure functions of :mod:`edged.postprocess` and :mod:`edged.yolo`.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from typing import TYPE_CHECKING, Callable, Optional, Protocol
 
 import numpy as np
 
-from .. import postprocess
-from ..model import ModelInfo
+from .. import postprocess, yolo
+from ..model import ModelInfo, TensorSpec
 from ..preprocess import Transform
 from ..result import Class, Object
 
@@ -95,6 +96,66 @@ class YoloDecoder:
         return Decoded(objects=objects)
 
 
+@dataclass(frozen=True)
+class YoloSplitDecoder:
+    boxes: int
+    scores: int
+    boxes_channels_first: bool
+    scores_channels_first: bool
+    box_quant: tuple[float, int]
+    score_quant: tuple[float, int]
+    input_width: int
+    input_height: int
+    threshold: float
+    iou_threshold: float
+    max_detections: int
+    box_format: str
+    top_k: Optional[int]
+    labels: Optional[dict[int, str]]
+    box_encoding: str = "xywh"  # or "dfl"
+
+    def __call__(self, output: Outputs, transform: Transform) -> Decoded:
+        if self.box_encoding == "dfl":
+            objects = yolo.detect_yolo_dfl(
+                output(self.boxes), output(self.scores), transform, self.input_width, self.input_height,
+                boxes_channels_first=self.boxes_channels_first, scores_channels_first=self.scores_channels_first,
+                box_quant=self.box_quant, score_quant=self.score_quant, threshold=self.threshold,
+                iou_threshold=self.iou_threshold, max_detections=self.max_detections,
+                labels=self.labels, top_k=self.top_k,
+            )  # fmt: skip
+            return Decoded(objects=objects)
+        objects = yolo.detect_yolo_split(
+            output(self.boxes), output(self.scores), transform, self.input_width, self.input_height,
+            boxes_channels_first=self.boxes_channels_first, scores_channels_first=self.scores_channels_first,
+            box_quant=self.box_quant, score_quant=self.score_quant, threshold=self.threshold,
+            iou_threshold=self.iou_threshold, max_detections=self.max_detections, box_format=self.box_format,
+            labels=self.labels, top_k=self.top_k,
+        )  # fmt: skip
+        return Decoded(objects=objects)
+
+
+@dataclass(frozen=True)
+class YoloEnd2EndDecoder:
+    index: int
+    scale: float
+    zero_point: int
+    input_width: int
+    input_height: int
+    threshold: float
+    max_detections: int
+    box_format: str
+    top_k: Optional[int]
+    labels: Optional[dict[int, str]]
+
+    def __call__(self, output: Outputs, transform: Transform) -> Decoded:
+        objects = yolo.detect_yolo_end2end(
+            output(self.index), transform, self.input_width, self.input_height, scale=self.scale,
+            zero_point=self.zero_point, threshold=self.threshold, max_detections=self.max_detections,
+            box_format=self.box_format, labels=self.labels, top_k=self.top_k,
+        )  # fmt: skip
+        return Decoded(objects=objects)
+
+
 DEFAULT_TOP_K = 3  # classes a classification result keeps unless top_k says otherwise
 
 
@@ -116,11 +177,30 @@ def decoder_for(info: ModelInfo, cfg: ModelConfig, labels: Optional[dict[int, st
         return ClassifyDecoder(info.outputs[0].index, q.scale, q.zero_point, k, threshold, labels)
     # a detector keeps every object above the threshold, up to max_detections, unless top_k caps it
     top_k = min(cfg.top_k, cfg.max_detections) if cfg.top_k else cfg.max_detections
-    yolo = info.yolo_output
-    if yolo is not None:
-        q = next(t for t in info.outputs if t.index == yolo.index).quantization
+    head = info.yolo_output
+    if head is not None:
+        q = _quant(info, head.index)
         return YoloDecoder(
-            yolo.index, yolo.channels_first, q.scale, q.zero_point, w, h, threshold,
+            head.index, head.channels_first, q[0], q[1], w, h, threshold,
             cfg.iou_threshold, cfg.max_detections, cfg.yolo_boxes, top_k, labels,
         )  # fmt: skip
+    split = info.yolo_split
+    if split is not None:
+        return YoloSplitDecoder(
+            split.boxes, split.scores, split.boxes_channels_first, split.scores_channels_first,
+            _quant(info, split.boxes), _quant(info, split.scores), w, h, threshold,
+            cfg.iou_threshold, cfg.max_detections, cfg.yolo_boxes, top_k, labels, split.box_encoding,
+        )  # fmt: skip
+    e2e = info.yolo_end2end
+    if e2e is not None:
+        q = _quant(info, e2e.index)
+        return YoloEnd2EndDecoder(
+            e2e.index, q[0], q[1], w, h, threshold, cfg.max_detections, cfg.yolo_boxes, top_k, labels
+        )
     return SsdDecoder(dict(info.ssd_outputs or {}), w, h, threshold, top_k, labels)
+
+
+def _quant(info: ModelInfo, index: int) -> tuple[float, int]:
+    """(scale, zero point) of output tensor ``index``; scale 0 for a float tensor."""
+    spec: TensorSpec = next(t for t in info.outputs if t.index == index)
+    return spec.quantization.scale, spec.quantization.zero_point
