@@ -243,12 +243,13 @@ def _inspect(model: str, runtime: str, multiple: bool = False) -> tuple[dict[str
 
 def _print_inspect(info: dict[str, Any], runtime_version: str, graph: Any, report: Any) -> None:
     from . import compat
+    from .yolo_layout import layout_text
 
     print(f"model:    {info['path']}")
     print(f"size:     {info['size_bytes']} bytes, sha256 {info['sha256']}")
     if info["runtime"]:
         print(f"runtime:  {info['runtime']} {runtime_version}")
-        print(f"task:     {info['task']}")
+        print(f"task:     {info['task']}{layout_text(info)}")
     else:
         print(f"runtime:  not loaded ({info['interpreter_error']})")
     if info["description"]:

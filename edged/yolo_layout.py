@@ -7,7 +7,7 @@ break a tie between two split-head readings. docs/detectors.md states the rules.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, Any, Union
 
 if TYPE_CHECKING:
     from .model import TensorSpec
@@ -171,3 +171,23 @@ def resolve_yolo_split(outputs: list[TensorSpec], input_shape: tuple[int, ...] |
         by_name = {t.index for t in outputs if _named(t, _BOX_NAMES) and not _named(t, _SCORE_NAMES)}
         readings = [r for r in readings if r.boxes in by_name]
     return readings[0] if len(readings) == 1 else None
+
+
+def layout_text(info: dict[str, Any]) -> str:
+    """How `edged inspect` names the YOLO layout of a model ("" for none), from ModelInfo.to_dict()."""
+    if "yolo_output" in info:
+        y = info["yolo_output"]
+        shape = f"[1, {4 + y['classes']}, N]" if y["channels_first"] else f"[1, N, {4 + y['classes']}]"
+        return f" (YOLO, one head tensor #{y['index']} {shape}: {y['classes']} classes, {y['anchors']} anchors)"
+    if "yolo_split" in info:
+        y = info["yolo_split"]
+        dfl = ", DFL boxes" if y["box_encoding"] == "dfl" else ""
+        extra = f", #{y['extra']} unused" if y.get("extra") is not None else ""
+        return (
+            f" (YOLO, split head: boxes #{y['boxes']}, scores #{y['scores']}{dfl}{extra}: "
+            f"{y['classes']} classes, {y['anchors']} anchors)"
+        )
+    if "yolo_end2end" in info:
+        y = info["yolo_end2end"]
+        return f" (YOLO end-to-end, NMS in the model: #{y['index']} [1, {y['detections']}, 6])"
+    return ""

@@ -328,3 +328,20 @@ def test_inspect_json_shows_the_split() -> None:
     info = json.loads(proc.stdout)
     assert info["task"] == "detection"
     assert info["yolo_split"]["boxes_channels_first"] is True and info["yolo_split"]["classes"] == 3
+
+
+@pytest.mark.parametrize(
+    ("model", "shown"),
+    [
+        ("yolo_split_int8_cf_pixels", "(YOLO, split head: boxes #10, scores #12: 3 classes, 126 anchors)"),
+        ("yolo_dfl_int8_cl_3out", "(YOLO, split head: boxes #12, scores #11, DFL boxes, #13 unused: 3 classes"),
+        ("yolo_e2e_int8_norm", "(YOLO end-to-end, NMS in the model: #7 [1, 20, 6])"),
+        ("yolo_2class_f32_cl_pixels", "(YOLO, one head tensor #7 [1, N, 6]: 2 classes, 126 anchors)"),
+    ],
+)
+def test_inspect_text_names_the_layout(model: str, shown: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from edged.cli import main
+
+    assert main(["inspect", str(DATA / f"{model}.tflite")]) == 0
+    task = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("task:")]
+    assert len(task) == 1 and task[0].startswith("task:     detection ") and shown in task[0], task
