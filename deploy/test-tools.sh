@@ -3,7 +3,7 @@
 # does before the tests: a C compiler (the stand-in Edge TPU delegate), Mosquitto (the MQTT tests),
 # Chromium (the live page), shellcheck (the deploy scripts), Prometheus' promtool (the alert rules),
 # GStreamer's RTSP server for Debian's python3 (the RTSP camera), and debootstrap with QEMU (the
-# Debian guests of the `vm` tests, booted in software emulation). As root (or with sudo that
+# Debian guests of the `vm` tests, amd64 and arm64, booted in software emulation). As root (or with sudo that
 # asks no password) it installs them; otherwise it names them and the tests that need them skip.
 set -euo pipefail
 
@@ -16,6 +16,9 @@ command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || need+=(debootstrap)
 command -v qemu-system-x86_64 >/dev/null 2>&1 || need+=(qemu-system-x86)
 command -v qemu-img >/dev/null 2>&1 || need+=(qemu-utils)
+command -v qemu-system-aarch64 >/dev/null 2>&1 || need+=(qemu-system-arm)  # the arm64 guest, with:
+command -v cpio >/dev/null 2>&1 || need+=(cpio)                             # its initramfs
+command -v depmod >/dev/null 2>&1 || [ -x /usr/sbin/depmod ] || need+=(kmod) # its modules' index
 command -v ssh >/dev/null 2>&1 || need+=(openssh-client)
 # the RTSP server: each part named, so that a python3-gi without the RTSP typelib is completed too
 if ! /usr/bin/python3 -c 'import gi' >/dev/null 2>&1; then

@@ -109,8 +109,12 @@ def qemu_command(
     net = ["-netdev", f"user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:22"]
     disk = ["-drive", f"file={overlay},if=virtio,format=qcow2,cache=unsafe"]
     # software emulation (TCG): a KVM guest hangs here (no nested virtualisation)
-    machine = ["qemu-system-x86_64", "-machine", "q35,accel=tcg", "-cpu", "max"]
-    append, nic = "root=/dev/vda console=ttyS0 rw net.ifnames=0 systemd.show_status=false", "virtio-net-pci"
+    if image.spec.arch == "arm64":  # QEMU's virt board with a Raspberry Pi 4's cores (Cortex-A72)
+        machine, console_dev = ["qemu-system-aarch64", "-machine", "virt", "-cpu", "cortex-a72"], "ttyAMA0"
+    else:
+        machine, console_dev = ["qemu-system-x86_64", "-machine", "q35,accel=tcg", "-cpu", "max"], "ttyS0"
+    append = f"root=/dev/vda console={console_dev} rw net.ifnames=0 systemd.show_status=false"
+    nic = "virtio-net-pci"
     return [
         *machine,
         *("-m", memory, "-smp", str(cpus), "-display", "none", "-monitor", "none", "-no-reboot"),

@@ -12,9 +12,11 @@ each under a name that carries its recipe's digest, so a changed recipe builds a
 missing one is built (under a lock: two test runs never build the same image at once). Each boot
 runs on a throw-away qcow2 overlay, so every test module starts from the image as built.
 
-The root file systems are amd64, built natively (debootstrap, and the kernel's initramfs made in
-the chroot). An arm64 guest is not built here: its second debootstrap stage would have to run
-emulated (no binfmt_misc for qemu-user), which took over 40 minutes (docs/operations.md).
+The amd64 root file systems are built natively (debootstrap, and the kernel's initramfs made
+in the chroot) and booted by ``qemu-system-x86_64``. The arm64 one (bookworm, the base of
+Raspberry Pi OS 64-bit) is built on the host without running an arm64 program
+(:mod:`support.vm_arm64`: debootstrap's second stage would run emulated, over 40 minutes) and
+booted by ``qemu-system-aarch64`` on QEMU's virt board with Cortex-A72 cores.
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ PACKAGES = (
     "ca-certificates",
     "kmod",
 )
-KERNEL = {"amd64": "linux-image-amd64"}
+KERNEL = {"amd64": "linux-image-amd64", "arm64": "linux-image-arm64"}
+MACHINE = {"amd64": "x86_64", "arm64": "aarch64"}  # the kernel's (uname -m) and the wheels' name
 HOSTNAME = "edged-guest"
 PYTHON = {"bookworm": "3.11", "trixie": "3.13"}  # Debian's python3 of each release
 WHEELS = "/var/cache/edged-wheels"  # in the guest: PyPI's wheels of edged's dependencies
@@ -76,9 +79,13 @@ class Spec:
         """The recipe's digest: the packages and the functions that build (not those that boot)."""
         import inspect
 
+        from . import vm_arm64
+
         builders = [configure_rootfs, trust_host_cas, add_wheels, wheelhouse, make_disk, take_kernel, build_native]
         recipe = [RECIPE_VERSION, self.suite, self.arch, MIRROR, *PACKAGES, KERNEL[self.arch]]
         recipe += [inspect.getsource(b) for b in builders]  # type: ignore[arg-type]
+        if self.arch != "amd64":
+            recipe.append(inspect.getsource(vm_arm64))
         return hashlib.sha256("\n".join(recipe).encode()).hexdigest()[:12]
 
 
@@ -137,7 +144,12 @@ def need_tools(arch: str) -> None:
     require_tool("mkfs.ext4", "e2fsprogs")
     require_tool("qemu-img", "qemu-utils")
     require_tool("ssh", "openssh-client")
-    require_tool("qemu-system-x86_64", "qemu-system-x86")
+    if arch == "amd64":
+        require_tool("qemu-system-x86_64", "qemu-system-x86")
+    else:  # built on the host without an arm64 program (support.vm_arm64)
+        require_tool("qemu-system-aarch64", "qemu-system-arm")
+        require_tool("cpio", "cpio")
+        require_tool("depmod", "kmod")
     if os.geteuid() != 0:
         why = "building a guest's root file system (debootstrap, chroot) needs root"
         if os.environ.get("EDGED_REQUIRE_TOOLS") == "1":
@@ -157,9 +169,12 @@ def image(spec: Spec, log: Optional[Path] = None) -> Image:
                     shutil.rmtree(old, ignore_errors=True)
             log = log or cache_dir() / f"{spec.name}.build.log"
             started = time.monotonic()
-            if spec.arch != "amd64":
-                raise ValueError(f"{spec.name}: only amd64 guests are built (see this module's docstring)")
-            build_native(spec, folder, key.with_suffix(".pub").read_text(), log)
+            if spec.arch == "amd64":
+                build_native(spec, folder, key.with_suffix(".pub").read_text(), log)
+            else:
+                from . import vm_arm64
+
+                vm_arm64.build(spec, folder, key.with_suffix(".pub").read_text(), log)
             (folder / "built").write_text(f"{time.monotonic() - started:.0f}\n")
     return Image(spec, folder, key)
 
@@ -229,7 +244,7 @@ def wheelhouse(spec: Spec, log: Path) -> Path:
     import tomllib
 
     py = PYTHON[spec.suite]
-    machine = {"amd64": "x86_64"}[spec.arch]
+    machine = MACHINE[spec.arch]
     folder = cache_dir() / f"wheels-cp{py.replace('.', '')}-{machine}"
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     wanted = [*project["build-system"]["requires"], *project["project"]["dependencies"]]
