@@ -1,8 +1,9 @@
-"""The doctor's hardware checks on fake sysfs and /dev trees (the boundary: what the kernel shows).
+"""The doctor's hardware checks on fake sysfs, /dev and /boot trees (the boundary: what the kernel shows).
 
 Each case is one a Coral user meets: a USB Accelerator on a USB 2 link, one stuck at 1a6e:089a
 after a load attempt, a device node in a group the service user is not in, a PCIe Coral without
-its driver or its node, a Raspberry Pi 5 kernel with 16 KiB pages, a hot M.2 TPU. Device nodes
+its driver or its node, a Raspberry Pi 5 kernel with 16 KiB pages or a config.txt without PCIe,
+the apex driver's own error in the kernel log, a hot M.2 TPU. Device nodes
 are real character devices made with mknod (the tests run as root, as CI does).
 """
 
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from edged.doctor import board as brd
 from edged.doctor import findings as fnd
 from edged.doctor import hardware as hw
 from edged.edgetpu import list_edge_tpus
@@ -93,7 +95,8 @@ def _by_check(found: list[fnd.Finding], check: str, tpu: str | None = None) -> f
 def _run(
     roots: tuple[Path, Path], user: hw.User = EDGED, page: int = 4096, model: str | None = None
 ) -> list[fnd.Finding]:
-    return hw.hardware_findings(user, hw.Host("6.6.51+rpt-rpi-2712", page, model), *roots)
+    boot = roots[0].parent / "boot"
+    return hw.hardware_findings(user, hw.Host("6.6.51+rpt-rpi-2712", page, model), *roots, boot=boot)
 
 
 # --------------------------------------------------------------------------- USB
@@ -302,3 +305,131 @@ def test_this_machine_runs_every_board_check() -> None:
     checks = [f.check for f in found]
     assert checks[:3] == ["edgetpu-found", "apex-driver", "kernel"]
     assert f"{os.sysconf('SC_PAGE_SIZE') // 1024} KiB pages" in _by_check(found, "kernel").message
+
+
+# --------------------------------------------------------------------------- Raspberry Pi 5: config.txt, kernel log
+
+PI5 = "Raspberry Pi 5 Model B Rev 1.0"
+# /dev/kmsg records as the kernel gives them: "prio,seq,usec,flags;message", dictionary lines indented
+KMSG = (
+    "6,812,2310442,-;gasket: module verification failed: signature and/or required key missing\n"
+    "6,813,2311873,-;apex 0000:01:00.0: enabling device (0000 -> 0002)\n"
+    " SUBSYSTEM=pci\n"
+    " DEVICE=+pci:0000:01:00.0\n"
+    "4,814,2312001,-;usb 3-1: new SuperSpeed USB device number 2 using xhci-hcd\n"
+    "3,815,2312514,-;apex 0000:01:00.0: Couldn't initialize interrupts: -28\n"
+)
+
+
+def _boot(roots: tuple[Path, Path], text: str, name: str = "firmware/config.txt") -> Path:
+    path = roots[0].parent / "boot" / name
+    _write(path, text)
+    return path
+
+
+def _unbound_pcie(roots: tuple[Path, Path]) -> None:
+    """A Coral PCIe function with gasket and apex loaded whose probe failed: no driver bound, no node."""
+    _pcie(*roots, node=False, module=False)
+    for m in ("gasket", "apex"):
+        (roots[0] / "module" / m).mkdir(parents=True)
+
+
+def test_pi5_driver_failure_shows_the_kernels_words_and_the_msi_overlay(roots) -> None:
+    _unbound_pcie(roots)
+    _write(roots[1] / "kmsg", KMSG)
+    _boot(roots, "dtparam=pciex1\n")
+    found = _run(roots, page=16384, model=PI5)
+    driver = _by_check(found, "apex-driver")
+    assert driver.status == fnd.PROBLEM
+    assert driver.message.endswith("the kernel said: apex 0000:01:00.0: Couldn't initialize interrupts: -28")
+    assert "dtoverlay=pciex1-compat-pi5,no-mip" in driver.remedy and "pineboards-hat-ai" in driver.remedy
+    assert driver.details["kernel_log"] == [
+        "gasket: module verification failed: signature and/or required key missing",
+        "apex 0000:01:00.0: enabling device (0000 -> 0002)",
+        "apex 0000:01:00.0: Couldn't initialize interrupts: -28",
+    ]
+    boot = _by_check(found, "boot-config")
+    assert boot.status == fnd.PROBLEM
+    assert "`kernel=kernel8.img` (it boots kernel_2712.img, 16 KiB pages)" in boot.message
+    assert "an MSI overlay" in boot.message and "config.txt" in boot.remedy
+
+
+def test_the_same_failure_off_a_pi5_keeps_the_generic_remedy_and_no_boot_check(roots) -> None:
+    _unbound_pcie(roots)
+    _write(roots[1] / "kmsg", KMSG)
+    found = _run(roots)
+    driver = _by_check(found, "apex-driver")
+    assert "the kernel said: apex 0000:01:00.0: Couldn't initialize interrupts" in driver.message
+    assert "pciex1-compat-pi5" not in driver.remedy and "dmesg" in driver.remedy
+    assert not [f for f in found if f.check == "boot-config"]
+
+
+def test_no_kernel_log_device_leaves_the_finding_as_it_was(roots) -> None:
+    _unbound_pcie(roots)
+    driver = _by_check(_run(roots), "apex-driver")
+    assert "the kernel said" not in driver.message and driver.details["kernel_log"] == []
+
+
+def test_pi5_with_a_working_coral_reads_its_settings_as_ok(roots) -> None:
+    _pcie(*roots)
+    _boot(roots, "[all]\nkernel=kernel8.img\ndtparam=pciex1\ndtoverlay=pciex1-compat-pi5,no-mip\n")
+    boot = _by_check(_run(roots, model=PI5), "boot-config")
+    assert boot.status == fnd.OK
+    assert boot.message.endswith("config.txt: kernel=kernel8.img (4 KiB pages), dtoverlay=pciex1-compat-pi5,no-mip")
+
+
+def test_pi5_without_any_tpu_and_pcie_off_says_dtparam_pciex1(roots) -> None:
+    _boot(roots, "# dtparam=pciex1\ndtparam=audio=on\n")
+    boot = _by_check(_run(roots, model=PI5), "boot-config")
+    assert boot.status == fnd.WARNING and "leaves the external PCIe connector off" in boot.message
+    assert "dtparam=pciex1" in boot.remedy and "HAT+" in boot.remedy
+
+
+def test_pi5_with_a_usb_tpu_needs_no_pcie(roots) -> None:
+    _usb(*roots, "2-1", ("18d1", "9302"), "5000")
+    _boot(roots, "", name="config.txt")
+    boot = _by_check(_run(roots, model=PI5), "boot-config")
+    assert boot.status == fnd.INFO and "nothing a USB Accelerator needs" in boot.message
+
+
+def test_pi5_with_pcie_on_and_no_coral_says_to_check_the_cable(roots) -> None:
+    _boot(roots, "dtparam=nvme\n")
+    boot = _by_check(_run(roots, model=PI5), "boot-config")
+    assert boot.status == fnd.WARNING and "no Coral is on it" in boot.message and "ribbon cable" in boot.remedy
+
+
+def test_pi5_without_config_txt_says_what_was_not_checked(roots) -> None:
+    boot = _by_check(_run(roots, model=PI5), "boot-config")
+    assert boot.status == fnd.INFO and "no config.txt" in boot.message
+
+
+@pytest.mark.parametrize(
+    ("model", "text", "expected"),
+    [
+        # another board's section does not apply; [all] ends it; [pi5] applies; the last assignment wins
+        (
+            PI5,
+            "[pi4]\nkernel=kernel8.img\n[all]\ndtparam=pciex1\n[pi5]\ndtoverlay=pineboards-hat-ai\n",
+            (None, True, "pineboards-hat-ai"),
+        ),
+        (PI5, "dtparam=audio=on,pciex1\ndtparam=pciex1=off\n", (None, False, None)),
+        # [none] and [tryboot] are off; a compat overlay without no-mip does not move the MSI parent
+        (
+            PI5,
+            "[none]\nkernel=kernel8.img\n[all]\n[tryboot]\ndtparam=pciex1\n[all]\ndtoverlay=pciex1-compat-pi5\n",
+            (None, False, None),
+        ),
+        # a CM5: [cm5] applies, [pi500] does not; include files are read where they are written
+        (
+            "Raspberry Pi Compute Module 5 Rev 1.0",
+            "[cm5]\ninclude extra.txt\n[pi500]\nkernel=x.img\n",
+            ("kernel8.img", True, None),
+        ),
+    ],
+)
+def test_config_txt_is_read_as_the_firmware_applies_it(tmp_path, model, text, expected) -> None:
+    path = tmp_path / "config.txt"
+    path.write_text(text)
+    (tmp_path / "extra.txt").write_text("kernel=kernel8.img  # 4 KiB pages\ndtparam=pciex1=on\n")
+    cfg = brd.parse_config(path, model)
+    assert (cfg.kernel, cfg.pciex1, cfg.msi) == expected

@@ -41,6 +41,7 @@ class Options:
     deadline: float = 30.0
     sysfs_root: Optional[Path] = None
     dev_root: Optional[Path] = None
+    boot_root: Optional[Path] = None  # a Pi 5's config.txt is read under it (default EDGED_BOOT_ROOT, /boot)
     unit_paths: Sequence[Path] = field(default=UNIT_PATHS)
 
 
@@ -103,7 +104,7 @@ def collect(options: Options) -> list[Finding]:
     sys_r, dev_r, _ = discovery_roots(options.sysfs_root, options.dev_root)
     user, user_finding = resolve_user(options)
     tpus = list_edge_tpus(sys_r, dev_r, use_pycoral=False)  # pycoral would load libedgetpu in this process
-    out = [user_finding, *hardware_findings(user, sysfs_root=sys_r, dev_root=dev_r, tpus=tpus)]
+    out = [user_finding, *hardware_findings(user, None, sys_r, dev_r, tpus, options.boot_root)]
     cfg = None
     if options.config:
         cfg, config_finding = placement.load(options.config)

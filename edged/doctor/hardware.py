@@ -363,12 +363,18 @@ def hardware_findings(
     sysfs_root: str | Path | None = None,
     dev_root: str | Path | None = None,
     tpus: list[EdgeTpu] | None = None,
+    boot: str | Path | None = None,
 ) -> list[Finding]:
-    """Every hardware check, board first, then per TPU."""
+    """Every hardware check, board first (a Pi 5's config.txt: ``boot``, see :mod:`.board`), then per TPU."""
+    from .board import board_findings, boot_root
+
     sys_r, dev_r, _ = discovery_roots(sysfs_root, dev_root)
     host = host or Host.current(sys_r)
     tpus = list_edge_tpus(sys_r, dev_r) if tpus is None else tpus
-    out = [found_finding(tpus, sys_r, dev_r), *driver_findings(sys_r, dev_r, host)]
+    board = driver_findings(sys_r, dev_r, host)
+    pcie = bool(pci_corals(sys_r))
+    board = board_findings(board, host.model, host.page_size, (boot_root(boot), dev_r), pcie, len(tpus))
+    out = [found_finding(tpus, sys_r, dev_r), *board]
     for tpu in tpus:
         checks = (identity_finding(tpu, after_load=False), link_finding(tpu), node_finding(tpu, dev_r, user))
         out += [f for f in (*checks, thermal_finding(tpu)) if f is not None]
