@@ -284,8 +284,8 @@ def driver_findings(sysfs_root: Path, dev_root: Path, host: Host) -> list[Findin
     if host.page_size != 4096:
         pi5 = bool(host.model and "Raspberry Pi 5" in host.model)
         remedy = "boot a kernel with 4 KiB pages" + (
-            ": add `kernel=kernel8.img` to /boot/firmware/config.txt (with `dtparam=pciex1` and, for most "
-            "M.2 HATs, `dtoverlay=pcie-32bit-dma-pi5`) and reboot"
+            ": add `kernel=kernel8.img` to /boot/firmware/config.txt (with `dtparam=pciex1`; the boot-config "
+            "check says what else it lacks) and reboot"
             if pi5
             else ""
         )
