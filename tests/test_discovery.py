@@ -40,7 +40,11 @@ def test_every_entity_is_one_device_with_valid_ids_and_topics() -> None:
         assert len(json.dumps(cfg)) < 2000
     uids = [c["unique_id"] for c in out.values()]
     assert len(set(uids)) == len(uids)
-    occupancy = {t.split("/")[3]: c for t, c in out.items() if t.startswith("homeassistant/binary_sensor/")}
+    binary = {t.split("/")[3]: c for t, c in out.items() if t.startswith("homeassistant/binary_sensor/")}
+    problem = binary.pop("edgetpu_problem")  # the board has an Edge TPU: its problem sensor
+    assert (problem["device_class"], problem["entity_category"]) == ("problem", "diagnostic")
+    assert problem["state_topic"] == problem["json_attributes_topic"] == "edged/shelf-pi/status"
+    occupancy = binary
     assert set(occupancy) == {
         "porch_all_occupancy", "porch_person_occupancy", "porch_traffic_light_occupancy",
         "porch_door_all_occupancy", "porch_door_person_occupancy", "porch_door_traffic_light_occupancy",
@@ -70,6 +74,12 @@ def test_every_entity_is_one_device_with_valid_ids_and_topics() -> None:
         out["homeassistant/switch/shelf-pi/yard_cls_detect/config"]["command_topic"]
         == "edged/shelf-pi/yard.cls/detect/set"
     )
+
+
+def test_the_problem_sensor_is_only_for_a_board_with_an_edge_tpu() -> None:
+    assert not [t for t in configs() if "edgetpu_problem" in t]
+    out = configs(edgetpus=[{"name": "usb:0", "temperature": None}])  # a USB TPU: no thermometer, a problem sensor
+    assert [t.split("/")[3] for t in out if "edgetpu" in t] == ["edgetpu_problem"]
 
 
 def test_no_url_no_configuration_url_and_a_node_id_made_valid() -> None:

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from support.client import free_port
 from support.daemon import ROOT, Daemon
+from support.fakeboard import board
 from support.mosquitto import Broker
 from support.wait import wait_for
 
@@ -23,27 +24,6 @@ paho = pytest.importorskip("paho.mqtt.client")
 pytestmark = pytest.mark.system  # edged and mosquitto in subprocesses
 
 DEVICE = "doctorpi"
-
-
-def _write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text + "\n")
-
-
-def board(tmp: Path) -> tuple[Path, Path]:
-    """A USB Accelerator at 480 Mb/s (usb:0) and a PCIe TPU at 91.2 °C, trip points 85/90/95 (pci:0)."""
-    sys_r, dev_r = tmp / "sys", tmp / "dev"
-    usb = sys_r / "bus" / "usb" / "devices" / "2-1"
-    for name, value in {"idVendor": "18d1", "idProduct": "9302", "speed": "480"}.items():
-        _write(usb / name, value)
-    apex = sys_r / "class" / "apex" / "apex_0"
-    for name, value in {"temp": "91200", "trip_point0_temp": "85000", "trip_point1_temp": "90000"}.items():
-        _write(apex / name, value)
-    _write(apex / "trip_point2_temp", "95000")
-    _write(apex / "hw_temp_warn2", "110000")
-    _write(apex / "hw_temp_warn2_en", "1")
-    dev_r.mkdir()
-    return sys_r, dev_r
 
 
 class StatusSubscriber:

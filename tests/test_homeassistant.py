@@ -247,3 +247,49 @@ def check_switch(ha: HomeAssistant, control: Path) -> None:
     ha.call_service("switch", "turn_on", {"entity_id": f"switch.{prefix}_detect"})
     ha.wait_state(f"switch.{prefix}_detect", "on")
     ha.wait_state(f"binary_sensor.{prefix}_door_3_occupancy", "on")  # the 3 is still in the zone
+
+
+@pytest.mark.system
+@pytest.mark.timeout(1800)  # the first run builds the venv
+def test_an_edge_tpu_problem_shows_in_home_assistant(tmp_path: Path) -> None:
+    """On a board with a USB TPU on a USB 2 link and a throttled M.2 TPU (a fake sysfs tree), Home
+    Assistant's Edge TPU problem sensor is on with both warnings as attributes, and goes off when
+    the board is mended (the link at 5000 Mb/s, the TPU cooled)."""
+    from support.daemon import ROOT, Daemon
+    from support.fakeboard import board
+
+    node = "tpupi"
+    sys_r, dev_r = board(tmp_path)
+    broker = Broker(tmp_path, free_port())
+    broker.start()
+    stream = {
+        "id": "demo",
+        "source": {"type": "synthetic", "fps": 5},
+        "model": {"path": str(ROOT / "models/digits_int8.tflite")},
+        "sinks": [
+            {"type": "mqtt", "port": broker.port, "queue_path": str(tmp_path / "q.sqlite"), "status_interval": 2}
+        ],
+    }
+    config = {"device": node, "listen": f"127.0.0.1:{free_port()}", "streams": [stream]}
+    env = {"STATE_DIRECTORY": str(tmp_path / "state"), "EDGED_SYSFS_ROOT": str(sys_r), "EDGED_DEV_ROOT": str(dev_r)}
+    d = Daemon(tmp_path / "edged", config, env=env, cwd=ROOT)
+    problem = f"binary_sensor.edged_{node}_edgetpu_problem"
+    try:
+        with HomeAssistant(tmp_path, broker.port) as ha:
+            d.wait_ready()
+            state = ha.wait_state(problem, "on", 60)
+            assert state["attributes"]["device_class"] == "problem"
+            warnings = {(w["tpu"], w["check"]): w for w in state["attributes"]["warnings"]}
+            assert set(warnings) == {("usb:0", "usb-link"), ("pci:0", "temperature")}
+            assert "USB 2 link" in warnings[("usb:0", "usb-link")]["message"]
+            assert "USB 3 port" in warnings[("usb:0", "usb-link")]["remedy"]
+            assert "throttled to 125 MHz" in warnings[("pci:0", "temperature")]["message"]
+            ha.wait_state(f"sensor.edged_{node}_edgetpu_pci_0_temperature", lambda s: s and float(s["state"]) == 91.2)
+
+            (sys_r / "bus/usb/devices/2-1/speed").write_text("5000\n")  # replugged into a USB 3 port
+            (sys_r / "class/apex/apex_0/temp").write_text("52000\n")  # a fan on the M.2 module
+            assert ha.wait_state(problem, "off", 60)["attributes"]["warnings"] == []
+            assert "Traceback" not in d.stderr, d.stderr
+    finally:
+        d.kill()
+        broker.stop()

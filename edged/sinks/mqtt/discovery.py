@@ -4,7 +4,9 @@ One device per edged (``identifiers: [edged_<node>]``, its model, version and li
 per stream: its frame rate, the accelerator in use, its fallbacks to the CPU, the detection
 switch, and for a detector its occupancy and counts (the whole frame and each zone, any
 label and each tracked label) and its latest snapshot (an ``image`` entity); per Edge TPU
-with a thermometer, its temperature. Each is published retained to
+with a thermometer, its temperature; on a board with an Edge TPU, a ``problem`` binary sensor,
+on while the status topic carries a warning (a USB 2 link, a hot TPU: :mod:`edged.doctor.live`),
+the warnings as its attributes. Each is published retained to
 ``<discovery_prefix>/<component>/<node>/<object_id>/config`` with the full key names of Home
 Assistant's schema; every entity shares the device's ``availability`` topic.
 """
@@ -57,6 +59,13 @@ class Discovery:
                 "name": f"Edge TPU {name} temperature", "state_topic": self.topics.temperature(name),
                 "device_class": "temperature", "unit_of_measurement": "°C", "state_class": "measurement",
                 "entity_category": "diagnostic",
+            })  # fmt: skip
+        if summary.get("edgetpus"):
+            self._add(out, "binary_sensor", "edgetpu_problem", device, {
+                "name": "Edge TPU problem", "device_class": "problem", "entity_category": "diagnostic",
+                "state_topic": self.topics.status, "json_attributes_topic": self.topics.status,
+                "value_template": "{{ 'ON' if value_json.warnings | default([]) | length > 0 else 'OFF' }}",
+                "json_attributes_template": "{{ {'warnings': value_json.warnings | default([])} | tojson }}",
             })  # fmt: skip
         return out
 
