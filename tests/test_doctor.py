@@ -99,19 +99,41 @@ def test_a_delegate_that_refuses_to_load_is_a_problem_with_the_likely_causes(lib
     assert "device-node check" in line and "another TF Lite version" in line
 
 
-@pytest.mark.parametrize("fault", ["abort", "hang"])
+def gone(pid: int) -> bool:
+    """No process ``pid`` any more (or only its zombie: dead, neither running nor stopped)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return True
+
+
+@pytest.mark.parametrize("fault", ["abort", "hang", "load-abort", "load-hang"])
 def test_a_worker_that_aborts_or_hangs_is_a_problem_and_the_doctor_goes_on(libs, roots, tmp_path, fault) -> None:
+    """abort/hang: SIGABRT or SIGSTOP from a thread just after the delegate was created; load-abort/load-hang:
+    inside tflite_plugin_create_delegate, before it returns. Either way one finding, and no worker left behind."""
     (tmp_path / "fault").write_text(f"{fault} 0\n")
-    env = {"EDGED_FAKE_FAULT_FILE": str(tmp_path / "fault")}
+    log = tmp_path / "delegate.log"
+    env = {"EDGED_FAKE_FAULT_FILE": str(tmp_path / "fault"), "EDGED_FAKE_DELEGATE_LOG": str(log)}
     proc = doctor("--library", libs["load"], "--device", "usb:0", "--deadline", 4, env=env)
     no_traceback(proc)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     [line] = lines(proc, "delegate")
-    if fault == "abort":
-        assert "the worker aborted (SIGABRT: libedgetpu's LOG(FATAL))" in line and "dmesg" in line
+    if fault.endswith("abort"):
+        assert line.startswith("[FAIL] delegate usb:0: the worker aborted (SIGABRT: libedgetpu's LOG(FATAL))")
+        assert "during the delegate load or test: worker killed by SIGABRT" in line and "dmesg" in line
     else:
-        assert "no answer within 4 s" in line and "replug" in line
+        assert line.startswith("[FAIL] delegate usb:0: no answer within 4 s from the worker loading the delegate")
+        assert "replug" in line
+    # the checks before the delegate test ran, and the summary counts every finding
+    assert lines(proc, "runtime") and lines(proc, "libedgetpu")[0].startswith("[  ok] libedgetpu")
     assert proc.stdout.rstrip().splitlines()[-1].startswith(f"{proc.stdout.count('[')} checks: 1 problem")
+    [create] = [row for row in log.read_text().splitlines() if row.startswith("create ")]
+    pid = int(create.split()[1].removeprefix("pid="))
+    assert gone(pid), f"the worker {pid} is left behind ({fault})"
 
 
 # ---------------------------------------------------------------------------- libedgetpu

@@ -18,9 +18,12 @@
  *
  * With EDGED_FAKE_FAULT_FILE set, each create reads that file: "abort MS" or "hang MS" makes
  * the process abort (SIGABRT, as libedgetpu's LOG(FATAL)) or stop (SIGSTOP: a wedged USB
- * transfer) MS milliseconds after the delegate was created, i.e. right after a probe has
- * loaded the model and run its test inference: a TPU that flaps. A missing or empty file: a
- * healthy TPU (the file is read again by the next worker).
+ * transfer) MS milliseconds after the delegate was created, from a thread, i.e. right after a
+ * probe has loaded the model and run its test inference: a TPU that flaps. "load-abort" or
+ * "load-hang" (an MS after it is ignored) aborts or stops the process during the load itself,
+ * inside tflite_plugin_create_delegate before it returns (after its "create" log line): a
+ * LOG(FATAL) while opening the device, a firmware upload that wedges. A missing or empty file,
+ * or any other content: a healthy TPU (the file is read again by the next worker).
  *
  * Both variants export edgetpu_version() (libedgetpu's edgetpu_c.h) with a build label in the
  * real library's format, so `edged doctor` can read a version from the stand-in.
@@ -30,6 +33,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 /* The leading fields of TfLiteDelegate (tensorflow/lite/core/c/common.h), which have been
@@ -76,6 +80,7 @@ static void *fault_later(void *arg) {
   return NULL;
 }
 
+/* Reads EDGED_FAKE_FAULT_FILE: a fault during the load happens here, one after it is armed. */
 static void arm_fault(void) {
   const char *path = getenv("EDGED_FAKE_FAULT_FILE");
   if (!path) return;
@@ -85,8 +90,18 @@ static void arm_fault(void) {
   long ms = 0;
   int n = fscanf(f, "%15s %ld", kind, &ms);
   fclose(f);
+  if (n >= 1 && strcmp(kind, "load-abort") == 0) abort();
+  if (n >= 1 && strcmp(kind, "load-hang") == 0) {
+    raise(SIGSTOP);
+    return;
+  }
   if (n != 2) return;
-  fault_signal = kind[0] == 'a' ? SIGABRT : SIGSTOP;
+  if (strcmp(kind, "abort") == 0)
+    fault_signal = SIGABRT;
+  else if (strcmp(kind, "hang") == 0)
+    fault_signal = SIGSTOP;
+  else
+    return;
   fault_ms = ms;
   pthread_t t;
   if (pthread_create(&t, NULL, fault_later, NULL) == 0) pthread_detach(t);
