@@ -3,7 +3,8 @@
 Two builds of the one source: the default loads and claims no nodes (so a worker's interpreter
 runs a plain model on the CPU behind it); ``refuse=True`` (``-DFAKE_REFUSE``) refuses to load,
 as libedgetpu does with no Edge TPU plugged in. See the source's header for what it logs and for
-``EDGED_FAKE_FAULT_FILE`` (a TPU that aborts or hangs right after each probe). Both export
+``EDGED_FAKE_FAULT_FILE`` (a TPU that aborts or hangs right after each probe, or while the
+delegate loads: ``load-abort``, ``load-hang``). Both export
 ``edgetpu_version()``, returning :data:`VERSION`.
 """
 
