@@ -77,7 +77,7 @@ def decode_rounds(rounds: int, repeat: int) -> dict[str, list[float]]:
     """ms per ``detect_yolo`` call, per round, with OpenCV's NMS and with the numpy one."""
     out = head_output()
     transform = compute_transform(1280, 720, 640, 640, "letterbox")
-    kw = dict(scale=1 / 255, zero_point=-128, threshold=0.05, max_detections=300)
+    options = postprocess.YoloOptions(threshold=0.05, max_detections=300)
     ms: dict[str, list[float]] = {"numpy": [], "opencv": []}
     for r in range(rounds):
         for name in ("numpy", "opencv") if r % 2 == 0 else ("opencv", "numpy"):
@@ -85,7 +85,7 @@ def decode_rounds(rounds: int, repeat: int) -> dict[str, list[float]]:
             times = []
             for _ in range(repeat):
                 t0 = time.perf_counter()
-                postprocess.detect_yolo(out, transform, 640, 640, **kw)  # type: ignore[arg-type]
+                postprocess.detect_yolo(out, transform, 640, 640, scale=1 / 255, zero_point=-128, options=options)
                 times.append(time.perf_counter() - t0)
             ms[name].append(statistics.median(times) * 1000)
     postprocess.nms_opencv = nms_opencv

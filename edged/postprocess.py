@@ -6,6 +6,7 @@ Pure functions over numpy arrays, in the manner of pycoral's adapters.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -225,6 +226,29 @@ def nms_opencv(
     return order[kept[:max_keep]]
 
 
+@dataclass(frozen=True)
+class YoloOptions:
+    """What a YOLO decode keeps, whatever the layout: anchors (or rows) scoring at least
+    ``threshold``, through class-aware NMS at ``iou_threshold`` (not for an end-to-end export),
+    at most ``max_detections`` and ``top_k`` of them; ``box_format`` (``auto``, ``pixels``,
+    ``normalized``) says how the boxes are given; ``labels`` names the classes."""
+
+    threshold: float = 0.5
+    iou_threshold: float = 0.45
+    max_detections: int = 300
+    box_format: str = "auto"
+    labels: dict[int, str] | None = None
+    top_k: int | None = None
+
+    @property
+    def cap(self) -> int:
+        """How many objects are kept at most."""
+        return max(0, self.max_detections if self.top_k is None else min(self.top_k, self.max_detections))
+
+
+DEFAULT_YOLO = YoloOptions()
+
+
 def detect_yolo(
     output: np.ndarray,
     transform: Transform,
@@ -234,22 +258,17 @@ def detect_yolo(
     channels_first: bool = True,
     scale: float = 0.0,
     zero_point: int = 0,
-    threshold: float = 0.5,
-    iou_threshold: float = 0.45,
-    max_detections: int = 300,
-    box_format: str = "auto",
-    labels: dict[int, str] | None = None,
-    top_k: int | None = None,
+    options: YoloOptions = DEFAULT_YOLO,
 ) -> list[Object]:
     """Objects of an Ultralytics YOLO (v8/v11) output ``[1, 4 + C, N]`` (or ``[1, N, 4 + C]``
     when not ``channels_first``), in the same form as :func:`detect`.
 
     Rows 0..3 are the box centre x, centre y, width and height, in input pixels or normalised
-    to the input (``box_format``; ``auto`` tells them apart by the largest box value of the
-    frame); the other C rows are class scores (no objectness). Each anchor keeps its best
-    class; anchors scoring at least ``threshold`` go through class-aware NMS in input pixels
-    (:func:`nms_opencv`), at most ``max_detections`` (and ``top_k``) of them, best first; their boxes
-    are mapped back through the letterbox or stretch to source pixels and clipped to the frame.
+    to the input (``options.box_format``; ``auto`` tells them apart by the largest box value of
+    the frame); the other C rows are class scores (no objectness). Each anchor keeps its best
+    class; anchors scoring at least the threshold go through class-aware NMS in input pixels
+    (:func:`nms_opencv`), at most ``options.cap`` of them, best first; their boxes are mapped
+    back through the letterbox or stretch to source pixels and clipped to the frame.
 
     For a quantised output (``scale`` > 0) the threshold is compared with the raw class scores
     (:func:`quantized_threshold`); only the anchors that pass are dequantised.
@@ -258,14 +277,10 @@ def detect_yolo(
     a = a.reshape(a.shape[-2:])
     rows = a if channels_first else a.T  # [4 + C, N], a view
     if rows.shape[0] < 5 or rows.shape[1] == 0:
-        _check_box_format(box_format)
+        _check_box_format(options.box_format)
         return []
     q = (scale, zero_point)
-    return detect_yolo_rows(
-        rows[:4], rows[4:], transform, input_width, input_height, box_quant=q, score_quant=q,
-        threshold=threshold, iou_threshold=iou_threshold, max_detections=max_detections,
-        box_format=box_format, labels=labels, top_k=top_k,
-    )  # fmt: skip
+    return detect_yolo_rows(rows[:4], rows[4:], transform, input_width, input_height, q, q, options)
 
 
 def _check_box_format(box_format: str) -> None:
@@ -279,23 +294,17 @@ def detect_yolo_rows(
     transform: Transform,
     input_width: int,
     input_height: int,
-    *,
     box_quant: tuple[float, int] = (0.0, 0),
     score_quant: tuple[float, int] = (0.0, 0),
-    threshold: float = 0.5,
-    iou_threshold: float = 0.45,
-    max_detections: int = 300,
-    box_format: str = "auto",
-    labels: dict[int, str] | None = None,
-    top_k: int | None = None,
+    options: YoloOptions = DEFAULT_YOLO,
 ) -> list[Object]:
     """:func:`detect_yolo` on the box rows ``[4, N]`` and class rows ``[C, N]`` of a head, each
     with its own quantisation (``(scale, zero_point)``, scale 0 for a float tensor): the one
     tensor of a single-output export, or the two of a split head."""
-    _check_box_format(box_format)
+    _check_box_format(options.box_format)
     if class_rows.shape[0] == 0 or class_rows.shape[1] == 0:
         return []
-    picked = _yolo_candidates(class_rows, class_rows.dtype, score_quant[0], score_quant[1], threshold)
+    picked = _yolo_candidates(class_rows, class_rows.dtype, score_quant[0], score_quant[1], options.threshold)
     if picked is None:
         return []
     cand, scale = picked
@@ -303,12 +312,11 @@ def detect_yolo_rows(
     cls = sub.argmax(axis=0)
     scores = dequantize(sub[cls, np.arange(cand.size)], scale, score_quant[1])
     bscale = box_quant[0] if box_rows.dtype in (np.uint8, np.int8) else 0.0
-    xyxy = _yolo_boxes(box_rows, cand, bscale, box_quant[1], box_format, input_width, input_height)
-    cap = max(0, max_detections if top_k is None else min(top_k, max_detections))
-    keep = nms_opencv(xyxy, scores, cls, iou_threshold, cap)
+    xyxy = _yolo_boxes(box_rows, cand, bscale, box_quant[1], options.box_format, input_width, input_height)
+    keep = nms_opencv(xyxy, scores, cls, options.iou_threshold, options.cap)
     if keep.size == 0:
         return []
-    return _objects(xyxy[keep], cls[keep], scores[keep], labels, transform)
+    return _objects(xyxy[keep], cls[keep], scores[keep], options.labels, transform)
 
 
 def _yolo_candidates(

@@ -12,7 +12,9 @@ import math
 import numpy as np
 
 from .postprocess import (
+    DEFAULT_YOLO,
     NORMALIZED_MAX,
+    YoloOptions,
     _check_box_format,
     _objects,
     detect_yolo_rows,
@@ -35,12 +37,11 @@ def detect_yolo_split(
     scores_channels_first: bool,
     box_quant: tuple[float, int] = (0.0, 0),
     score_quant: tuple[float, int] = (0.0, 0),
-    **kw: object,
+    options: YoloOptions = DEFAULT_YOLO,
 ) -> list[Object]:
     """Objects of a split YOLO head: ``boxes`` ``[1, 4, N]`` (or ``[1, N, 4]``) as centre x,
     centre y, width, height, and ``scores`` ``[1, C, N]`` (or ``[1, N, C]``), each with its own
-    ``(scale, zero_point)``; decoded as :func:`~edged.postprocess.detect_yolo` decodes one tensor
-    (``kw``: its threshold, iou_threshold, max_detections, box_format, labels, top_k)."""
+    ``(scale, zero_point)``; decoded as :func:`~edged.postprocess.detect_yolo` decodes one tensor."""
     b = np.asarray(boxes)
     b = b.reshape(b.shape[-2:])
     s = np.asarray(scores)
@@ -49,10 +50,7 @@ def detect_yolo_split(
     class_rows = s if scores_channels_first else s.T
     if box_rows.shape[0] != 4 or box_rows.shape[1] != class_rows.shape[1]:
         raise ValueError(f"split YOLO head: boxes {list(b.shape)} and scores {list(s.shape)} do not match")
-    return detect_yolo_rows(
-        box_rows, class_rows, transform, input_width, input_height,
-        box_quant=box_quant, score_quant=score_quant, **kw,  # type: ignore[arg-type]
-    )  # fmt: skip
+    return detect_yolo_rows(box_rows, class_rows, transform, input_width, input_height, box_quant, score_quant, options)
 
 
 def detect_yolo_end2end(
@@ -63,22 +61,20 @@ def detect_yolo_end2end(
     *,
     scale: float = 0.0,
     zero_point: int = 0,
-    threshold: float = 0.5,
-    max_detections: int = 300,
-    box_format: str = "auto",
-    labels: dict[int, str] | None = None,
-    top_k: int | None = None,
+    options: YoloOptions = DEFAULT_YOLO,
 ) -> list[Object]:
     """Objects of an end-to-end YOLO export (NMS inside the model): ``[1, N, 6]``, each row
     x0, y0, x1, y1, score, class.
 
-    Boxes are in input pixels or normalised to the input (``box_format``; ``auto`` decides by
-    the largest box value of all N rows, as for a head: an export's rows are its N best boxes).
-    No NMS is run again: the rows scoring at least ``threshold`` are kept, best first (equal
-    scores in row order), at most ``max_detections`` (and ``top_k``); the class is the nearest
-    integer of the class column. For a quantised output (``scale`` > 0) the threshold is
-    compared with the raw scores (:func:`~edged.postprocess.quantized_threshold`).
+    Boxes are in input pixels or normalised to the input (``options.box_format``; ``auto``
+    decides by the largest box value of all N rows, as for a head: an export's rows are its N
+    best boxes). No NMS is run again (``options.iou_threshold`` is not used): the rows scoring at
+    least the threshold are kept, best first (equal scores in row order), at most
+    ``options.cap``; the class is the nearest integer of the class column. For a quantised
+    output (``scale`` > 0) the threshold is compared with the raw scores
+    (:func:`~edged.postprocess.quantized_threshold`).
     """
+    box_format, threshold = options.box_format, options.threshold
     _check_box_format(box_format)
     a = np.asarray(output)
     rows = a.reshape(-1, a.shape[-1])
@@ -95,8 +91,7 @@ def detect_yolo_end2end(
         return []
     real = dequantize(rows[keep], scale, zero_point).astype(np.float64)
     order = np.argsort(-real[:, 4], kind="stable")
-    cap = max(0, max_detections if top_k is None else min(top_k, max_detections))
-    real = real[order[:cap]]
+    real = real[order[: options.cap]]
     xyxy = real[:, :4].copy()
     normalized = box_format == "normalized"
     if box_format == "auto":  # the largest box value of every row: the export's rows are its top-N boxes
@@ -106,7 +101,7 @@ def detect_yolo_end2end(
         xyxy[:, [0, 2]] *= input_width
         xyxy[:, [1, 3]] *= input_height
     cls = np.rint(real[:, 5]).astype(np.int64)
-    return _objects(xyxy, cls, real[:, 4], labels, transform)
+    return _objects(xyxy, cls, real[:, 4], options.labels, transform)
 
 
 def anchor_grid(height: int, width: int, strides: tuple[int, ...] = (8, 16, 32)) -> tuple[np.ndarray, np.ndarray]:
@@ -153,19 +148,17 @@ def detect_yolo_dfl(
     scores_channels_first: bool,
     box_quant: tuple[float, int] = (0.0, 0),
     score_quant: tuple[float, int] = (0.0, 0),
-    threshold: float = 0.5,
-    iou_threshold: float = 0.45,
-    max_detections: int = 300,
-    labels: dict[int, str] | None = None,
-    top_k: int | None = None,
+    options: YoloOptions = DEFAULT_YOLO,
 ) -> list[Object]:
     """Objects of a split head with DFL boxes, as Frigate's Edge TPU YOLO exports give them:
     ``boxes`` ``[1, N, 64]`` (or ``[1, 64, N]``), for each side (left, top, right, bottom) 16
     bins whose softmax-weighted bin number is the side's distance from the anchor point in
     strides; ``scores`` ``[1, N, C]`` (or ``[1, C, N]``) are logits, made scores by a sigmoid.
     N must be the anchor count of a stride 8/16/32 head for the input. Each anchor keeps its
-    best class; those scoring at least ``threshold`` go through class-aware NMS
-    (:func:`~edged.postprocess.nms_opencv`), at most ``max_detections`` (and ``top_k``)."""
+    best class; those scoring at least the threshold go through class-aware NMS
+    (:func:`~edged.postprocess.nms_opencv`), at most ``options.cap`` (``options.box_format`` is
+    not used: DFL boxes are distances in strides)."""
+    threshold = options.threshold
     b, s = np.asarray(boxes), np.asarray(scores)
     b, s = b.reshape(b.shape[-2:]), s.reshape(s.shape[-2:])
     bins = b.T if boxes_channels_first else b  # [N, 64]
@@ -192,9 +185,8 @@ def detect_yolo_dfl(
     dist = dfl_distances(dequantize(bins[cand], bscale, box_quant[1]))
     p, st = points[cand], strides[cand][:, None]
     xyxy = np.concatenate([(p - dist[:, :2]) * st, (p + dist[:, 2:]) * st], axis=1)
-    cap = max(0, max_detections if top_k is None else min(top_k, max_detections))
-    keep = nms_opencv(xyxy, score, cls, iou_threshold, cap)
-    return _objects(xyxy[keep], cls[keep], score[keep], labels, transform) if keep.size else []
+    keep = nms_opencv(xyxy, score, cls, options.iou_threshold, options.cap)
+    return _objects(xyxy[keep], cls[keep], score[keep], options.labels, transform) if keep.size else []
 
 
 def dfl_distances(bins: np.ndarray) -> np.ndarray:

@@ -21,7 +21,7 @@ from make_yolo_models import DESIGNED, HEIGHT, MODELS, WIDTH, yolo_table
 from edged.config import ModelConfig
 from edged.inference import Engine
 from edged.model import Quantization, TensorSpec, detect_task, resolve_yolo_output, yolo_anchor_count
-from edged.postprocess import detect_yolo, nms, quantized_threshold
+from edged.postprocess import YoloOptions, detect_yolo, nms, quantized_threshold
 from edged.preprocess import compute_transform, dequantize
 from edged.result import Object
 
@@ -316,12 +316,13 @@ def test_quantized_prefilter_equals_filtering_after_dequantising(
     real = dequantize(raw, scale, zero_point)
     transform = compute_transform(300, 150, WIDTH, HEIGHT, "letterbox")
     for threshold in (0.1, 0.3, 0.5, float(dequantize(np.array([zero_point + 100]), scale, zero_point)[0])):
-        kw = dict(channels_first=channels_first, threshold=threshold, top_k=None)
+        kw: dict[str, Any] = dict(channels_first=channels_first, options=YoloOptions(threshold=threshold))
         quantised = detect_yolo(raw, transform, WIDTH, HEIGHT, scale=scale, zero_point=zero_point, **kw)
         floats = detect_yolo(real, transform, WIDTH, HEIGHT, **kw)
         assert quantised == floats
         assert len(quantised) > 0
-    assert detect_yolo(raw, transform, WIDTH, HEIGHT, scale=scale, zero_point=zero_point, threshold=1.5) == []
+    high = YoloOptions(threshold=1.5)
+    assert detect_yolo(raw, transform, WIDTH, HEIGHT, scale=scale, zero_point=zero_point, options=high) == []
 
 
 def test_box_format_auto_and_errors() -> None:
@@ -330,10 +331,10 @@ def test_box_format_auto_and_errors() -> None:
     normalised = yolo_table(normalized=True)[None]
     a = detect_yolo(pixels, transform, WIDTH, HEIGHT)
     b = detect_yolo(normalised, transform, WIDTH, HEIGHT)
-    c = detect_yolo(normalised, transform, WIDTH, HEIGHT, box_format="normalized")
+    c = detect_yolo(normalised, transform, WIDTH, HEIGHT, options=YoloOptions(box_format="normalized"))
     assert a == c
     assert [o.class_id for o in a] == [o.class_id for o in b]
     for o, p in zip(a, b):
         assert list(o.box.to_dict().values()) == pytest.approx(list(p.box.to_dict().values()), abs=0.11)
     with pytest.raises(ValueError):
-        detect_yolo(pixels, transform, WIDTH, HEIGHT, box_format="xyxy")
+        detect_yolo(pixels, transform, WIDTH, HEIGHT, options=YoloOptions(box_format="xyxy"))

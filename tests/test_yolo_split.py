@@ -29,6 +29,7 @@ from edged.model import (
     resolve_yolo_output,
     resolve_yolo_split,
 )
+from edged.postprocess import YoloOptions
 from edged.yolo import detect_yolo_end2end, detect_yolo_split
 
 DATA = Path(__file__).resolve().parent / "data" / "yolo"
@@ -191,13 +192,17 @@ def test_end2end_runs_no_nms_and_equals_the_head() -> None:
     from edged.preprocess import compute_transform
 
     ident = compute_transform(WIDTH, HEIGHT, WIDTH, HEIGHT)
-    objs = detect_yolo_end2end(rows, ident, WIDTH, HEIGHT, threshold=0.5)
+
+    def e2e(**options: Any) -> list:
+        return detect_yolo_end2end(rows, ident, WIDTH, HEIGHT, options=YoloOptions(**options))
+
+    objs = e2e(threshold=0.5)
     assert len(objs) == 7 and objs[0].box == objs[1].box and objs[1].score == pytest.approx(0.85)
-    assert len(detect_yolo_end2end(rows, ident, WIDTH, HEIGHT, threshold=0.5, max_detections=3)) == 3
-    assert len(detect_yolo_end2end(rows, ident, WIDTH, HEIGHT, threshold=0.5, top_k=2)) == 2
-    assert detect_yolo_end2end(rows, ident, WIDTH, HEIGHT, threshold=0.95) == []
+    assert len(e2e(threshold=0.5, max_detections=3)) == 3
+    assert len(e2e(threshold=0.5, top_k=2)) == 2
+    assert e2e(threshold=0.95) == []
     with pytest.raises(ValueError):
-        detect_yolo_end2end(rows, ident, WIDTH, HEIGHT, box_format="xyxy")
+        e2e(box_format="xyxy")
 
 
 def test_two_class_head_is_not_end2end() -> None:

@@ -17,6 +17,7 @@ from .. import postprocess, yolo
 from ..model import ModelInfo, TensorSpec
 from ..preprocess import Transform
 from ..result import Class, Object
+from ..yolo_layout import YoloSplitOutput
 
 if TYPE_CHECKING:
     from ..config import ModelConfig
@@ -73,86 +74,58 @@ class SsdDecoder:
 
 @dataclass(frozen=True)
 class YoloDecoder:
+    """A single-tensor head ``[1, 4 + C, N]`` (or channels last)."""
+
     index: int
     channels_first: bool
-    scale: float
-    zero_point: int
-    input_width: int
-    input_height: int
-    threshold: float
-    iou_threshold: float
-    max_detections: int
-    box_format: str
-    top_k: Optional[int]
-    labels: Optional[dict[int, str]]
+    quant: tuple[float, int]
+    input_size: tuple[int, int]  # width, height
+    options: postprocess.YoloOptions
 
     def __call__(self, output: Outputs, transform: Transform) -> Decoded:
+        scale, zero_point = self.quant
         objects = postprocess.detect_yolo(
-            output(self.index), transform, self.input_width, self.input_height,
-            channels_first=self.channels_first, scale=self.scale, zero_point=self.zero_point,
-            threshold=self.threshold, iou_threshold=self.iou_threshold, max_detections=self.max_detections,
-            box_format=self.box_format, labels=self.labels, top_k=self.top_k,
+            output(self.index), transform, *self.input_size, channels_first=self.channels_first,
+            scale=scale, zero_point=zero_point, options=self.options,
         )  # fmt: skip
         return Decoded(objects=objects)
 
 
 @dataclass(frozen=True)
 class YoloSplitDecoder:
-    boxes: int
-    scores: int
-    boxes_channels_first: bool
-    scores_channels_first: bool
+    """A split head: its box and score tensors (``layout``), each with its own quantisation."""
+
+    layout: YoloSplitOutput
     box_quant: tuple[float, int]
     score_quant: tuple[float, int]
-    input_width: int
-    input_height: int
-    threshold: float
-    iou_threshold: float
-    max_detections: int
-    box_format: str
-    top_k: Optional[int]
-    labels: Optional[dict[int, str]]
-    box_encoding: str = "xywh"  # or "dfl"
+    input_size: tuple[int, int]
+    options: postprocess.YoloOptions
 
     def __call__(self, output: Outputs, transform: Transform) -> Decoded:
-        if self.box_encoding == "dfl":
-            objects = yolo.detect_yolo_dfl(
-                output(self.boxes), output(self.scores), transform, self.input_width, self.input_height,
-                boxes_channels_first=self.boxes_channels_first, scores_channels_first=self.scores_channels_first,
-                box_quant=self.box_quant, score_quant=self.score_quant, threshold=self.threshold,
-                iou_threshold=self.iou_threshold, max_detections=self.max_detections,
-                labels=self.labels, top_k=self.top_k,
-            )  # fmt: skip
-            return Decoded(objects=objects)
-        objects = yolo.detect_yolo_split(
-            output(self.boxes), output(self.scores), transform, self.input_width, self.input_height,
-            boxes_channels_first=self.boxes_channels_first, scores_channels_first=self.scores_channels_first,
-            box_quant=self.box_quant, score_quant=self.score_quant, threshold=self.threshold,
-            iou_threshold=self.iou_threshold, max_detections=self.max_detections, box_format=self.box_format,
-            labels=self.labels, top_k=self.top_k,
+        lay = self.layout
+        decode = yolo.detect_yolo_dfl if lay.box_encoding == "dfl" else yolo.detect_yolo_split
+        objects = decode(
+            output(lay.boxes), output(lay.scores), transform, *self.input_size,
+            boxes_channels_first=lay.boxes_channels_first, scores_channels_first=lay.scores_channels_first,
+            box_quant=self.box_quant, score_quant=self.score_quant, options=self.options,
         )  # fmt: skip
         return Decoded(objects=objects)
 
 
 @dataclass(frozen=True)
 class YoloEnd2EndDecoder:
+    """An end-to-end export ``[1, N, 6]`` (NMS inside the model)."""
+
     index: int
-    scale: float
-    zero_point: int
-    input_width: int
-    input_height: int
-    threshold: float
-    max_detections: int
-    box_format: str
-    top_k: Optional[int]
-    labels: Optional[dict[int, str]]
+    quant: tuple[float, int]
+    input_size: tuple[int, int]
+    options: postprocess.YoloOptions
 
     def __call__(self, output: Outputs, transform: Transform) -> Decoded:
+        scale, zero_point = self.quant
         objects = yolo.detect_yolo_end2end(
-            output(self.index), transform, self.input_width, self.input_height, scale=self.scale,
-            zero_point=self.zero_point, threshold=self.threshold, max_detections=self.max_detections,
-            box_format=self.box_format, labels=self.labels, top_k=self.top_k,
-        )  # fmt: skip
+            output(self.index), transform, *self.input_size, scale=scale, zero_point=zero_point, options=self.options
+        )
         return Decoded(objects=objects)
 
 
@@ -177,26 +150,14 @@ def decoder_for(info: ModelInfo, cfg: ModelConfig, labels: Optional[dict[int, st
         return ClassifyDecoder(info.outputs[0].index, q.scale, q.zero_point, k, threshold, labels)
     # a detector keeps every object above the threshold, up to max_detections, unless top_k caps it
     top_k = min(cfg.top_k, cfg.max_detections) if cfg.top_k else cfg.max_detections
-    head = info.yolo_output
+    options = postprocess.YoloOptions(threshold, cfg.iou_threshold, cfg.max_detections, cfg.yolo_boxes, labels, top_k)
+    head, split, e2e = info.yolo_output, info.yolo_split, info.yolo_end2end
     if head is not None:
-        q = _quant(info, head.index)
-        return YoloDecoder(
-            head.index, head.channels_first, q[0], q[1], w, h, threshold,
-            cfg.iou_threshold, cfg.max_detections, cfg.yolo_boxes, top_k, labels,
-        )  # fmt: skip
-    split = info.yolo_split
+        return YoloDecoder(head.index, head.channels_first, _quant(info, head.index), (w, h), options)
     if split is not None:
-        return YoloSplitDecoder(
-            split.boxes, split.scores, split.boxes_channels_first, split.scores_channels_first,
-            _quant(info, split.boxes), _quant(info, split.scores), w, h, threshold,
-            cfg.iou_threshold, cfg.max_detections, cfg.yolo_boxes, top_k, labels, split.box_encoding,
-        )  # fmt: skip
-    e2e = info.yolo_end2end
+        return YoloSplitDecoder(split, _quant(info, split.boxes), _quant(info, split.scores), (w, h), options)
     if e2e is not None:
-        q = _quant(info, e2e.index)
-        return YoloEnd2EndDecoder(
-            e2e.index, q[0], q[1], w, h, threshold, cfg.max_detections, cfg.yolo_boxes, top_k, labels
-        )
+        return YoloEnd2EndDecoder(e2e.index, _quant(info, e2e.index), (w, h), options)
     return SsdDecoder(dict(info.ssd_outputs or {}), w, h, threshold, top_k, labels)
 
 
