@@ -194,6 +194,30 @@ def test_a_usb_tpu_still_at_its_boot_id_after_the_load_is_a_problem(libs, roots)
     assert lines(proc, "delegate")[0].startswith("[  ok] delegate usb:0")
 
 
+def test_a_tpu_another_program_holds_gets_no_delegate_test_unless_forced(libs, roots) -> None:
+    import stat
+
+    from support.fakeboard import hold
+
+    usb_tpu(roots[0], "18d1", "9302")
+    node = roots[1] / "bus" / "usb" / "002" / "003"
+    node.parent.mkdir(parents=True)
+    os.mknod(node, stat.S_IFCHR | 0o666, os.makedev(1, 3))  # a node a process can hold open
+    holder = hold(node)
+    try:
+        proc = doctor("--library", libs["load"], "--deadline", 20)
+        forced = doctor("--library", libs["load"], "--deadline", 20, "--device", "usb:0")
+    finally:
+        holder.kill()
+        holder.wait()
+    no_traceback(proc)
+    [used] = lines(proc, "in-use")
+    assert used.startswith(f"[WARN] in-use usb:0: in use by pid {holder.pid} (sleep)") and "not run on it" in used
+    assert lines(proc, "delegate") == []  # neither a test nor "no Edge TPU is present"
+    assert proc.returncode == 0, proc.stdout  # a warning: the board itself is fine
+    assert lines(forced, "delegate")[0].startswith("[  ok] delegate usb:0: delegate loaded")
+
+
 # ---------------------------------------------------------------------------- --config
 
 

@@ -15,6 +15,7 @@ import stat
 from pathlib import Path
 
 import pytest
+from support.fakeboard import hold
 
 from edged.doctor import board as brd
 from edged.doctor import findings as fnd
@@ -30,11 +31,12 @@ def _write(path: Path, text: str) -> None:
     path.write_text(text)
 
 
-def _node(path: Path, gid: int = PLUGDEV_GID, mode: int = 0o660) -> None:
+def _node(path: Path, gid: int = PLUGDEV_GID, mode: int = 0o660, numbers: tuple[int, int] = (189, 3)) -> None:
+    """A character node (a USB device's numbers; (1, 3), /dev/null's, for one a process can hold open)."""
     if os.geteuid() != 0:
         pytest.fail("these tests make device nodes with mknod and chown: run them as root (CI does)")
     path.parent.mkdir(parents=True, exist_ok=True)
-    os.mknod(path, stat.S_IFCHR | mode, os.makedev(189, 3))
+    os.mknod(path, stat.S_IFCHR | mode, os.makedev(*numbers))
     os.chown(path, 0, gid)
     os.chmod(path, mode)
 
@@ -433,3 +435,46 @@ def test_config_txt_is_read_as_the_firmware_applies_it(tmp_path, model, text, ex
     (tmp_path / "extra.txt").write_text("kernel=kernel8.img  # 4 KiB pages\ndtparam=pciex1=on\n")
     cfg = brd.parse_config(path, model)
     assert (cfg.kernel, cfg.pciex1, cfg.msi) == expected
+
+
+# --------------------------------------------------------------------------- who holds the TPU open
+
+
+def test_a_tpu_held_by_another_program_names_it_and_says_one_process_at_a_time(roots) -> None:
+    _usb(*roots, "2-1", ("18d1", "9302"), "5000")
+    node = roots[1] / "bus" / "usb" / "002" / "003"
+    node.unlink()
+    _node(node, numbers=(1, 3))
+    holder = hold(node)
+    try:
+        used = _by_check(_run(roots), "in-use", "usb:0")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert used.status == fnd.WARNING
+    assert f"in use by pid {holder.pid} (sleep)" in used.message and "one process at a time" in used.message
+    assert "Frigate" in used.remedy
+    assert used.details["holders"] == [{"pid": holder.pid, "name": "sleep", "edged": False}]
+    assert _by_check(_run(roots), "in-use", "usb:0").status == fnd.OK  # let go: free again
+
+
+def test_a_tpu_held_by_a_running_edged_is_information_and_names_the_stop(roots) -> None:
+    _pcie(*roots, node=False)
+    _node(roots[1] / "apex_0", gid=0, numbers=(1, 3))
+    holder = hold(roots[1] / "apex_0", argv0="edged")
+    try:
+        found = hw.hardware_findings(EDGED, hw.Host("6.1", 4096, None), *roots)
+    finally:
+        holder.kill()
+        holder.wait()
+    used = _by_check(found, "in-use", "pci:0")
+    assert used.status == fnd.INFO and used.message.startswith(f"in use by edged, pid {holder.pid} (sleep)")
+    assert "systemctl stop edged" in used.remedy
+
+
+def test_holders_of_a_node_nobody_opened_are_none(tmp_path) -> None:
+    from edged.doctor.holders import holders
+
+    (tmp_path / "node").write_text("")
+    assert holders(tmp_path / "node") == []
+    assert holders(tmp_path / "node", proc_root=tmp_path / "no-proc") == []

@@ -85,10 +85,11 @@ def resolve_user(options: Options) -> tuple[User, Finding]:
     return current, Finding("user", INFO, f"device access checked for {current.name}, the current user ({where})")
 
 
-def _tpus(options: Options, found: list[EdgeTpu]) -> list[Union[EdgeTpu, str]]:
-    """What the delegate test runs on: ``--device`` (the TPU found under it, else the bare selector), else every TPU."""
+def _tpus(options: Options, found: list[EdgeTpu], held: set[str]) -> list[Union[EdgeTpu, str]]:
+    """What the delegate test runs on: ``--device`` (the TPU found under it, else the bare selector), else every
+    TPU no other process holds (``held``: their selectors)."""
     if not options.device:
-        return found
+        return [t for t in found if t.selector not in held]
     from ..edgetpu import select
 
     tpu = select(found, options.device)
@@ -112,14 +113,20 @@ def collect(options: Options) -> list[Finding]:
     tcfg = cfg.edgetpu if cfg is not None else None
     runtime = tcfg.runtime if tcfg is not None else "auto"
     library = options.library or (tcfg.library if tcfg is not None else None)
+    held = {f.tpu for f in out if f.check == "in-use" and f.details.get("holders") and f.tpu}
     out += runtimes.runtime_findings()
     lib = runtimes.probe_library(library)
     needed = bool(tpus) or bool(options.device) or placement.wants_tpu(cfg)
     out.append(runtimes.library_finding(lib, needed, runtime))
     models = placement.tpu_models(cfg, tpus) if cfg is not None else None
     rt = runtimes.worker_runtime(runtime)
-    tested = runtimes.delegate_findings(
-        _tpus(options, tpus), library or lib.name, rt[0] if rt else runtime, options.deadline, models, sys_r, dev_r
+    chosen = _tpus(options, tpus, held)
+    tested = (  # every TPU found is held: the in-use findings say why no test ran
+        runtimes.delegate_findings(
+            chosen, library or lib.name, rt[0] if rt else runtime, options.deadline, models, sys_r, dev_r
+        )
+        if chosen or not tpus
+        else []
     )
     again = {f.tpu for f in tested if f.check == "usb-state"}  # the state after the load replaces the one before
     out = [f for f in out if not (f.check == "usb-state" and f.tpu in again)] + tested

@@ -232,8 +232,13 @@ def link_finding(tpu: EdgeTpu) -> Finding | None:
     )
 
 
+def node_path(tpu: EdgeTpu, dev_root: Path) -> Path | None:
+    """The device node libedgetpu opens for ``tpu``."""
+    return usb_node(tpu, dev_root) if tpu.type == "usb" else Path(tpu.path)
+
+
 def node_finding(tpu: EdgeTpu, dev_root: Path, user: User) -> Finding:
-    node = usb_node(tpu, dev_root) if tpu.type == "usb" else Path(tpu.path)
+    node = node_path(tpu, dev_root)
     group = "plugdev" if tpu.type == "usb" else "apex"
     if node is None:
         return Finding("device-node", INFO, "device node unknown (no busnum/devnum in sysfs)", tpu=tpu.selector)
@@ -364,9 +369,12 @@ def hardware_findings(
     dev_root: str | Path | None = None,
     tpus: list[EdgeTpu] | None = None,
     boot: str | Path | None = None,
+    proc: Path = Path("/proc"),
 ) -> list[Finding]:
-    """Every hardware check, board first (a Pi 5's config.txt: ``boot``, see :mod:`.board`), then per TPU."""
+    """Every hardware check, board first (a Pi 5's config.txt: ``boot``, see :mod:`.board`), then per TPU
+    (who holds it open: ``proc``, see :mod:`.holders`)."""
     from .board import board_findings, boot_root
+    from .holders import in_use_finding
 
     sys_r, dev_r, _ = discovery_roots(sysfs_root, dev_root)
     host = host or Host.current(sys_r)
@@ -377,5 +385,6 @@ def hardware_findings(
     out = [found_finding(tpus, sys_r, dev_r), *board]
     for tpu in tpus:
         checks = (identity_finding(tpu, after_load=False), link_finding(tpu), node_finding(tpu, dev_r, user))
-        out += [f for f in (*checks, thermal_finding(tpu)) if f is not None]
+        held = in_use_finding(tpu, node_path(tpu, dev_r), proc)
+        out += [f for f in (*checks, held, thermal_finding(tpu)) if f is not None]
     return out

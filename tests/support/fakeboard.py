@@ -1,8 +1,14 @@
-"""A fake board for the daemon's Edge TPU checks: a sysfs tree (the boundary: what the kernel shows)."""
+"""A fake board for the Edge TPU checks: a sysfs tree (the boundary: what the kernel shows), and a real
+process holding a device node open (what /proc shows)."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import time
 from pathlib import Path
+
+import pytest
 
 
 def _write(path: Path, text: str) -> None:
@@ -26,3 +32,19 @@ def board(tmp: Path) -> tuple[Path, Path]:
     _write(apex / "hw_temp_warn2_en", "1")
     dev_r.mkdir()
     return sys_r, dev_r
+
+
+def hold(node: Path, argv0: str = "sleep") -> subprocess.Popen:
+    """A real process holding ``node`` open on fd 3 (its name ``sleep``; ``argv0`` its argv[0])."""
+    proc = subprocess.Popen(["bash", "-c", f'exec 3<"$1"; exec -a {argv0} sleep 60', "_", str(node)])
+    fd, comm = Path(f"/proc/{proc.pid}/fd/3"), Path(f"/proc/{proc.pid}/comm")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            if os.readlink(fd) == str(node.resolve()) and comm.read_text().strip() == "sleep":
+                return proc
+        except OSError:
+            pass
+        time.sleep(0.01)
+    proc.kill()
+    pytest.fail(f"the holder never opened {node}")
