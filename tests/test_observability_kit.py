@@ -303,6 +303,10 @@ REQUIRED_PANELS = [
     ("state-timeline", "edged_accelerator_active", 'accelerator="edgetpu"'),
     ("timeseries", "edged_inferences_total", "accelerator"),
     ("timeseries", "edged_edgetpu_temperature_celsius", ""),
+    ("timeseries", "edged_edgetpu_throttle_celsius", ""),
+    ("timeseries", "edged_edgetpu_shutdown_celsius", ""),
+    ("stat", "edged_edgetpu_link_speed_mbps", ""),
+    ("state-timeline", "edged_edgetpu_check", ""),
     ("timeseries", "edged_fallbacks_total", "reason"),
     ("timeseries", "edged_publish_total", "outcome"),
     ("timeseries", "edged_publish_queue_depth", ""),
@@ -318,6 +322,47 @@ def test_dashboard_has_the_panel(kind, metric, detail) -> None:
     if kind == "heatmap":
         t = next(t for t in exprs if metric in t["expr"])
         assert t["format"] == "heatmap" and t["legendFormat"] == "{{le}}"
+
+
+def panel(dash: dict, title: str) -> dict:
+    return next(p for p in dash["panels"] if p["title"] == title)
+
+
+def test_tpu_temperature_panel_draws_the_tpus_own_throttle_and_shutdown_points() -> None:
+    """Not fixed lines: EdgedTPUHot fires at each TPU's own first trip point, EdgedTPUNearShutdown
+    5 °C below its shutdown point, so the panel plots those series beside the temperature, dashed."""
+    temp = panel(json.loads(DASHBOARD.read_text()), "Edge TPU temperature")
+    by_metric = {m: t for t in temp["targets"] for m in metric_names(t["expr"])}
+    assert set(by_metric) == {
+        "edged_edgetpu_temperature_celsius",
+        "edged_edgetpu_throttle_celsius",
+        "edged_edgetpu_shutdown_celsius",
+    }
+    assert by_metric["edged_edgetpu_throttle_celsius"]["legendFormat"] == "{{device}} {{tpu}} throttles"
+    assert by_metric["edged_edgetpu_shutdown_celsius"]["legendFormat"] == "{{device}} {{tpu}} shuts down"
+    dashed = {
+        o["matcher"]["options"]
+        for o in temp["fieldConfig"]["overrides"]
+        if o["matcher"]["id"] == "byFrameRefID"
+        and {"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}} in o["properties"]
+    }
+    points = {by_metric[m]["refId"] for m in ("edged_edgetpu_throttle_celsius", "edged_edgetpu_shutdown_celsius")}
+    assert dashed == points, dashed
+    assert by_metric["edged_edgetpu_temperature_celsius"]["refId"] not in dashed
+    # no fixed temperature drawn, and the description names the alerts as the rules have them
+    defaults = temp["fieldConfig"]["defaults"]
+    assert "thresholds" not in defaults and "thresholdsStyle" not in defaults.get("custom", {}), defaults
+    assert "80 °C" not in temp["description"] and "85 °C" not in temp["description"]
+    assert "EdgedTPUHot" in temp["description"] and "EdgedTPUNearShutdown" in temp["description"]
+
+
+def test_usb_link_panel_turns_green_where_edged_tpu_slow_link_stops() -> None:
+    link = panel(json.loads(DASHBOARD.read_text()), "Edge TPU USB link")
+    steps = [(s["color"], s["value"]) for s in link["fieldConfig"]["defaults"]["thresholds"]["steps"]]
+    assert steps == [("red", None), ("orange", 480), ("green", 5000)], steps
+    rule = next(r for r in alert_rules() if r["alert"] == "EdgedTPUSlowLink")
+    assert rule["expr"] == f"edged_edgetpu_link_speed_mbps < {steps[-1][1]}", rule["expr"]
+    assert link["fieldConfig"]["defaults"]["unit"] == "Mbits"
 
 
 @pytest.mark.system  # promtool

@@ -162,6 +162,7 @@ NO_DATA_WITHOUT_TPU_OR_MQTT = {
     "Publish outcomes": "no mqtt sink",
     "Publish queue depth": "no mqtt sink",
     "Edge TPU workers": "no Edge TPU worker",
+    "Edge TPU USB link": "a PCIe Edge TPU: no USB link speed",
     "Accelerator per stream": 'a CPU model: no accelerator="edgetpu" series',
 }
 
@@ -192,6 +193,10 @@ def test_the_dashboard_works_for_a_board_under_ones_own_job(tmp_path) -> None:
     apex = tmp_path / "sys" / "class" / "apex" / "apex_0"
     apex.mkdir(parents=True)
     (apex / "temp").write_text("45000\n")
+    # its driver's own trip point and an enabled shutdown point: the temperature panel's dashed lines
+    (apex / "trip_point0_temp").write_text("80000\n")
+    (apex / "hw_temp_warn2").write_text("100000\n")
+    (apex / "hw_temp_warn2_en").write_text("1\n")
     (tmp_path / "dev").mkdir()
     port = free_port()
     config = {
