@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from test_toolchain import SIDE, digit_pixels, fake_keras_file, require_tf, run, write_folders
+from test_toolchain import SIDE, digit_net, digit_pixels, fake_keras_file, require_tf, run, write_folders
 
 from edged.demo.scene import load_digits
 from edged.tools.optimize import weight_stats
@@ -99,17 +99,7 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     keras.utils.set_random_seed(0)
     paths = {"train": train, "test": test, "root": root}
     for name, first in (("plain", []), ("rescaling", [keras.layers.Rescaling(1 / 255.0)])):
-        model = keras.Sequential(
-            [
-                keras.Input((SIDE, SIDE, 1)),
-                *first,
-                keras.layers.Conv2D(16, 3, activation="relu"),
-                keras.layers.Flatten(),
-                keras.layers.Dense(64, activation="relu"),
-                keras.layers.Dense(10, activation="softmax"),
-            ]
-        )
-        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+        model = digit_net(keras, first)
         x = pixels[:300, :, :, None].astype(np.float32) / (1.0 if first else 255.0)
         model.fit(x, labels[:300], epochs=15, batch_size=32, verbose=0)
         paths[name] = root / f"{name}.keras"

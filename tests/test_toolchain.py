@@ -17,7 +17,7 @@ import subprocess
 import sys
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import cv2
 import numpy as np
@@ -271,6 +271,24 @@ def digit_pixels(images: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(np.stack(up)), 0, 255).astype(np.uint8)
 
 
+def digit_net(keras: Any, first: Sequence[Any] = ()) -> Any:
+    """The small digit classifier the toolchain tests train: a 3x3 convolution, a 64-wide dense
+    layer, 10 classes; ``first``: layers before the convolution (a Rescaling)."""
+    layers = keras.layers
+    model = keras.Sequential(
+        [
+            keras.Input((SIDE, SIDE, 1)),
+            *first,
+            layers.Conv2D(16, 3, activation="relu"),
+            layers.Flatten(),
+            layers.Dense(64, activation="relu"),
+            layers.Dense(10, activation="softmax"),
+        ]
+    )
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    return model
+
+
 def write_folders(root: Path, pixels: np.ndarray, labels: np.ndarray) -> Path:
     for i, (px, y) in enumerate(zip(pixels, labels)):
         (root / str(int(y))).mkdir(parents=True, exist_ok=True)
@@ -291,16 +309,7 @@ def small_model(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         write_folders(root / "test", pixels[300:], labels[300:]),
     )
     keras.utils.set_random_seed(0)
-    model = keras.Sequential(
-        [
-            keras.Input((SIDE, SIDE, 1)),
-            keras.layers.Conv2D(16, 3, activation="relu"),
-            keras.layers.Flatten(),
-            keras.layers.Dense(64, activation="relu"),
-            keras.layers.Dense(10, activation="softmax"),
-        ]
-    )
-    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    model = digit_net(keras)
     model.fit(pixels[:300, :, :, None] / 255.0, labels[:300], epochs=15, batch_size=32, verbose=0)
     path = root / "digits16.keras"
     model.save(path)
