@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from test_toolchain import SIDE, digit_net, digit_pixels, fake_keras_file, require_tf, run, write_folders
+from test_toolchain import digit_net, digit_pixels, fake_keras_file, require_tf, run, write_folders
 
 from edged.demo.scene import load_digits
 from edged.tools.optimize import weight_stats
@@ -112,16 +112,7 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def keras2_copy(model: Any, path: Path) -> Path:
     import tf_keras
 
-    layers = tf_keras.layers
-    legacy = tf_keras.Sequential(
-        [
-            tf_keras.Input((SIDE, SIDE, 1)),
-            layers.Conv2D(16, 3, activation="relu"),
-            layers.Flatten(),
-            layers.Dense(64, activation="relu"),
-            layers.Dense(10, activation="softmax"),
-        ]
-    )
+    legacy = digit_net(tf_keras)  # the same network in Keras 2
     legacy.set_weights(model.get_weights())
     legacy.save(path)
     return path
