@@ -267,6 +267,49 @@ def test_strict_mode_exits_with_one_line(fake_libs, models_dir, images_dir, free
     ], d.stderr
 
 
+def test_a_refused_delegate_on_a_tpu_another_process_holds_names_the_holder(
+    fake_libs, models_dir, free_port, tmp_path
+) -> None:
+    """Another program (Frigate, say) has the USB TPU open: the one-line error says who, beside the library's words."""
+    import stat
+
+    from support.fakeboard import hold
+
+    sys_r, dev_r = tmp_path / "sys", tmp_path / "dev"
+    usb = sys_r / "bus" / "usb" / "devices" / "2-1"
+    usb.mkdir(parents=True)
+    for name, value in {"idVendor": "18d1", "idProduct": "9302", "busnum": "2", "devnum": "5"}.items():
+        (usb / name).write_text(value + "\n")
+    node = dev_r / "bus" / "usb" / "002" / "005"
+    node.parent.mkdir(parents=True)
+    os.mknod(node, stat.S_IFCHR | 0o666, os.makedev(1, 3))  # a node a process can hold open
+    config = {
+        "listen": f"127.0.0.1:{free_port}",
+        "edgetpu": {"library": str(fake_libs["refuse"])},
+        "streams": [
+            {
+                "id": "cam",
+                "source": {"type": "synthetic"},
+                "model": {"path": str(models_dir / TPU_MODEL), "accelerator": "edgetpu", "device": "usb:0"},
+            }
+        ],
+    }
+    holder = hold(node)
+    try:
+        d = Daemon(tmp_path, config, env={"EDGED_SYSFS_ROOT": str(sys_r), "EDGED_DEV_ROOT": str(dev_r)}, cwd=ROOT)
+        assert d.wait(60) != 0
+    finally:
+        holder.kill()
+        holder.wait()
+    lines = [ln for ln in d.stderr.splitlines() if ln.strip()]
+    assert lines == [
+        "edged: error: stream cam: accelerator is edgetpu but the Edge TPU delegate did not load "
+        f"(delegate did not load: Failed to load delegate from {fake_libs['refuse']} "
+        f"fake edgetpu: no Edge TPU device found; {node} is held by pid {holder.pid} (sleep): "
+        "an Edge TPU serves one process at a time)"
+    ], d.stderr
+
+
 def test_options_and_devices_reach_the_delegate_one_worker_per_tpu(
     fake_libs, plain_models, images_dir, free_port, tmp_path, monkeypatch
 ) -> None:

@@ -92,3 +92,16 @@ def in_use_finding(tpu: EdgeTpu, node: Path | None, proc_root: Path = Path("/pro
         "this TPU to two of them), then restart edged"
     )
     return Finding("in-use", WARNING, text, remedy, tpu=tpu.selector, details=details)
+
+
+def held_note(tpu: EdgeTpu) -> str:
+    """For a delegate that did not load: "; <node> is held by pid N (name) ..." when another process
+    holds the TPU's node, else ""."""
+    from ..edgetpu import discovery_roots
+    from .hardware import node_path
+
+    node = node_path(tpu, discovery_roots()[1])
+    held = holders(node) if node is not None else []
+    if not held:
+        return ""
+    return f"; {node} is held by {', '.join(map(str, held))}: an Edge TPU serves one process at a time"

@@ -106,8 +106,10 @@ def _workers(
     tcfg: EdgeTpuConfig,
     metrics: Optional[Metrics],
     board: Optional[HealthBoard],
+    tpus: Sequence[EdgeTpu] = (),
 ) -> tuple[dict[str, DeviceWorker], dict[str, str]]:
-    """The workers the plan names, with their models registered and started; the reasons of those that failed."""
+    """The workers the plan names, with their models registered and started; the reasons of those that
+    failed (a delegate refused on a TPU another process holds open says which process)."""
     if not any(p.on == "edgetpu" and p.device is not None for p in plan):
         return {}, {}
     from ..worker import DeviceWorker
@@ -131,6 +133,12 @@ def _workers(
             worker.start()
         except WorkerFailure as exc:
             reasons[label] = exc.reason
+            # no selector: libedgetpu opens the first TPU it enumerates
+            tpu = next((t for t in tpus if worker.selector in (None, t.selector)), None)
+            if exc.kind == "delegate" and tpu is not None:
+                from ..doctor.holders import held_note
+
+                reasons[label] += held_note(tpu)
     return workers, reasons
 
 
@@ -153,9 +161,10 @@ def place_streams(
     board: Optional[HealthBoard] = None,
 ) -> tuple[dict[str, InferenceEngine], list[DeviceWorker]]:
     """:func:`build_engines` for streams given alone, with the Edge TPU section (``edged infer``)."""
-    plan = plan_placement(streams, list_edge_tpus() if tpus is None else tpus)
+    found = list_edge_tpus() if tpus is None else tpus
+    plan = plan_placement(streams, found)
     models = {s.id: s.model for s in streams}
-    workers, reasons = _workers(plan, models, tcfg, metrics, board)
+    workers, reasons = _workers(plan, models, tcfg, metrics, board, found)
     engines: dict[str, InferenceEngine] = {}
     shared: dict[str, SharedEngine] = {}
     try:
